@@ -1,0 +1,57 @@
+# ml_assets: every command a user needs. State lives in $(ML_ASSETS_HOME) (default .ml_assets/).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export ML_ASSETS_HOME ?= $(CURDIR)/.ml_assets
+export DAGSTER_HOME ?= $(ML_ASSETS_HOME)/dagster
+# make demo IMAGES=2000 FOLDS=5 EPOCHS=10 runs it bigger
+IMAGES ?= 240
+FOLDS ?= 3
+EPOCHS ?= 6
+
+.PHONY: setup demo ui test test-fast lint format bench clean
+
+setup: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
+
+# torch first, from the pinned versions on this machine's wheel cache, then the project under
+# pinned constraints, then the headless OpenCV build over the GUI one ultralytics pulls in.
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install -q --force-reinstall --no-deps \
+	  "opencv-python-headless==$$($(PY) -m pip show opencv-python-headless | sed -n 's/^Version: //p')"
+	$(PY) -c "import cv2, torch, ultralytics, timm, peft, dagster; print('environment ready: torch', torch.__version__)"
+	touch $@
+
+$(DAGSTER_HOME)/dagster.yaml: dagster.yaml
+	mkdir -p $(DAGSTER_HOME)
+	cp dagster.yaml $@
+
+demo: setup
+	$(VENV)/bin/ml-assets demo --images $(IMAGES) --folds $(FOLDS) --epochs $(EPOCHS)
+
+ui: setup
+	$(VENV)/bin/dagster dev -w workspace.yaml
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint
+	$(VENV)/bin/pytest
+
+test-fast: lint
+	$(VENV)/bin/pytest -m "not slow"
+
+format: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+bench: setup
+	$(PY) benchmarks/formats.py
+
+clean:
+	rm -rf $(ML_ASSETS_HOME)

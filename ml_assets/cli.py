@@ -1,0 +1,119 @@
+"""`ml-assets`: every step of the pipeline outside Dagster, calling the functions the assets call.
+
+Heavy libraries are imported inside the commands, so `ml-assets --help` answers at once.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+FORMATS = ["coco", "voc", "yolo"]
+SOURCES = ["auto", "coco", "voc", "yolo", "imagefolder"]
+existing_dir = click.Path(exists=True, file_okay=False, path_type=Path)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """ml_assets: labelled image data to trained, evaluated, promotable models."""
+
+
+@main.command("sample-data")
+@click.argument("dst", type=click.Path(path_type=Path))
+@click.option("--seed", default=0, show_default=True, help="Same seed, same images.")
+@click.option("--images", default=240, show_default=True, help="Number of images.")
+@click.option("--size", default=96, show_default=True, help="Image side in pixels.")
+def sample_data(dst: Path, seed: int, images: int, size: int) -> None:
+    """Write a synthetic shapes detection dataset in COCO layout to DST (must not exist)."""
+    from ml_assets.data.sample import write_sample
+
+    try:
+        write_sample(dst, images=images, seed=seed, size=size)
+    except (FileExistsError, ValueError) as err:
+        raise click.ClickException(str(err)) from err
+    click.echo(f"wrote {images} images and {dst / 'annotations.json'}")
+
+
+@main.command()
+@click.argument("landing", type=existing_dir)
+def register(landing: Path) -> None:
+    """Register the files in LANDING as a dataset version and print its key."""
+    from ml_assets import runtime
+    from ml_assets.data.store import Store
+
+    click.echo(Store(runtime.home() / "store").register(landing))
+
+
+@main.command()
+@click.option("--images", default=240, show_default=True, help="Sample images, if landing is empty.")
+@click.option("--folds", default=3, show_default=True, help="k of k-fold cross-validation.")
+@click.option("--epochs", default=6, show_default=True, help="Training epochs per fold.")
+@click.option("--seed", default=0, show_default=True)
+def demo(images: int, folds: int, epochs: int, seed: int) -> None:
+    """Run the whole pipeline on the landing folder (sample data if empty) and print results."""
+    from ml_assets import runtime
+    from ml_assets.demo import report_table, run_demo
+
+    report = run_demo(images=images, folds=folds, epochs=epochs, seed=seed, echo=click.echo)
+    click.echo(f"\nimage_classifier, version {report['version']}, {folds}-fold cross-validation:\n")
+    click.echo(report_table(report).round(4).to_string())
+    click.echo(
+        f"\nreport:  {report['path']}/report.md\n"
+        f"state:   {runtime.home()}\n"
+        "next:    make ui      (dagster dev on this instance: assets, runs, metadata, checks)\n"
+        "         make mlflow  (MLflow UI on the training runs)"
+    )
+
+
+@main.command()
+@click.argument("src", type=existing_dir)
+@click.argument("dst", type=click.Path(path_type=Path))
+@click.option("--to", "to", type=click.Choice(FORMATS), required=True)
+@click.option("--from", "from_", type=click.Choice(SOURCES), default="auto", show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace DST if it exists.")
+def convert(src: Path, dst: Path, to: str, from_: str, overwrite: bool) -> None:
+    """Convert the dataset in SRC to another format at DST (atomic: all or nothing)."""
+    from ml_assets.data.formats import convert as convert_dataset
+
+    try:
+        ds = convert_dataset(src, dst, to=to, from_=from_, overwrite=overwrite)
+    except (FileExistsError, ValueError) as err:
+        raise click.ClickException(str(err)) from err
+    click.echo(f"wrote {len(ds.images)} images, {len(ds.annotations)} boxes as {to} to {dst}")
+
+
+@main.command()
+@click.argument("src", type=existing_dir)
+@click.option("--from", "from_", type=click.Choice(SOURCES), default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print findings as JSON lines.")
+def validate(src: Path, from_: str, as_json: bool) -> None:
+    """Check SRC; exit 0 when clean, 1 when anything is found."""
+    import orjson
+
+    from ml_assets.data.validate import validate_source
+
+    findings = validate_source(src, from_)
+    for f in findings:
+        if as_json:
+            click.echo(orjson.dumps(f.__dict__).decode())
+        else:
+            click.echo(f"{f.severity}: {f.file} [{f.record}] {f.code}: {f.message}")
+    if not as_json:
+        click.echo(f"{len(findings)} finding(s) in {src}", err=True)
+    sys.exit(1 if findings else 0)
+
+
+@main.command()
+@click.argument("src", type=existing_dir)
+@click.option("--from", "from_", type=click.Choice(SOURCES), default="auto", show_default=True)
+def inspect(src: Path, from_: str) -> None:
+    """Print class histogram, boxes per image, box and image sizes of SRC."""
+    import orjson
+
+    from ml_assets.data.formats import read_dataset
+    from ml_assets.data.inspect import summarize
+
+    summary = summarize(read_dataset(src, from_))
+    click.echo(orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY).decode())

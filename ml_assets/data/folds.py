@@ -1,0 +1,87 @@
+"""k-fold assignment of images, stratified by class, never splitting copies of the same content.
+
+Images with the same sha256 form one group and always land in the same fold. Groups are
+stratified with scikit-learn's ``StratifiedKFold`` when every image holds at most one class, and
+with iterative stratification (``iterstrat``'s ``MultilabelStratifiedKFold``, Sechidis et al.
+2011) when images hold several; "no objects" counts as a class of its own so empty images spread
+evenly too. Deterministic for a seed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ml_assets.data.tables import Dataset
+
+TEST_FOLD = -1
+
+
+def _group_labels(ds: Dataset) -> tuple[pd.Series, pd.DataFrame]:
+    """Map each image to a content group and each group to a multi-hot class matrix."""
+    images = ds.images
+    sha = images["sha256"].where(images["sha256"].astype(bool), images["image_id"].astype(str))
+    group_of_image = pd.Series(pd.factorize(sha)[0], index=images["image_id"].to_numpy())
+    ann = ds.annotations[["image_id", "category_id"]].drop_duplicates()
+    ann = ann.assign(group=group_of_image.reindex(ann["image_id"]).to_numpy())
+    hot = pd.crosstab(ann["group"], ann["category_id"]).clip(upper=1)
+    hot = hot.reindex(range(group_of_image.max() + 1), fill_value=0)
+    hot["none"] = (hot.sum(axis=1) == 0).astype(int)
+    return group_of_image, hot
+
+
+def _split(hot: pd.DataFrame, n_splits: int, seed: int) -> np.ndarray:
+    """Fold index per group (row of ``hot``)."""
+    if len(hot) < n_splits:
+        raise ValueError(f"cannot make {n_splits} folds from {len(hot)} distinct images")
+    folds = np.empty(len(hot), dtype=int)
+    if (hot.sum(axis=1) <= 1).all():
+        from sklearn.model_selection import StratifiedKFold
+
+        labels = hot.to_numpy().argmax(axis=1)
+        counts = np.bincount(labels)
+        # Classes rarer than the fold count cannot be stratified; pool them so none is dropped.
+        labels = np.where(counts[labels] < n_splits, -1, labels)
+        splitter = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        parts = splitter.split(np.zeros(len(hot)), labels)
+    else:
+        from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+
+        splitter = MultilabelStratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        parts = splitter.split(np.zeros(len(hot)), hot.to_numpy())
+    for fold, (_, held) in enumerate(parts):
+        folds[held] = fold
+    return folds
+
+
+def assign_folds(
+    ds: Dataset, k: int = 5, seed: int = 0, test_fraction: float = 0.0
+) -> pd.DataFrame:
+    """Return ``image_id``, ``fold`` (0..k-1, or -1 for the held-out test split) per image.
+
+    With ``test_fraction`` > 0, about that share of images is held out first (stratified the
+    same way) and the k folds are made from the rest.
+    """
+    if k < 2:
+        raise ValueError(f"k must be at least 2, got {k}")
+    if not 0 <= test_fraction < 1:
+        raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
+    group_of_image, hot = _group_labels(ds)
+    group_fold = np.full(len(hot), TEST_FOLD)
+    pool = np.arange(len(hot))
+    if test_fraction > 0:
+        parts = max(2, round(1 / test_fraction))
+        held_out = _split(hot, parts, seed) == 0
+        pool = np.flatnonzero(~held_out)
+    group_fold[pool] = _split(hot.iloc[pool].reset_index(drop=True), k, seed)
+    fold = group_fold[group_of_image.to_numpy()]
+    return pd.DataFrame({"image_id": group_of_image.index.to_numpy(), "fold": fold})
+
+
+def fold_histograms(ds: Dataset, folds: pd.DataFrame) -> pd.DataFrame:
+    """Objects per class (rows: class names) in each fold (columns)."""
+    ann = ds.annotations.merge(folds, on="image_id")
+    names = ds.category_names
+    table = pd.crosstab(ann["category_id"].map(names), ann["fold"])
+    table.index.name = "class"
+    return table

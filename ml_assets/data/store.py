@@ -1,0 +1,195 @@
+"""Content-addressed file store and dataset versions.
+
+A dataset version is the manifest (relative path, sha256, size) of every file accepted from the
+landing folder; its key is a short hash of that manifest, so the same data always gets the same
+key and a new drop gets a new one. Files live once in ``objects/<sha[:2]>/<sha>`` (read-only) and
+every version is a folder of hard links into it (``versions/<key>/files/``), which readers and
+trainers use as an immutable snapshot. The landing folder is only ever read.
+
+A hash cache keyed by (path, size, mtime) makes re-scanning unchanged data a stat-only walk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from ml_assets.data.atomic import atomic_dir, link_or_copy, write_bytes
+
+KEY_LENGTH = 12
+CHUNK = 1 << 20
+
+
+class LandingChangedError(RuntimeError):
+    """A landing file no longer matches the manifest that named it."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    path: str
+    sha256: str
+    size: int
+
+
+def hash_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def manifest_key(entries: list[Entry]) -> str:
+    """The short content hash that names a version: same files, same key."""
+    digest = hashlib.sha256()
+    for e in sorted(entries, key=lambda e: e.path):
+        digest.update(f"{e.path}\t{e.sha256}\t{e.size}\n".encode())
+    return digest.hexdigest()[:KEY_LENGTH]
+
+
+def _walk(root: Path) -> list[Path]:
+    """Every regular file below ``root``, skipping hidden files and folders."""
+    found = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found.extend(Path(folder, f) for f in sorted(files) if not f.startswith("."))
+    return found
+
+
+class HashCache:
+    """sha256 of files, remembered by (absolute path, size, mtime_ns); saved atomically."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self.entries: dict[str, list] = {}
+        if path and path.exists():
+            self.entries = orjson.loads(path.read_bytes())
+        self.dirty = False
+
+    def sha256(self, file: Path, stat: os.stat_result) -> str:
+        key = str(file)
+        hit = self.entries.get(key)
+        if hit and hit[0] == stat.st_size and hit[1] == stat.st_mtime_ns:
+            return hit[2]
+        sha = hash_file(file)
+        self.entries[key] = [stat.st_size, stat.st_mtime_ns, sha]
+        self.dirty = True
+        return sha
+
+    def save(self) -> None:
+        if self.path and self.dirty:
+            write_bytes(self.path, orjson.dumps(self.entries))
+            self.dirty = False
+
+
+def scan(root: Path, cache: HashCache | None = None) -> list[Entry]:
+    """The manifest of every file under ``root``, sorted by relative path."""
+    root = Path(root).resolve()
+    if not root.is_dir():
+        raise FileNotFoundError(f"landing folder {root} does not exist or is not a folder")
+    cache = cache or HashCache(None)
+    entries = []
+    for file in _walk(root):
+        stat = file.stat()
+        entries.append(
+            Entry(file.relative_to(root).as_posix(), cache.sha256(file, stat), stat.st_size)
+        )
+    cache.save()
+    return entries
+
+
+@dataclass(frozen=True)
+class IngestStats:
+    files: int
+    bytes: int
+    new_objects: int
+    reused_objects: int
+
+
+class Store:
+    """The content-addressed store and the dataset versions under one folder."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    @property
+    def cache(self) -> HashCache:
+        return HashCache(self.root / "cache" / "hashes.json")
+
+    def object_path(self, sha256: str) -> Path:
+        return self.root / "objects" / sha256[:2] / sha256
+
+    def version_dir(self, key: str) -> Path:
+        return self.root / "versions" / key
+
+    def files_dir(self, key: str) -> Path:
+        """The read-only snapshot of version ``key``: the dataset as it landed."""
+        return self.version_dir(key) / "files"
+
+    def manifest_path(self, key: str) -> Path:
+        return self.version_dir(key) / "manifest.json"
+
+    def register(self, landing: Path) -> str:
+        """Scan ``landing`` and record its manifest as a version; return the version key."""
+        entries = scan(landing, self.cache)
+        if not entries:
+            raise ValueError(f"landing folder {landing} holds no files")
+        key = manifest_key(entries)
+        if not self.manifest_path(key).exists():
+            doc = {"landing": str(Path(landing).resolve()), "files": [e.__dict__ for e in entries]}
+            write_bytes(self.manifest_path(key), orjson.dumps(doc, option=orjson.OPT_INDENT_2))
+        return key
+
+    def manifest(self, key: str) -> list[Entry]:
+        path = self.manifest_path(key)
+        if not path.exists():
+            raise KeyError(f"dataset version {key} is not registered (no {path})")
+        return [Entry(**e) for e in orjson.loads(path.read_bytes())["files"]]
+
+    def landing_of(self, key: str) -> Path:
+        return Path(orjson.loads(self.manifest_path(key).read_bytes())["landing"])
+
+    def put(self, source: Path, sha256: str) -> bool:
+        """Copy ``source`` into the store unless its object exists; verify the hash on the way.
+
+        Returns True when a new object was written.
+        """
+        target = self.object_path(sha256)
+        if target.exists():
+            return False
+        target.parent.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256()
+        fd, tmp = tempfile.mkstemp(prefix=".put.", dir=target.parent)
+        try:
+            with open(source, "rb") as src, os.fdopen(fd, "wb") as dst:
+                while chunk := src.read(CHUNK):
+                    digest.update(chunk)
+                    dst.write(chunk)
+            if digest.hexdigest() != sha256:
+                raise LandingChangedError(
+                    f"{source} changed after its version was registered "
+                    f"(sha256 {digest.hexdigest()[:12]}, manifest says {sha256[:12]})"
+                )
+            os.chmod(tmp, 0o444)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return True
+
+    def ingest(self, key: str, landing: Path | None = None) -> IngestStats:
+        """Store every file of version ``key`` and build its snapshot folder of links."""
+        landing = Path(landing) if landing else self.landing_of(key)
+        entries = self.manifest(key)
+        new = sum(self.put(landing / e.path, e.sha256) for e in entries)
+        files = self.files_dir(key)
+        if not files.exists():
+            with atomic_dir(files) as tmp:
+                for e in entries:
+                    link_or_copy(self.object_path(e.sha256), tmp / e.path)
+        return IngestStats(len(entries), sum(e.size for e in entries), new, len(entries) - new)

@@ -1,0 +1,1 @@
+"""The Dagster layer: thin wrappers that call ml_assets.data, .train and .evaluate."""

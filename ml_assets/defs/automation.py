@@ -1,0 +1,84 @@
+"""Jobs, the landing sensor, the retraining schedule and the sensor that trains what is stale.
+
+New data: ``landing_sensor`` scans the landing folder (stat-only when nothing changed), registers
+a new dataset version as a dynamic partition and runs ``ingest_job`` for it. Training,
+evaluation and the report carry ``AutomationCondition.eager()``, so ``automation_sensor``
+requests every fold of the new version once its folds exist, and the report once every fold is
+evaluated. On schedule: ``weekly_retraining`` retrains every fold of the newest version.
+"""
+
+
+import dagster as dg
+
+from ml_assets.defs.datasets import annotations, folds, raw_dataset
+from ml_assets.defs.evaluation import classifier_evaluation, classifier_report
+from ml_assets.defs.partitions import dataset_versions, fold_partitions
+from ml_assets.defs.resources import MLAssetsHome
+from ml_assets.defs.training import image_classifier
+
+ingest_job = dg.define_asset_job(
+    "ingest_job",
+    selection=dg.AssetSelection.assets(raw_dataset, annotations, folds),
+    description="Store, read, validate and split one dataset version.",
+)
+training_job = dg.define_asset_job(
+    "training_job",
+    selection=dg.AssetSelection.assets(image_classifier, classifier_evaluation),
+    description="Train and evaluate the classifier of one (version, fold).",
+)
+report_job = dg.define_asset_job(
+    "report_job",
+    selection=dg.AssetSelection.assets(classifier_report),
+    description="Summarize every fold of one version and apply the promotion gate.",
+)
+
+
+@dg.sensor(
+    job=ingest_job,
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Registers what lands in the landing folder as a dataset version and ingests it.",
+)
+def landing_sensor(context: dg.SensorEvaluationContext, home: MLAssetsHome) -> dg.SensorResult | dg.SkipReason:
+    landing = home.landing_path
+    if not landing.is_dir() or not any(landing.iterdir()):
+        return dg.SkipReason(f"landing folder {landing} is empty or missing")
+    key = home.store.register(landing)
+    if context.instance.has_dynamic_partition(dataset_versions.name, key):
+        return dg.SkipReason(f"no new data in {landing}: version {key} is already registered")
+    return dg.SensorResult(
+        run_requests=[dg.RunRequest(partition_key=key, run_key=f"ingest-{key}")],
+        dynamic_partitions_requests=[dataset_versions.build_add_request([key])],
+        cursor=key,
+    )
+
+
+@dg.schedule(
+    job=training_job,
+    cron_schedule="0 3 * * 1",
+    default_status=dg.DefaultScheduleStatus.STOPPED,
+    description="Every Monday at 03:00, retrain every fold of the newest dataset version.",
+)
+def weekly_retraining(context: dg.ScheduleEvaluationContext):
+    versions = context.instance.get_dynamic_partitions(dataset_versions.name)
+    if not versions:
+        return dg.SkipReason("no dataset version registered yet")
+    newest = versions[-1]
+    stamp = context.scheduled_execution_time.strftime("%Y%m%dT%H%M")
+    return [
+        dg.RunRequest(
+            partition_key=dg.MultiPartitionKey({"version": newest, "fold": fold}),
+            run_key=f"retrain-{newest}-{fold}-{stamp}",
+            tags={"ml_assets/trigger": "schedule"},
+        )
+        for fold in fold_partitions.get_partition_keys()
+    ]
+
+
+automation_sensor = dg.AutomationConditionSensorDefinition(
+    "automation_sensor",
+    target=dg.AssetSelection.assets(image_classifier, classifier_evaluation, classifier_report),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=30,
+    description="Trains, evaluates and reports whatever a new dataset version made stale.",
+)

@@ -1,0 +1,203 @@
+"""Data assets per dataset version: the stored files, the canonical tables, the folds."""
+
+
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+from pydantic import Field
+
+from ml_assets.data.folds import TEST_FOLD, assign_folds, fold_histograms
+from ml_assets.data.tables import Dataset, load_tables, save_tables
+from ml_assets.defs.partitions import dataset_versions, fold_partitions
+from ml_assets.defs.resources import MLAssetsHome
+from ml_assets.evaluate.plots import markdown_image
+
+
+def md_table(frame: pd.DataFrame) -> dg.MetadataValue:
+    return dg.MetadataValue.md(frame.to_markdown())
+
+
+@dg.asset(
+    partitions_def=dataset_versions,
+    group_name="data",
+    kinds={"filesystem"},
+    description="Every file of one dataset version, stored once by content and snapshotted as a "
+    "read-only folder of links. The partition key is the hash of the version's manifest.",
+)
+def raw_dataset(context: dg.AssetExecutionContext, home: MLAssetsHome) -> dg.MaterializeResult:
+    from ml_assets.data.formats import detect_format
+
+    version = context.partition_key
+    stats = home.store.ingest(version)
+    files = home.store.files_dir(version)
+    return dg.MaterializeResult(
+        metadata={
+            "files": stats.files,
+            "bytes": stats.bytes,
+            "new_objects": stats.new_objects,
+            "reused_objects": stats.reused_objects,
+            "format": detect_format(files),
+            "path": dg.MetadataValue.path(str(files)),
+            "manifest": dg.MetadataValue.path(str(home.store.manifest_path(version))),
+        }
+    )
+
+
+def read_version(home: MLAssetsHome, version: str) -> Dataset:
+    """Read a version's snapshot into canonical tables whose file names are relative to the
+    snapshot folder, with each image's sha256 taken from the version manifest."""
+    from ml_assets.data.formats import read_dataset
+
+    files = home.store.files_dir(version)
+    ds = read_dataset(files)
+    names = [(Path(ds.root) / name).relative_to(files).as_posix() for name in ds.images["file_name"]]
+    sha = {e.path: e.sha256 for e in home.store.manifest(version)}
+    ds.images["file_name"] = names
+    ds.images["sha256"] = [sha.get(name, "") for name in names]
+    ds.root = files
+    return ds
+
+
+def load_version(home: MLAssetsHome, version: str) -> Dataset:
+    """The tables the ``annotations`` asset wrote for ``version``."""
+    return load_tables(home.tables_dir(version), home.store.files_dir(version))
+
+
+@dg.asset(
+    partitions_def=dataset_versions,
+    deps=[raw_dataset],
+    group_name="data",
+    kinds={"pandas"},
+    description="The canonical images / annotations / categories tables of a dataset version.",
+)
+def annotations(context: dg.AssetExecutionContext, home: MLAssetsHome) -> dg.MaterializeResult:
+    from ml_assets.data.inspect import summarize, summary_plot_png
+
+    version = context.partition_key
+    ds = read_version(home, version)
+    folder = save_tables(ds, home.tables_dir(version))
+    summary = summarize(ds)
+    histogram = (
+        ds.annotations["category_id"].map(ds.category_names).value_counts().rename("objects")
+    )
+    numbers = {k: v for k, v in summary.items() if isinstance(v, int | float)}
+    return dg.MaterializeResult(
+        metadata={
+            "images": len(ds.images),
+            "annotations": len(ds.annotations),
+            "categories": len(ds.categories),
+            "images_without_objects": int((~ds.images["image_id"].isin(ds.annotations["image_id"])).sum()),
+            **numbers,
+            "class_histogram": md_table(histogram.to_frame()),
+            "summary_plot": dg.MetadataValue.md(markdown_image(summary_plot_png(ds), "summary")),
+            "path": dg.MetadataValue.path(str(folder)),
+        }
+    )
+
+
+@dg.asset_check(asset=annotations, blocking=True, description="Pandera schemas of the three tables.")
+def annotations_schema(context: dg.AssetCheckExecutionContext, home: MLAssetsHome) -> dg.AssetCheckResult:
+    import pandera.errors
+
+    ds = load_version(home, context.partition_key)
+    try:
+        ds.validated()
+    except (pandera.errors.SchemaErrors, ValueError) as err:
+        cases = getattr(err, "failure_cases", None)
+        detail = cases.head(50).to_markdown() if cases is not None else str(err)
+        return dg.AssetCheckResult(
+            passed=False, metadata={"failures": dg.MetadataValue.md(detail)}
+        )
+    return dg.AssetCheckResult(passed=True, metadata={"rows": len(ds.annotations)})
+
+
+@dg.asset_check(
+    asset=annotations,
+    blocking=True,
+    description="Data findings (boxes outside images, unknown classes, duplicates, ...): "
+    "errors block everything downstream, warnings are shown but let it run.",
+)
+def annotations_findings(context: dg.AssetCheckExecutionContext, home: MLAssetsHome) -> dg.AssetCheckResult:
+    from ml_assets.data.validate import findings_frame, validate_dataset
+
+    findings = validate_dataset(load_version(home, context.partition_key))
+    frame = findings_frame(findings)
+    errors = int((frame["severity"] == "error").sum()) if len(frame) else 0
+    warnings = len(frame) - errors
+    return dg.AssetCheckResult(
+        passed=not findings,
+        severity=dg.AssetCheckSeverity.ERROR if errors else dg.AssetCheckSeverity.WARN,
+        metadata={
+            "errors": errors,
+            "warnings": warnings,
+            "findings": dg.MetadataValue.md(frame.head(200).to_markdown(index=False) if len(frame) else "none"),
+        },
+    )
+
+
+class FoldsConfig(dg.Config):
+    seed: int = Field(default=0, description="Seed of the stratified shuffle: same seed, same folds")
+    test_fraction: float = Field(
+        default=0.0, description="Share of images held out as a test split before the k folds (0 for none)"
+    )
+
+
+@dg.asset(
+    partitions_def=dataset_versions,
+    deps=[annotations],
+    group_name="data",
+    kinds={"pandas", "scikitlearn"},
+    description="The fold of every image: stratified by class (iteratively for multi-label "
+    "images), copies of the same content always together; -1 marks a held-out test split.",
+)
+def folds(
+    context: dg.AssetExecutionContext, config: FoldsConfig, home: MLAssetsHome
+) -> dg.MaterializeResult:
+    from ml_assets.data.atomic import write_bytes
+
+    version = context.partition_key
+    ds = load_version(home, version)
+    k = len(fold_partitions.get_partition_keys())
+    assignment = assign_folds(ds, k=k, seed=config.seed, test_fraction=config.test_fraction)
+    path = home.folds_path(version)
+    write_bytes(path, assignment.to_parquet(index=False))
+    sizes = assignment["fold"].value_counts().sort_index()
+    return dg.MaterializeResult(
+        metadata={
+            "k": k,
+            "seed": config.seed,
+            "test_images": int((assignment["fold"] == TEST_FOLD).sum()),
+            "min_fold_images": int(sizes.drop(TEST_FOLD, errors="ignore").min()),
+            "max_fold_images": int(sizes.drop(TEST_FOLD, errors="ignore").max()),
+            "images_per_fold": md_table(sizes.rename("images").to_frame()),
+            "objects_per_class_and_fold": md_table(fold_histograms(ds, assignment)),
+            "path": dg.MetadataValue.path(str(path)),
+        }
+    )
+
+
+def load_folds(home: MLAssetsHome, version: str) -> pd.DataFrame:
+    path = home.folds_path(version)
+    if not path.exists():
+        raise FileNotFoundError(f"no folds for version {version} at {path}: materialize folds")
+    return pd.read_parquet(path)
+
+
+@dg.asset_check(
+    asset=folds,
+    blocking=True,
+    description="Every image has exactly one fold and no image content sits in two folds.",
+)
+def folds_are_disjoint(context: dg.AssetCheckExecutionContext, home: MLAssetsHome) -> dg.AssetCheckResult:
+    version = context.partition_key
+    ds = load_version(home, version)
+    assignment = load_folds(home, version)
+    merged = ds.images.merge(assignment, on="image_id", how="left")
+    unassigned = int(merged["fold"].isna().sum())
+    hashed = merged[merged["sha256"].astype(bool)]
+    leaking = int((hashed.groupby("sha256")["fold"].nunique() > 1).sum())
+    return dg.AssetCheckResult(
+        passed=unassigned == 0 and leaking == 0 and len(assignment) == len(ds.images),
+        metadata={"unassigned_images": unassigned, "contents_in_several_folds": leaking},
+    )

@@ -1,0 +1,37 @@
+"""Shared fixtures. Every test runs with its own ML_ASSETS_HOME; the fold dimension has k=2."""
+
+import os
+
+# Read when ml_assets.definitions is first imported: the tests use 2 folds.
+os.environ.setdefault("ML_ASSETS_FOLDS", "2")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from ml_assets.data.sample import write_sample  # noqa: E402
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    folder = tmp_path / "home"
+    monkeypatch.setenv("ML_ASSETS_HOME", str(folder))
+    monkeypatch.setenv("DAGSTER_HOME", str(folder / "dagster"))
+    (folder / "dagster").mkdir(parents=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_sample(tmp_path_factory) -> Path:
+    """A dozen 48-pixel images in COCO layout: treat as read-only."""
+    return write_sample(tmp_path_factory.mktemp("sample") / "shapes", images=12, seed=3, size=48)
+
+
+def tree_digest(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` with its bytes, to prove a folder was left unchanged."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(name="tree_digest")
+def tree_digest_fixture():
+    return tree_digest
