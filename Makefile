@@ -5,12 +5,14 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export ML_ASSETS_HOME ?= $(CURDIR)/.ml_assets
 export DAGSTER_HOME ?= $(ML_ASSETS_HOME)/dagster
-# make demo IMAGES=2000 FOLDS=5 EPOCHS=10 runs it bigger
-IMAGES ?= 240
+# make demo IMAGES=3000 FOLDS=5 EPOCHS=20 runs it bigger
+IMAGES ?= 600
 FOLDS ?= 3
-EPOCHS ?= 6
+EPOCHS ?= 12
+# k of the fold partitions, read when the code location loads: demo and ui must agree.
+export ML_ASSETS_FOLDS := $(FOLDS)
 
-.PHONY: setup demo ui test test-fast lint format bench clean
+.PHONY: setup demo ui mlflow test test-fast lint format bench clean
 
 setup: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 
@@ -35,6 +37,9 @@ demo: setup
 
 ui: setup
 	$(VENV)/bin/dagster dev -w workspace.yaml
+
+mlflow: setup
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(ML_ASSETS_HOME)/mlflow/mlflow.db --port 5000
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -47,9 +47,11 @@ def register(landing: Path) -> None:
 
 
 @main.command()
-@click.option("--images", default=240, show_default=True, help="Sample images, if landing is empty.")
+@click.option(
+    "--images", default=600, show_default=True, help="Sample images, if landing is empty."
+)
 @click.option("--folds", default=3, show_default=True, help="k of k-fold cross-validation.")
-@click.option("--epochs", default=6, show_default=True, help="Training epochs per fold.")
+@click.option("--epochs", default=12, show_default=True, help="Training epochs per fold.")
 @click.option("--seed", default=0, show_default=True)
 def demo(images: int, folds: int, epochs: int, seed: int) -> None:
     """Run the whole pipeline on the landing folder (sample data if empty) and print results."""
@@ -58,9 +60,11 @@ def demo(images: int, folds: int, epochs: int, seed: int) -> None:
 
     report = run_demo(images=images, folds=folds, epochs=epochs, seed=seed, echo=click.echo)
     click.echo(f"\nimage_classifier, version {report['version']}, {folds}-fold cross-validation:\n")
-    click.echo(report_table(report).round(4).to_string())
+    click.echo(report_table(report).round(4).to_string(na_rep=""))
+    gate = "passed" if report["promotable"] else "FAILED (below the bar or the majority baseline)"
     click.echo(
-        f"\nreport:  {report['path']}/report.md\n"
+        f"\npromotion gate: {gate}\n"
+        f"report:  {report['path']}/report.md\n"
         f"state:   {runtime.home()}\n"
         "next:    make ui      (dagster dev on this instance: assets, runs, metadata, checks)\n"
         "         make mlflow  (MLflow UI on the training runs)"
@@ -116,4 +120,6 @@ def inspect(src: Path, from_: str) -> None:
     from ml_assets.data.inspect import summarize
 
     summary = summarize(read_dataset(src, from_))
-    click.echo(orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY).decode())
+    click.echo(
+        orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY).decode()
+    )

@@ -3,7 +3,7 @@
 import os
 
 # Read when ml_assets.definitions is first imported: the tests use 2 folds.
-os.environ.setdefault("ML_ASSETS_FOLDS", "2")
+os.environ["ML_ASSETS_FOLDS"] = "2"
 
 from pathlib import Path  # noqa: E402
 
@@ -29,7 +29,11 @@ def tiny_sample(tmp_path_factory) -> Path:
 
 def tree_digest(root: Path) -> dict[str, bytes]:
     """Every file under ``root`` with its bytes, to prove a folder was left unchanged."""
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(name="tree_digest")

@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ml_assets.data.folds import TEST_FOLD, assign_folds, fold_histograms
+from ml_assets.data.folds import TEST_FOLD, assign_folds, fold_histograms, fold_problems
 from ml_assets.data.tables import Dataset
 
 
@@ -54,7 +54,10 @@ def test_single_label_folds_are_stratified_and_deterministic():
 
 def test_multi_label_folds_use_iterative_stratification():
     rng = np.random.default_rng(0)
-    labels = [sorted(set(rng.choice([1, 1, 1, 2, 2, 3], size=rng.integers(1, 4)).tolist())) for _ in range(300)]
+    labels = [
+        sorted(set(rng.choice([1, 1, 1, 2, 2, 3], size=rng.integers(1, 4)).tolist()))
+        for _ in range(300)
+    ]
     ds = make_dataset(labels)
     folds = assign_folds(ds, k=5, seed=0)
     table = fold_histograms(ds, folds)
@@ -78,7 +81,12 @@ def test_held_out_test_split():
     test = folds[folds["fold"] == TEST_FOLD]
     assert len(test) == 20
     assert set(folds["fold"]) == {TEST_FOLD, 0, 1, 2}
-    assert ds.images.merge(test)["image_id"].isin(ds.annotations[ds.annotations["category_id"] == 1]["image_id"]).sum() == 10
+    assert (
+        ds.images.merge(test)["image_id"]
+        .isin(ds.annotations[ds.annotations["category_id"] == 1]["image_id"])
+        .sum()
+        == 10
+    )
 
 
 @pytest.mark.parametrize(
@@ -88,3 +96,19 @@ def test_held_out_test_split():
 def test_bad_fold_settings_are_refused(k, test_fraction, message):
     with pytest.raises(ValueError, match=message):
         assign_folds(make_dataset([[1], [2], [1], [2]]), k=k, test_fraction=test_fraction)
+
+
+def test_fold_problems_finds_unassigned_images_and_leaking_content():
+    ds = make_dataset([[1], [2], [1], [2]], sha=["a", "a", "b", "c"])
+    good = assign_folds(ds, k=2)
+    assert fold_problems(ds.images, good) == {
+        "unassigned_images": 0,
+        "images_in_several_folds": 0,
+        "contents_in_several_folds": 0,
+    }
+    bad = pd.DataFrame({"image_id": [1, 2, 3, 3], "fold": [0, 1, 0, 1]})
+    assert fold_problems(ds.images, bad) == {
+        "unassigned_images": 1,
+        "images_in_several_folds": 1,
+        "contents_in_several_folds": 2,
+    }

@@ -32,7 +32,12 @@ def test_sample_has_classes_imbalance_empty_images_and_overlap():
     by_image = collections.defaultdict(list)
     for a in doc["annotations"]:
         by_image[a["image_id"]].append(a)
-    assert any(overlaps(a, b) for anns in by_image.values() for i, a in enumerate(anns) for b in anns[i + 1 :])
+    assert any(
+        overlaps(a, b)
+        for anns in by_image.values()
+        for i, a in enumerate(anns)
+        for b in anns[i + 1 :]
+    )
     widths = [a["bbox"][2] for a in doc["annotations"]]
     assert max(widths) > 2.5 * min(widths)
 
@@ -48,7 +53,7 @@ def test_write_sample_layout_is_read_by_pycocotools(tmp_path):
             assert im.size == (img["width"], img["height"])
     for ann in coco.loadAnns(coco.getAnnIds()):
         x, y, w, h = ann["bbox"]
-        assert 0 <= x and 0 <= y and x + w <= 40.01 and y + h <= 40.01 and w > 0 and h > 0
+        assert x >= 0 and y >= 0 and x + w <= 40.01 and y + h <= 40.01 and w > 0 and h > 0
         assert coco.annToMask(ann).sum() > 0
 
 

@@ -27,7 +27,9 @@ def test_same_data_same_key_new_drop_new_key(tmp_path, landing):
 
 
 def test_ingest_stores_each_content_once_and_never_touches_landing(tmp_path, landing, tree_digest):
-    (landing / "images" / "copy.png").write_bytes((landing / "images" / "shapes_000000.png").read_bytes())
+    (landing / "images" / "copy.png").write_bytes(
+        (landing / "images" / "shapes_000000.png").read_bytes()
+    )
     before = tree_digest(landing)
     store = Store(tmp_path / "store")
     key = store.register(landing)

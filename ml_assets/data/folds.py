@@ -85,3 +85,15 @@ def fold_histograms(ds: Dataset, folds: pd.DataFrame) -> pd.DataFrame:
     table = pd.crosstab(ann["category_id"].map(names), ann["fold"])
     table.index.name = "class"
     return table
+
+
+def fold_problems(images: pd.DataFrame, folds: pd.DataFrame) -> dict[str, int]:
+    """Counts of what would make cross-validation dishonest: images without exactly one fold,
+    and image contents (sha256) found in more than one fold."""
+    merged = images[["image_id", "sha256"]].merge(folds, on="image_id", how="left")
+    hashed = merged[merged["sha256"].astype(bool)]
+    return {
+        "unassigned_images": int(merged["fold"].isna().sum()),
+        "images_in_several_folds": int(folds["image_id"].duplicated().sum()),
+        "contents_in_several_folds": int((hashed.groupby("sha256")["fold"].nunique() > 1).sum()),
+    }

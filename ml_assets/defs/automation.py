@@ -7,7 +7,6 @@ requests every fold of the new version once its folds exist, and the report once
 evaluated. On schedule: ``weekly_retraining`` retrains every fold of the newest version.
 """
 
-
 import dagster as dg
 
 from ml_assets.defs.datasets import annotations, folds, raw_dataset
@@ -39,7 +38,9 @@ report_job = dg.define_asset_job(
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Registers what lands in the landing folder as a dataset version and ingests it.",
 )
-def landing_sensor(context: dg.SensorEvaluationContext, home: MLAssetsHome) -> dg.SensorResult | dg.SkipReason:
+def landing_sensor(
+    context: dg.SensorEvaluationContext, home: MLAssetsHome
+) -> dg.SensorResult | dg.SkipReason:
     landing = home.landing_path
     if not landing.is_dir() or not any(landing.iterdir()):
         return dg.SkipReason(f"landing folder {landing} is empty or missing")

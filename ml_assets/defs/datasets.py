@@ -1,13 +1,12 @@
 """Data assets per dataset version: the stored files, the canonical tables, the folds."""
 
-
 from pathlib import Path
 
 import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from ml_assets.data.folds import TEST_FOLD, assign_folds, fold_histograms
+from ml_assets.data.folds import TEST_FOLD, assign_folds, fold_histograms, fold_problems
 from ml_assets.data.tables import Dataset, load_tables, save_tables
 from ml_assets.defs.partitions import dataset_versions, fold_partitions
 from ml_assets.defs.resources import MLAssetsHome
@@ -46,12 +45,19 @@ def raw_dataset(context: dg.AssetExecutionContext, home: MLAssetsHome) -> dg.Mat
 
 def read_version(home: MLAssetsHome, version: str) -> Dataset:
     """Read a version's snapshot into canonical tables whose file names are relative to the
-    snapshot folder, with each image's sha256 taken from the version manifest."""
-    from ml_assets.data.formats import read_dataset
+    snapshot folder, with each image's sha256 taken from the version manifest.
+
+    Unreadable files fail here, naming file and record; questionable records (a box outside its
+    image, an unknown class) are kept for the ``annotations_findings`` check to report in full.
+    """
+    from ml_assets.data.formats import READERS, detect_format
+    from ml_assets.data.tables import Issues
 
     files = home.store.files_dir(version)
-    ds = read_dataset(files)
-    names = [(Path(ds.root) / name).relative_to(files).as_posix() for name in ds.images["file_name"]]
+    ds = READERS[detect_format(files)](files, Issues(root=files))
+    names = [
+        (Path(ds.root) / name).relative_to(files).as_posix() for name in ds.images["file_name"]
+    ]
     sha = {e.path: e.sha256 for e in home.store.manifest(version)}
     ds.images["file_name"] = names
     ds.images["sha256"] = [sha.get(name, "") for name in names]
@@ -87,7 +93,9 @@ def annotations(context: dg.AssetExecutionContext, home: MLAssetsHome) -> dg.Mat
             "images": len(ds.images),
             "annotations": len(ds.annotations),
             "categories": len(ds.categories),
-            "images_without_objects": int((~ds.images["image_id"].isin(ds.annotations["image_id"])).sum()),
+            "images_without_objects": int(
+                (~ds.images["image_id"].isin(ds.annotations["image_id"])).sum()
+            ),
             **numbers,
             "class_histogram": md_table(histogram.to_frame()),
             "summary_plot": dg.MetadataValue.md(markdown_image(summary_plot_png(ds), "summary")),
@@ -96,8 +104,12 @@ def annotations(context: dg.AssetExecutionContext, home: MLAssetsHome) -> dg.Mat
     )
 
 
-@dg.asset_check(asset=annotations, blocking=True, description="Pandera schemas of the three tables.")
-def annotations_schema(context: dg.AssetCheckExecutionContext, home: MLAssetsHome) -> dg.AssetCheckResult:
+@dg.asset_check(
+    asset=annotations, blocking=True, description="Pandera schemas of the three tables."
+)
+def annotations_schema(
+    context: dg.AssetCheckExecutionContext, home: MLAssetsHome
+) -> dg.AssetCheckResult:
     import pandera.errors
 
     ds = load_version(home, context.partition_key)
@@ -106,9 +118,7 @@ def annotations_schema(context: dg.AssetCheckExecutionContext, home: MLAssetsHom
     except (pandera.errors.SchemaErrors, ValueError) as err:
         cases = getattr(err, "failure_cases", None)
         detail = cases.head(50).to_markdown() if cases is not None else str(err)
-        return dg.AssetCheckResult(
-            passed=False, metadata={"failures": dg.MetadataValue.md(detail)}
-        )
+        return dg.AssetCheckResult(passed=False, metadata={"failures": dg.MetadataValue.md(detail)})
     return dg.AssetCheckResult(passed=True, metadata={"rows": len(ds.annotations)})
 
 
@@ -118,7 +128,9 @@ def annotations_schema(context: dg.AssetCheckExecutionContext, home: MLAssetsHom
     description="Data findings (boxes outside images, unknown classes, duplicates, ...): "
     "errors block everything downstream, warnings are shown but let it run.",
 )
-def annotations_findings(context: dg.AssetCheckExecutionContext, home: MLAssetsHome) -> dg.AssetCheckResult:
+def annotations_findings(
+    context: dg.AssetCheckExecutionContext, home: MLAssetsHome
+) -> dg.AssetCheckResult:
     from ml_assets.data.validate import findings_frame, validate_dataset
 
     findings = validate_dataset(load_version(home, context.partition_key))
@@ -131,15 +143,20 @@ def annotations_findings(context: dg.AssetCheckExecutionContext, home: MLAssetsH
         metadata={
             "errors": errors,
             "warnings": warnings,
-            "findings": dg.MetadataValue.md(frame.head(200).to_markdown(index=False) if len(frame) else "none"),
+            "findings": dg.MetadataValue.md(
+                frame.head(200).to_markdown(index=False) if len(frame) else "none"
+            ),
         },
     )
 
 
 class FoldsConfig(dg.Config):
-    seed: int = Field(default=0, description="Seed of the stratified shuffle: same seed, same folds")
+    seed: int = Field(
+        default=0, description="Seed of the stratified shuffle: same seed, same folds"
+    )
     test_fraction: float = Field(
-        default=0.0, description="Share of images held out as a test split before the k folds (0 for none)"
+        default=0.0,
+        description="Share of images held out as a test split before the k folds (0 for none)",
     )
 
 
@@ -189,15 +206,9 @@ def load_folds(home: MLAssetsHome, version: str) -> pd.DataFrame:
     blocking=True,
     description="Every image has exactly one fold and no image content sits in two folds.",
 )
-def folds_are_disjoint(context: dg.AssetCheckExecutionContext, home: MLAssetsHome) -> dg.AssetCheckResult:
+def folds_are_disjoint(
+    context: dg.AssetCheckExecutionContext, home: MLAssetsHome
+) -> dg.AssetCheckResult:
     version = context.partition_key
-    ds = load_version(home, version)
-    assignment = load_folds(home, version)
-    merged = ds.images.merge(assignment, on="image_id", how="left")
-    unassigned = int(merged["fold"].isna().sum())
-    hashed = merged[merged["sha256"].astype(bool)]
-    leaking = int((hashed.groupby("sha256")["fold"].nunique() > 1).sum())
-    return dg.AssetCheckResult(
-        passed=unassigned == 0 and leaking == 0 and len(assignment) == len(ds.images),
-        metadata={"unassigned_images": unassigned, "contents_in_several_folds": leaking},
-    )
+    problems = fold_problems(load_version(home, version).images, load_folds(home, version))
+    return dg.AssetCheckResult(passed=not any(problems.values()), metadata=problems)

@@ -1,6 +1,5 @@
 """Evaluations per (version, fold) of the model that lineage names, and reports per version."""
 
-
 import dagster as dg
 import numpy as np
 import orjson
@@ -95,7 +94,9 @@ def read_fold_metrics(home: MLAssetsHome, version: str) -> list[dict]:
     description="Cross-validated classifier quality of a dataset version: every fold, mean and "
     "standard deviation, and the confusion matrix summed over the held-out folds.",
 )
-def classifier_report(context: dg.AssetExecutionContext, home: MLAssetsHome) -> dg.MaterializeResult:
+def classifier_report(
+    context: dg.AssetExecutionContext, home: MLAssetsHome
+) -> dg.MaterializeResult:
     version = context.partition_key
     records = read_fold_metrics(home, version)
     per_fold = pd.DataFrame(records).set_index("fold")
@@ -131,7 +132,9 @@ def classifier_report(context: dg.AssetExecutionContext, home: MLAssetsHome) -> 
 
 
 class PromotionConfig(dg.Config):
-    min_macro_f1: float = Field(default=0.5, description="Least mean macro F1 across folds to promote")
+    min_macro_f1: float = Field(
+        default=0.5, description="Least mean macro F1 across folds to promote"
+    )
 
 
 @dg.asset_check(
@@ -152,5 +155,9 @@ def classifier_promotable(
     baseline = float(2 * majority_share / (1 + majority_share) / len(support))
     return dg.AssetCheckResult(
         passed=macro_f1 >= config.min_macro_f1 and macro_f1 > baseline,
-        metadata={"mean_macro_f1": macro_f1, "majority_baseline_macro_f1": baseline, "bar": config.min_macro_f1},
+        metadata={
+            "mean_macro_f1": macro_f1,
+            "majority_baseline_macro_f1": baseline,
+            "bar": config.min_macro_f1,
+        },
     )

@@ -1,6 +1,5 @@
 """Dataset versions (dynamic, keyed by content hash) and folds (static), and both together."""
 
-
 import os
 
 import dagster as dg
@@ -21,7 +20,9 @@ fold_partitions = dg.StaticPartitionsDefinition([str(i) for i in range(fold_coun
 version_folds = dg.MultiPartitionsDefinition({"version": dataset_versions, "fold": fold_partitions})
 
 
-def version_fold(context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext) -> tuple[str, int]:
+def version_fold(
+    context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext,
+) -> tuple[str, int]:
     key = context.partition_key
     assert isinstance(key, dg.MultiPartitionKey), f"expected a version/fold key, got {key!r}"
     dims = key.keys_by_dimension

@@ -1,6 +1,5 @@
 """Resources: where state lives and which device trains."""
 
-
 from pathlib import Path
 
 import dagster as dg
@@ -13,8 +12,12 @@ from ml_assets.data.store import Store
 class MLAssetsHome(dg.ConfigurableResource):
     """The one folder that holds landing data, the store, versions, models, reports and MLflow."""
 
-    root: str = Field(default="", description="Home folder; empty means $ML_ASSETS_HOME or .ml_assets")
-    landing: str = Field(default="", description="Landing folder to watch; empty means <home>/landing")
+    root: str = Field(
+        default="", description="Home folder; empty means $ML_ASSETS_HOME or .ml_assets"
+    )
+    landing: str = Field(
+        default="", description="Landing folder to watch; empty means <home>/landing"
+    )
 
     @property
     def path(self) -> Path:
@@ -52,7 +55,9 @@ class TrainingDevice(dg.ConfigurableResource):
     """The accelerator training and evaluation use: CUDA when present, else the CPU."""
 
     device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N")
-    threads: int = Field(default=0, description="CPU threads for torch; 0 means all this process may use")
+    threads: int = Field(
+        default=0, description="CPU threads for torch; 0 means all this process may use"
+    )
 
     def torch_device(self):
         from ml_assets.train.device import configure_threads, select_device

@@ -1,6 +1,5 @@
 """Models per (dataset version, fold): trained on the other folds, in the GPU pool."""
 
-
 import dagster as dg
 from pydantic import Field
 
@@ -17,11 +16,15 @@ RETRAIN = dg.AutomationCondition.eager()
 
 
 class ClassifierTrainingConfig(dg.Config):
-    model_name: str = Field(default="resnet10t", description="Any timm architecture, built without weights")
+    model_name: str = Field(
+        default="resnet10t", description="Any timm architecture, built without weights"
+    )
     img_size: int = Field(default=48, description="Side of the square object crops, in pixels")
-    epochs: int = Field(default=8, description="Passes over the training crops")
+    epochs: int = Field(default=12, description="Passes over the training crops")
     batch_size: int = Field(default=32, description="Crops per optimizer step")
-    lr: float = Field(default=3e-3, description="Peak learning rate of the one-cycle schedule (AdamW)")
+    lr: float = Field(
+        default=3e-3, description="Peak learning rate of the one-cycle schedule (AdamW)"
+    )
     weight_decay: float = Field(default=0.05, description="AdamW weight decay")
     label_smoothing: float = Field(default=0.1, description="Cross-entropy label smoothing")
     seed: int = Field(default=0, description="Seed for weights init, shuffling and augmentation")
@@ -30,7 +33,10 @@ class ClassifierTrainingConfig(dg.Config):
 def class_list(ds) -> list[dict]:
     """Classes in category-id order: index i of the model is ``classes[i]``."""
     cats = ds.categories.sort_values("category_id")
-    return [{"id": int(c), "name": str(n)} for c, n in zip(cats["category_id"], cats["name"], strict=True)]
+    return [
+        {"id": int(c), "name": str(n)}
+        for c, n in zip(cats["category_id"], cats["name"], strict=True)
+    ]
 
 
 @dg.asset(
@@ -49,7 +55,12 @@ def image_classifier(
     home: MLAssetsHome,
     training_device: TrainingDevice,
 ) -> dg.MaterializeResult:
-    from ml_assets.train.classifier import ClassifierConfig, extract_crops, save_classifier, train_classifier
+    from ml_assets.train.classifier import (
+        ClassifierConfig,
+        extract_crops,
+        save_classifier,
+        train_classifier,
+    )
     from ml_assets.train.tracking import mlflow_run, run_url
 
     version, fold = version_fold(context)
@@ -65,7 +76,9 @@ def image_classifier(
     with mlflow_run(home.mlflow_dir, "image_classifier", f"{version}-fold{fold}", tags) as run:
         import mlflow
 
-        mlflow.log_params({**config.model_dump(), "device": str(device), "train_crops": len(crops.labels)})
+        mlflow.log_params(
+            {**config.model_dump(), "device": str(device), "train_crops": len(crops.labels)}
+        )
         model, history = train_classifier(
             crops,
             [c["name"] for c in classes],

@@ -53,7 +53,10 @@ def extract_crops(
             side = max(row.w, row.h) * (1 + 2 * pad)
             cx, cy = row.x + row.w / 2, row.y + row.h / 2
             box = (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)
-            crop = image.resize((size, size), Image.Resampling.BILINEAR, box=box)
+            # Beyond the image border, crop() pads with black.
+            crop = image.crop(tuple(round(v) for v in box)).resize(
+                (size, size), Image.Resampling.BILINEAR
+            )
             crops.append(np.asarray(crop))
             labels.append(index[row.category_id])
             ids.append(row.annotation_id)
@@ -69,7 +72,7 @@ def extract_crops(
 class ClassifierConfig:
     model_name: str = "resnet10t"
     img_size: int = 48
-    epochs: int = 8
+    epochs: int = 12
     batch_size: int = 32
     lr: float = 3e-3
     weight_decay: float = 0.05
@@ -83,7 +86,7 @@ def build_model(model_name: str, num_classes: int):
     return timm.create_model(model_name, pretrained=False, num_classes=num_classes)
 
 
-def _augment():
+def _augment(seed: int):
     import albumentations as A
 
     return A.Compose(
@@ -92,7 +95,8 @@ def _augment():
             A.VerticalFlip(p=0.5),
             A.Affine(scale=(0.85, 1.15), rotate=(-30, 30), translate_percent=0.05, p=0.7),
             A.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.1, p=0.7),
-        ]
+        ],
+        seed=seed,
     )
 
 
@@ -108,7 +112,7 @@ def build_loader(crops: Crops, batch_size: int, seed: int, augment: bool):
     import torch
     from torch.utils.data import DataLoader, Dataset
 
-    transform = _augment() if augment else None
+    transform = _augment(seed) if augment else None
 
     class CropDataset(Dataset):
         def __len__(self) -> int:

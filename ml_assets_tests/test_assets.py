@@ -1,0 +1,97 @@
+"""Data assets and their checks, materialized on tiny data against a test instance."""
+
+import shutil
+
+import dagster as dg
+import orjson
+import pandas as pd
+
+from ml_assets.defs import datasets
+from ml_assets.defs.partitions import dataset_versions
+from ml_assets.defs.resources import MLAssetsHome
+
+DATA_ASSETS = [datasets.raw_dataset, datasets.annotations, datasets.folds]
+DATA_CHECKS = [
+    datasets.annotations_schema,
+    datasets.annotations_findings,
+    datasets.folds_are_disjoint,
+]
+
+
+def register(instance, home: MLAssetsHome, landing) -> str:
+    key = home.store.register(landing)
+    instance.add_dynamic_partitions(dataset_versions.name, [key])
+    return key
+
+
+def latest_metadata(instance, asset: str, partition: str) -> dict:
+    records = materializations(instance, asset, partition)
+    assert records, f"{asset}[{partition}] was not materialized"
+    return {k: v.value for k, v in records[0].asset_materialization.metadata.items()}
+
+
+def materializations(instance, asset: str, partition: str) -> list:
+    flt = dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition])
+    return instance.fetch_materializations(flt, limit=1).records
+
+
+def test_data_assets_store_read_validate_and_split(tmp_path, tiny_sample, tree_digest):
+    landing = tmp_path / "landing"
+    shutil.copytree(tiny_sample, landing)
+    before = tree_digest(landing)
+    home = MLAssetsHome(root=str(tmp_path / "home"), landing=str(landing))
+    with dg.instance_for_test() as instance:
+        key = register(instance, home, landing)
+        result = dg.materialize(
+            [*DATA_ASSETS, *DATA_CHECKS],
+            partition_key=key,
+            resources={"home": home},
+            instance=instance,
+        )
+        assert result.success
+        assert all(e.passed for e in result.get_asset_check_evaluations())
+        raw = latest_metadata(instance, "raw_dataset", key)
+        assert raw["files"] == len(before) and raw["format"] == "coco"
+        assert raw["new_objects"] == len(before) and raw["reused_objects"] == 0
+        ann = latest_metadata(instance, "annotations", key)
+        doc = orjson.loads((landing / "annotations.json").read_bytes())
+        assert ann["images"] == 12 and ann["annotations"] == len(doc["annotations"])
+        assert ann["categories"] == 4 and "circle" in ann["class_histogram"]
+        assert ann["summary_plot"].startswith("![summary](data:image/png;base64,")
+        folds = latest_metadata(instance, "folds", key)
+        assert folds["k"] == 2 and folds["min_fold_images"] + folds["max_fold_images"] == 12
+
+    written = pd.read_parquet(home.folds_path(key))
+    assert sorted(written["image_id"]) == list(range(1, 13)) and set(written["fold"]) == {0, 1}
+    tables = datasets.load_version(home, key)
+    assert tables.images["sha256"].str.len().eq(64).all()
+    assert (tables.root / tables.images["file_name"].iloc[0]).is_file()
+    assert tree_digest(landing) == before
+
+
+def test_bad_annotations_block_the_folds(tmp_path, tiny_sample, tree_digest):
+    landing = tmp_path / "landing"
+    shutil.copytree(tiny_sample, landing)
+    doc = orjson.loads((landing / "annotations.json").read_bytes())
+    doc["annotations"][0]["bbox"] = [60.0, 60.0, 10.0, 10.0]  # wholly outside the 48-pixel image
+    (landing / "annotations.json").write_bytes(orjson.dumps(doc))
+    before = tree_digest(landing)
+    home = MLAssetsHome(root=str(tmp_path / "home"), landing=str(landing))
+    with dg.instance_for_test() as instance:
+        key = register(instance, home, landing)
+        result = dg.materialize(
+            [*DATA_ASSETS, *DATA_CHECKS],
+            partition_key=key,
+            resources={"home": home},
+            instance=instance,
+            raise_on_error=False,
+        )
+        assert not result.success
+        findings = {e.check_name: e for e in result.get_asset_check_evaluations()}
+        assert not findings["annotations_findings"].passed
+        assert findings["annotations_findings"].severity == dg.AssetCheckSeverity.ERROR
+        table = findings["annotations_findings"].metadata["findings"].value
+        assert f"annotation {doc['annotations'][0]['id']}" in table
+        assert materializations(instance, "folds", key) == []
+    assert not home.folds_path(key).exists()
+    assert tree_digest(landing) == before
