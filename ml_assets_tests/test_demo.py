@@ -1,12 +1,24 @@
 """The main job end to end on a tiny sample: real training, 2 folds, 1 epoch."""
 
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import dagster as dg
 import orjson
 import pytest
+import requests
 from click.testing import CliRunner
 
 from ml_assets.cli import main
 from ml_assets.demo import report_table, run_demo
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
@@ -67,3 +79,74 @@ def test_demo_materializes_everything_and_reports(home, tree_digest):
     assert f"version {version}" in result.output and "already holds data" in result.output
     assert "fold 1" in result.output and "promotion gate:" in result.output
     assert tree_digest(home / "landing") == landing
+
+
+def graphql(port: int, query: str) -> dict:
+    response = requests.post(f"http://127.0.0.1:{port}/graphql", json={"query": query}, timeout=30)
+    response.raise_for_status()
+    return response.json()["data"]
+
+
+@contextlib.contextmanager
+def dagster_dev(home: Path, port: int):
+    """`make ui`'s server on a free port, stopped with SIGINT, SIGTERM then SIGKILL of its group."""
+    env = {**os.environ, "ML_ASSETS_HOME": str(home), "DAGSTER_HOME": str(home / "dagster")}
+    command = [
+        str(Path(sys.executable).parent / "dagster"),
+        "dev",
+        "-w",
+        "workspace.yaml",
+        "-p",
+        str(port),
+    ]
+    process = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                requests.get(f"http://127.0.0.1:{port}/server_info", timeout=2).raise_for_status()
+                break
+            except requests.RequestException:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise RuntimeError("dagster dev did not answer within 120 s") from None
+                time.sleep(1)
+        yield
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, sig)
+            try:
+                process.wait(timeout=15)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_ui_shows_the_demo_runs_and_metadata(home):
+    report = run_demo(images=12, folds=2, epochs=1, echo=lambda _: None)
+    port = free_port()
+    with dagster_dev(home, port):
+        runs = graphql(port, "{ runsOrError { ... on Runs { results { jobName status } } } }")
+        jobs = sorted(r["jobName"] for r in runs["runsOrError"]["results"])
+        assert jobs == ["ingest_job", "report_job", "training_job", "training_job"]
+        query = (
+            '{ assetNodeOrError(assetKey: {path: ["classifier_report"]}) { ... on AssetNode { '
+            f'assetMaterializations(partitions: ["{report["version"]}"]) {{ metadataEntries {{ label }} }} }} }} }}'
+        )
+        node = graphql(port, query)["assetNodeOrError"]
+        labels = {e["label"] for e in node["assetMaterializations"][0]["metadataEntries"]}
+        assert {"mean_macro_f1", "std_macro_f1", "per_fold", "confusion_matrix"} <= labels
