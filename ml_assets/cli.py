@@ -123,3 +123,24 @@ def inspect(src: Path, from_: str) -> None:
     click.echo(
         orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY).decode()
     )
+
+
+@main.command()
+@click.argument("model_dir", type=existing_dir)
+@click.argument("src", type=existing_dir)
+@click.option("--from", "from_", type=click.Choice(SOURCES), default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N")
+def evaluate(model_dir: Path, src: Path, from_: str, device: str) -> None:
+    """Score the classifier saved in MODEL_DIR on every object of the dataset in SRC."""
+    from ml_assets.data.formats import read_dataset
+    from ml_assets.evaluate.classification import score_classifier
+    from ml_assets.train.device import select_device
+
+    ds = read_dataset(src, from_)
+    try:
+        metrics, _ = score_classifier(model_dir, ds, ds.images["image_id"], select_device(device))
+    except (FileNotFoundError, ValueError) as err:
+        raise click.ClickException(str(err)) from err
+    for name in ("accuracy", "balanced_accuracy", "macro_f1", "samples"):
+        click.echo(f"{name:>18}: {round(metrics[name], 4)}")
+    click.echo("\n" + metrics["per_class"].round(4).to_string())

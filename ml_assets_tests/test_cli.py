@@ -6,7 +6,15 @@ from ml_assets.cli import main
 def test_help_lists_every_command():
     result = CliRunner().invoke(main, ["--help"])
     assert result.exit_code == 0
-    for command in ["sample-data", "register", "demo", "convert", "validate", "inspect"]:
+    for command in [
+        "sample-data",
+        "register",
+        "demo",
+        "convert",
+        "validate",
+        "inspect",
+        "evaluate",
+    ]:
         assert command in result.output
 
 

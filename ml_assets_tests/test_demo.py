@@ -80,6 +80,14 @@ def test_demo_materializes_everything_and_reports(home, tree_digest):
     assert "fold 1" in result.output and "promotion gate:" in result.output
     assert tree_digest(home / "landing") == landing
 
+    model = home / "models" / "image_classifier" / version / "fold-0"
+    scored = CliRunner().invoke(
+        main, ["evaluate", str(model), str(home / "landing"), "--device", "cpu"]
+    )
+    assert scored.exit_code == 0, scored.output
+    total = sum(r["samples"] for r in report["folds"])
+    assert f"samples: {total}" in scored.output and "macro_f1: " in scored.output
+
 
 def graphql(port: int, query: str) -> dict:
     response = requests.post(f"http://127.0.0.1:{port}/graphql", json={"query": query}, timeout=30)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,13 +53,20 @@ def manifest_key(entries: list[Entry]) -> str:
     return digest.hexdigest()[:KEY_LENGTH]
 
 
-def _walk(root: Path) -> list[Path]:
-    """Every regular file below ``root``, skipping hidden files and folders."""
-    found = []
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found.extend(Path(folder, f) for f in sorted(files) if not f.startswith("."))
-    return found
+def walk(root: Path) -> Iterator[tuple[str, os.DirEntry]]:
+    """(POSIX path relative to ``root``, directory entry) of every regular file below ``root``,
+    skipping hidden files and folders. ``os.scandir`` keeps this to one stat per file."""
+    stack = [("", str(root))]
+    while stack:
+        prefix, folder = stack.pop()
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append((f"{prefix}{entry.name}/", entry.path))
+                elif entry.is_file():
+                    yield f"{prefix}{entry.name}", entry
 
 
 class HashCache:
@@ -71,13 +79,12 @@ class HashCache:
             self.entries = orjson.loads(path.read_bytes())
         self.dirty = False
 
-    def sha256(self, file: Path, stat: os.stat_result) -> str:
-        key = str(file)
-        hit = self.entries.get(key)
+    def sha256(self, file: str, stat: os.stat_result) -> str:
+        hit = self.entries.get(file)
         if hit and hit[0] == stat.st_size and hit[1] == stat.st_mtime_ns:
             return hit[2]
-        sha = hash_file(file)
-        self.entries[key] = [stat.st_size, stat.st_mtime_ns, sha]
+        sha = hash_file(Path(file))
+        self.entries[file] = [stat.st_size, stat.st_mtime_ns, sha]
         self.dirty = True
         return sha
 
@@ -94,13 +101,11 @@ def scan(root: Path, cache: HashCache | None = None) -> list[Entry]:
         raise FileNotFoundError(f"landing folder {root} does not exist or is not a folder")
     cache = cache or HashCache(None)
     entries = []
-    for file in _walk(root):
-        stat = file.stat()
-        entries.append(
-            Entry(file.relative_to(root).as_posix(), cache.sha256(file, stat), stat.st_size)
-        )
+    for path, entry in walk(root):
+        stat = entry.stat()
+        entries.append(Entry(path, cache.sha256(entry.path, stat), stat.st_size))
     cache.save()
-    return entries
+    return sorted(entries, key=lambda e: e.path)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from ml_assets.defs.datasets import load_folds, load_version, md_table
 from ml_assets.defs.partitions import dataset_versions, fold_partitions, version_fold, version_folds
 from ml_assets.defs.resources import MLAssetsHome, TrainingDevice
 from ml_assets.defs.training import RETRAIN, image_classifier
-from ml_assets.evaluate.classification import classification_metrics, summarize_folds
+from ml_assets.evaluate.classification import score_classifier, summarize_folds
 from ml_assets.evaluate.plots import confusion_png, markdown_image
 
 
@@ -26,31 +26,15 @@ from ml_assets.evaluate.plots import confusion_png, markdown_image
 def classifier_evaluation(
     context: dg.AssetExecutionContext, home: MLAssetsHome, training_device: TrainingDevice
 ) -> dg.MaterializeResult:
-    from ml_assets.train.classifier import extract_crops, load_classifier, predict
-
     version, fold = version_fold(context)
-    device = training_device.torch_device()
-    # The model of this very partition, as lineage says: never "the latest".
-    model, meta = load_classifier(home.model_dir("image_classifier", version, fold), device)
     ds = load_version(home, version)
     assignment = load_folds(home, version)
     held_out = assignment.loc[assignment["fold"] == fold, "image_id"]
-    classes = meta["classes"]
-    names = [c["name"] for c in classes]
-    crops = extract_crops(ds, held_out, [c["id"] for c in classes], size=meta["config"]["img_size"])
-    probabilities = predict(model, crops.images, device)
-    predicted = probabilities.argmax(axis=1)
-    metrics = classification_metrics(crops.labels, predicted, names)
-
+    # The model of this very partition, as lineage says: never "the latest".
+    model_dir = home.model_dir("image_classifier", version, fold)
+    metrics, predictions = score_classifier(model_dir, ds, held_out, training_device.torch_device())
+    names = [c["name"] for c in metrics["meta"]["classes"]]
     out = home.evaluation_dir("image_classifier", version, fold)
-    predictions = pd.DataFrame(
-        {
-            "annotation_id": crops.annotation_ids,
-            "true": np.asarray(names)[crops.labels],
-            "predicted": np.asarray(names)[predicted],
-            "confidence": probabilities.max(axis=1),
-        }
-    )
     write_bytes(out / "predictions.parquet", predictions.to_parquet(index=False))
     summary = {k: metrics[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "samples")}
     record = {
@@ -59,8 +43,8 @@ def classifier_evaluation(
         "fold": fold,
         "classes": names,
         "confusion": metrics["confusion"].tolist(),
-        "model": str(home.model_dir("image_classifier", version, fold)),
-        "mlflow_run_id": meta.get("mlflow_run_id"),
+        "model": str(model_dir),
+        "mlflow_run_id": metrics["meta"].get("mlflow_run_id"),
     }
     write_bytes(out / "metrics.json", orjson.dumps(record, option=orjson.OPT_INDENT_2))
     png = confusion_png(metrics["confusion"], names, f"{version} fold {fold}")

@@ -47,3 +47,34 @@ def summarize_folds(per_fold: pd.DataFrame) -> pd.DataFrame:
     stats["std"] = stats["std"].fillna(0.0)
     stats.index.name = "metric"
     return stats
+
+
+def score_classifier(run_dir, ds, image_ids, device) -> tuple[dict, pd.DataFrame]:
+    """Score the classifier saved in ``run_dir`` on the object crops of ``image_ids`` in ``ds``.
+
+    Returns the metrics of :func:`classification_metrics` (plus ``meta``, the saved run's
+    metadata) and one row per crop: annotation id, true and predicted class, confidence.
+    """
+    from ml_assets.train.classifier import extract_crops, load_classifier, predict
+
+    model, meta = load_classifier(run_dir, device)
+    names = [c["name"] for c in meta["classes"]]
+    known = {c["id"] for c in meta["classes"]}
+    unknown = set(ds.annotations["category_id"]) - known
+    if unknown:
+        raise ValueError(f"{run_dir}: the model does not know category ids {sorted(unknown)}")
+    crops = extract_crops(
+        ds, image_ids, [c["id"] for c in meta["classes"]], size=meta["config"]["img_size"]
+    )
+    probabilities = predict(model, crops.images, device)
+    predicted = probabilities.argmax(axis=1) if len(probabilities) else np.zeros(0, int)
+    metrics = classification_metrics(crops.labels, predicted, names) | {"meta": meta}
+    predictions = pd.DataFrame(
+        {
+            "annotation_id": crops.annotation_ids,
+            "true": np.asarray(names)[crops.labels],
+            "predicted": np.asarray(names)[predicted],
+            "confidence": probabilities.max(axis=1) if len(probabilities) else np.zeros(0),
+        }
+    )
+    return metrics, predictions
