@@ -84,19 +84,16 @@ def annotations(context: dg.AssetExecutionContext, home: MLAssetsHome) -> dg.Mat
     ds = read_version(home, version)
     folder = save_tables(ds, home.tables_dir(version))
     summary = summarize(ds)
-    histogram = (
-        ds.annotations["category_id"].map(ds.category_names).value_counts().rename("objects")
-    )
-    numbers = {k: v for k, v in summary.items() if isinstance(v, int | float)}
+    histogram = pd.Series(summary.pop("class_histogram"), name="objects", dtype="int64")
+    numbers = {
+        f"{name}_{part}" if isinstance(value, dict) else name: number
+        for name, value in summary.items()
+        for part, number in (value.items() if isinstance(value, dict) else [("", value)])
+    }
     return dg.MaterializeResult(
         metadata={
-            "images": len(ds.images),
-            "annotations": len(ds.annotations),
-            "categories": len(ds.categories),
-            "images_without_objects": int(
-                (~ds.images["image_id"].isin(ds.annotations["image_id"])).sum()
-            ),
             **numbers,
+            "boxes_from_masks": int(ds.attrs.get("boxes_from_masks", 0)),
             "class_histogram": md_table(histogram.to_frame()),
             "summary_plot": dg.MetadataValue.md(markdown_image(summary_plot_png(ds), "summary")),
             "path": dg.MetadataValue.path(str(folder)),
