@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import dagster as dg
 
-from ml_assets.defs import automation, datasets, evaluation, training
+from ml_assets.defs import automation, datasets, evaluation, exports, training
 from ml_assets.defs.resources import MLAssetsHome, TrainingDevice
 
 defs = dg.Definitions(
-    assets=dg.load_assets_from_modules([datasets, training, evaluation]),
+    assets=dg.load_assets_from_modules([datasets, exports, training, evaluation]),
     asset_checks=dg.load_asset_checks_from_modules([datasets, evaluation]),
     jobs=[automation.ingest_job, automation.training_job, automation.report_job],
     sensors=[automation.landing_sensor, automation.automation_sensor],

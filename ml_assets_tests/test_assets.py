@@ -6,7 +6,8 @@ import dagster as dg
 import orjson
 import pandas as pd
 
-from ml_assets.defs import datasets
+from ml_assets.data.formats import read_dataset
+from ml_assets.defs import datasets, exports
 from ml_assets.defs.partitions import dataset_versions
 from ml_assets.defs.resources import MLAssetsHome
 
@@ -95,3 +96,35 @@ def test_bad_annotations_block_the_folds(tmp_path, tiny_sample, tree_digest):
         assert materializations(instance, "folds", key) == []
     assert not home.folds_path(key).exists()
     assert tree_digest(landing) == before
+
+
+def test_every_format_is_exported_with_images_linked_not_copied(tmp_path, tiny_sample):
+    from pycocotools.coco import COCO
+
+    landing = tmp_path / "landing"
+    shutil.copytree(tiny_sample, landing)
+    home = MLAssetsHome(root=str(tmp_path / "home"), landing=str(landing))
+    assets = [*DATA_ASSETS, exports.coco_dataset, exports.voc_dataset, exports.yolo_dataset]
+    with dg.instance_for_test() as instance:
+        key = register(instance, home, landing)
+        assert dg.materialize(
+            assets, partition_key=key, resources={"home": home}, instance=instance
+        ).success
+        source = read_dataset(landing)
+        boxes = source.annotations.sort_values("annotation_id")[["x", "y", "w", "h"]].to_numpy()
+        for fmt in ("coco", "voc", "yolo"):
+            meta = latest_metadata(instance, f"{fmt}_dataset", key)
+            assert meta["images"] == 12 and meta["hard_linked_files"] >= 12
+            folder = home.export_dir(fmt, key)
+            again = read_dataset(folder, fmt)
+            assert len(again.images) == 12
+            got = again.annotations.sort_values(["image_id", "x", "y"])[
+                ["x", "y", "w", "h"]
+            ].to_numpy()
+            want = source.annotations.sort_values(["image_id", "x", "y"])[
+                ["x", "y", "w", "h"]
+            ].to_numpy()
+            assert abs(got - want).max() < 1e-6 * 48, fmt
+        assert len(COCO(str(home.export_dir("coco", key) / "annotations.json")).getAnnIds()) == len(
+            boxes
+        )

@@ -76,6 +76,12 @@ def _polygon(cls: int, cx: float, cy: float, r: float, angle: float) -> list[tup
     return [(cx + d * math.cos(a), cy + d * math.sin(a)) for d, a in corners]
 
 
+def _shoelace(poly: list[tuple[float, float]]) -> float:
+    """Area of a simple polygon."""
+    pairs = zip(poly, poly[1:] + poly[:1], strict=True)
+    return abs(sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in pairs)) / 2
+
+
 def _iou(a: list[float], b: list[float]) -> float:
     ix = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
     iy = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
@@ -97,15 +103,24 @@ def render_image(seed: int, index: int, size: int) -> tuple[Image.Image, list[di
         r = float(rng.uniform(0.07, 0.2)) * size
         cx, cy = (float(v) for v in rng.uniform(r, size - r, size=2))
         poly = _polygon(cls, cx, cy, r, float(rng.uniform(0, 2 * math.pi)))
+        # Points rounded and kept inside the image; the box is exactly their extent.
+        poly = [
+            (round(min(max(x, 0.0), size), 2), round(min(max(y, 0.0), size), 2)) for x, y in poly
+        ]
         xs, ys = [p[0] for p in poly], [p[1] for p in poly]
-        x0, y0 = max(0.0, min(xs)), max(0.0, min(ys))
-        box = [x0, y0, min(float(size), max(xs)) - x0, min(float(size), max(ys)) - y0]
+        box = [min(xs), min(ys), round(max(xs) - min(xs), 2), round(max(ys) - min(ys), 2)]
         if any(_iou(box, o["bbox"]) > MAX_IOU for o in objects):
             continue
         colour = tuple(int(c) for c in rng.integers(0, 256, size=3))
         draw.polygon(poly, fill=colour, outline=tuple(255 - c for c in colour))
-        flat = [round(v, 2) for p in poly for v in p]
-        objects.append({"category_id": CATEGORIES[cls]["id"], "bbox": box, "segmentation": flat})
+        objects.append(
+            {
+                "category_id": CATEGORIES[cls]["id"],
+                "bbox": box,
+                "segmentation": [v for p in poly for v in p],
+                "area": round(_shoelace(poly), 2),
+            }
+        )
     return image, objects
 
 
@@ -128,14 +143,13 @@ def coco_document(seed: int, images: int, size: int) -> tuple[dict, list[tuple[s
         image_id = index + 1
         doc["images"].append({"id": image_id, "file_name": name, "width": size, "height": size})
         for obj in objects:
-            x, y, w, h = (round(v, 2) for v in obj["bbox"])
             doc["annotations"].append(
                 {
                     "id": len(doc["annotations"]) + 1,
                     "image_id": image_id,
                     "category_id": obj["category_id"],
-                    "bbox": [x, y, w, h],
-                    "area": round(w * h, 2),
+                    "bbox": obj["bbox"],
+                    "area": obj["area"],
                     "iscrowd": 0,
                     "segmentation": [obj["segmentation"]],
                 }

@@ -11,14 +11,17 @@ import dagster as dg
 
 from ml_assets.defs.datasets import annotations, folds, raw_dataset
 from ml_assets.defs.evaluation import classifier_evaluation, classifier_report
+from ml_assets.defs.exports import coco_dataset, voc_dataset, yolo_dataset
 from ml_assets.defs.partitions import dataset_versions, fold_partitions
 from ml_assets.defs.resources import MLAssetsHome
 from ml_assets.defs.training import image_classifier
 
 ingest_job = dg.define_asset_job(
     "ingest_job",
-    selection=dg.AssetSelection.assets(raw_dataset, annotations, folds),
-    description="Store, read, validate and split one dataset version.",
+    selection=dg.AssetSelection.assets(
+        raw_dataset, annotations, folds, coco_dataset, voc_dataset, yolo_dataset
+    ),
+    description="Store, read, validate, split and export one dataset version.",
 )
 training_job = dg.define_asset_job(
     "training_job",

@@ -34,6 +34,9 @@ class MLAssetsHome(dg.ConfigurableResource):
     def tables_dir(self, version: str) -> Path:
         return self.store.version_dir(version) / "tables"
 
+    def export_dir(self, fmt: str, version: str) -> Path:
+        return self.store.version_dir(version) / fmt
+
     def folds_path(self, version: str) -> Path:
         return self.store.version_dir(version) / "folds.parquet"
 
