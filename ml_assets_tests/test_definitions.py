@@ -80,3 +80,15 @@ def test_offline_settings_are_applied_on_import():
     }.items():
         assert os.environ[key] == value
     assert os.environ["YOLO_CONFIG_DIR"]
+
+
+def test_instance_settings_limit_the_gpu_pool_and_free_slots_of_ended_runs(tmp_path):
+    (tmp_path / "dagster.yaml").write_bytes((ROOT / "dagster.yaml").read_bytes())
+    instance = dg.DagsterInstance.from_config(str(tmp_path))
+    try:
+        assert instance.get_concurrency_config().pool_config.default_pool_limit == 1
+        assert instance.run_monitoring_enabled
+        assert instance.run_monitoring_settings["free_slots_after_run_end_seconds"] > 0
+        assert instance.run_retries_enabled and instance.run_retries_max_retries == 1
+    finally:
+        instance.dispose()
