@@ -1,0 +1,345 @@
+"""YOLO (ultralytics layout) to and from the canonical tables.
+
+Layout: ``ROOT/data.yaml``, images under ``ROOT/images/<split>/<key>`` and one label file per image
+at ``ROOT/labels/<split>/<key without suffix>.txt`` (ultralytics finds a label by replacing the
+last ``/images/`` of the image path with ``/labels/``). The reader takes ``train``, ``val`` and
+``test`` from the yaml as a folder, a ``.txt`` list of images, or a list of these, relative to the
+yaml (or to its ``path``); the split of an image is its folder below ``images/`` (or the yaml key
+for a list or another folder). An image without a label file, or with an empty one, has no
+boxes. Each line is ``class cx cy w h`` (a box, normalized to the image size) or ``class x1 y1 x2
+y2 ...`` (a polygon, at least three points); the box of a polygon line is the polygon's extent,
+which is what ultralytics trains on. Image sizes come from the image headers.
+
+Class mapping: YOLO class indices are 0..K-1. The writer numbers the categories in order of
+``category_id`` and writes ``category_ids: [<id of class 0>, <id of class 1>, ...]`` into
+``data.yaml`` (ultralytics ignores keys it does not know); the reader maps indices back through
+it, so COCO -> YOLO -> COCO keeps the original ids. Without it, the class index is the id.
+
+The writer keeps polygon segmentations (one polygon line per object; the parts of a multi-part
+polygon are joined), writes a box line otherwise (RLE masks cannot be held), and leaves out
+``iscrowd`` annotations, as ultralytics' own COCO converter does. Images without a split go to
+``train``; ``val`` points at ``images/val`` when there is one, else at the training images.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from itertools import groupby
+from operator import itemgetter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from ml_assets.data.atomic import atomic_dir, write_text
+from ml_assets.data.tables import (
+    ANNOTATION_COLUMNS,
+    IMAGE_SUFFIXES,
+    Dataset,
+    DatasetError,
+    Issues,
+    annotations_from_columns,
+    categories_from_columns,
+    image_key,
+    image_size,
+    images_from_columns,
+    is_inside,
+    link_images,
+    records_frame,
+    splits,
+    write_files,
+)
+
+YAML_FILE = "data.yaml"
+SPLIT_KEYS = ("train", "val", "test")
+_CHUNK = 16384  # annotations turned into label lines at a time
+
+
+def find_yaml(src: Path) -> Path | None:
+    """``data.yaml`` in ``src``, else the only ``*.yaml``/``*.yml`` file there."""
+    if (Path(src) / YAML_FILE).is_file():
+        return Path(src) / YAML_FILE
+    found = sorted([*Path(src).glob("*.yaml"), *Path(src).glob("*.yml")])
+    return found[0] if len(found) == 1 else None
+
+
+def label_path(file_name: str) -> str:
+    """The label file of an image, both relative to the dataset root (ultralytics' rule)."""
+    head, sep, tail = f"/{file_name}".rpartition("/images/")
+    stem = (head + "/labels/" + tail) if sep else f"/{file_name}"
+    return str(Path(stem[1:]).with_suffix(".txt").as_posix())
+
+
+def read_yolo(src: Path, issues: Issues | None = None) -> Dataset:
+    """Read a YOLO dataset folder (see the module docstring)."""
+    src = Path(src)
+    issues = issues or Issues(root=src)
+    ds = Dataset(root=src)
+    config = _config(src, issues)
+    if config is None:
+        return ds
+    names, category_ids, entries = config
+    index = dict(enumerate(category_ids))
+    ds.categories = categories_from_columns({"category_id": category_ids, "name": names})
+    images: list[dict[str, Any]] = []
+    columns: dict[str, list[Any]] = defaultdict(list)
+    for image_id, (file_name, split) in enumerate(entries.items()):
+        try:
+            width, height = image_size(src / file_name)
+        except OSError as error:
+            issues.error(
+                "image-unreadable", file_name, f"image {image_id}", f"cannot read: {error}"
+            )
+            continue
+        images.append(
+            {
+                "image_id": image_id,
+                "file_name": file_name,
+                "width": width,
+                "height": height,
+                "split": split,
+            }
+        )
+        _read_labels(src, label_path(file_name), image_id, width, height, index, columns, issues)
+    _orphan_labels(src, entries, issues)
+    ds.images = images_from_columns(
+        records_frame(images, ["image_id", "file_name", "width", "height", "split"])
+    )
+    columns["annotation_id"] = list(range(len(columns["image_id"])))
+    ds.annotations = annotations_from_columns(
+        {k: columns[k] for k in ANNOTATION_COLUMNS if k not in ("area", "iscrowd")}
+    )
+    return ds
+
+
+def _config(src: Path, issues: Issues) -> tuple[list[str], list[int], dict[str, str]] | None:
+    """(names, category id per class index, {image file name: split}) or None when unusable."""
+    path = find_yaml(src)
+    if path is None:
+        issues.error("yaml-missing", ".", "", f"no {YAML_FILE} (or single *.yaml) in the folder")
+        return None
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        issues.error("yaml-malformed", path, "", f"malformed YAML: {error}")
+        return None
+    if not isinstance(data, dict):
+        issues.error("yaml-malformed", path, "", "data.yaml must be a mapping")
+        return None
+    names = data.get("names")
+    if isinstance(names, dict) and all(str(k).isdigit() for k in names):
+        names = (
+            [str(names[k]) for k in sorted(names, key=int)]
+            if sorted(map(int, names)) == list(range(len(names)))
+            else None
+        )
+    if not isinstance(names, list):
+        issues.error(
+            "yaml-field", path, "names", "names must be a list or a {0..K-1: name} mapping"
+        )
+        return None
+    ids = data.get("category_ids")
+    valid_ids = (
+        isinstance(ids, list) and len(ids) == len(names) and all(isinstance(i, int) for i in ids)
+    )
+    base = path.parent / str(data.get("path") or ".")
+    if not base.is_dir():
+        base = path.parent
+    entries: dict[str, str] = {}
+    for key in SPLIT_KEYS:
+        value = data.get(key)
+        for item in value if isinstance(value, list) else [value] if value else []:
+            _add_images(src, base / str(item), key, entries, path, issues)
+    return [str(n) for n in names], ids if valid_ids else list(range(len(names))), entries
+
+
+def _add_images(
+    src: Path, target: Path, key: str, entries: dict[str, str], yaml_path: Path, issues: Issues
+) -> None:
+    if target.is_dir():
+        files = sorted(p for p in target.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        under_images = target.parent.resolve() == (src / "images").resolve()
+        split = target.name if under_images else key
+    elif target.suffix == ".txt" and target.is_file():
+        lines = [line.strip() for line in target.read_text(encoding="utf-8").splitlines()]
+        files = [target.parent / line for line in lines if line]
+        split = key
+    else:
+        issues.error("yaml-field", yaml_path, key, f"{target} is neither a folder nor a .txt list")
+        return
+    root = os.path.abspath(src)
+    for file in files:
+        relative = os.path.relpath(os.path.abspath(file), root)  # lexical: no system call
+        if not is_inside(relative):
+            issues.error("path-escape", yaml_path, key, f"{file} is outside the dataset folder")
+            continue
+        entries.setdefault(Path(relative).as_posix(), split)
+
+
+def _read_labels(
+    src: Path,
+    label: str,
+    image_id: int,
+    width: int,
+    height: int,
+    index: dict[int, int],
+    columns: dict[str, list[Any]],
+    issues: Issues,
+) -> None:
+    try:
+        text = (src / label).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return
+    except (OSError, UnicodeDecodeError) as error:
+        issues.error("label-malformed", label, "", f"cannot read: {error}")
+        return
+    for number, line in enumerate(text.splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        try:
+            cls, values = int(parts[0]), np.array(parts[1:], dtype=np.float64)
+        except ValueError:
+            issues.error("label-malformed", label, f"line {number}", f"not numbers: {line!r}")
+            continue
+        if cls not in index:
+            issues.error(
+                "unknown-category",
+                label,
+                f"line {number}",
+                f"class {cls} is not in names (0..{len(index) - 1})",
+            )
+            continue
+        if len(values) == 4:
+            cx, cy, w, h = values * [width, height, width, height]
+            box, segmentation = (cx - w / 2, cy - h / 2, w, h), None
+        elif len(values) >= 6 and len(values) % 2 == 0:
+            xy = values.reshape(-1, 2) * [width, height]
+            (x0, y0), (x1, y1) = xy.min(axis=0), xy.max(axis=0)
+            box, segmentation = (x0, y0, x1 - x0, y1 - y0), [xy.ravel().tolist()]
+        else:
+            issues.error(
+                "label-malformed",
+                label,
+                f"line {number}",
+                "expected 'class cx cy w h' or a polygon of 3+ points",
+            )
+            continue
+        for name, value in zip("xywh", box, strict=True):
+            columns[name].append(float(value))
+        columns["image_id"].append(image_id)
+        columns["category_id"].append(index[cls])
+        columns["segmentation"].append(segmentation)
+
+
+def _orphan_labels(src: Path, entries: dict[str, str], issues: Issues) -> None:
+    expected = {label_path(f) for f in entries}
+    folders = {str(Path(label).parent) for label in expected}
+    for folder in sorted(folders):
+        for label in sorted((src / folder).glob("*.txt")):
+            relative = label.relative_to(src).as_posix()
+            if relative not in expected:
+                issues.warning("label-orphan", relative, "", "label file without an image")
+
+
+def write_yolo(ds: Dataset, dst: Path, overwrite: bool = False) -> Path:
+    """Write ``ds`` in the ultralytics layout at ``dst`` atomically (images hard-linked)."""
+    dst = Path(dst)
+    categories = ds.categories.sort_values("category_id")
+    index = {c: i for i, c in enumerate(categories["category_id"].tolist())}
+    split_names = splits(ds.images).replace("", "train")
+    keys = [image_key(f, s) for f, s in zip(ds.images["file_name"], split_names, strict=True)]
+    image_files = [f"images/{s}/{k}" for s, k in zip(split_names, keys, strict=True)]
+    texts = _label_texts(ds, index)
+    with atomic_dir(dst, overwrite) as tmp:
+        link_images(
+            ds, ((f, tmp / t) for f, t in zip(ds.images["file_name"], image_files, strict=True))
+        )
+        labels = [tmp / label_path(f) for f in image_files]
+        ids = ds.images["image_id"].tolist()
+        write_files((label, texts.get(i, "")) for label, i in zip(labels, ids, strict=True))
+        write_text(tmp / YAML_FILE, _yaml(categories, sorted(set(split_names))))
+    return dst
+
+
+def _label_texts(ds: Dataset, index: dict[int, int]) -> dict[int, str]:
+    """The label file text of each image id that has boxes; crowd annotations left out.
+
+    Lines are made in chunks and joined per image as they come, so memory holds the texts and
+    one chunk, never a Python object per number of the whole table.
+    """
+    ann = ds.annotations
+    keep = ann["iscrowd"].to_numpy() == 0
+    order = np.argsort(ann["image_id"].to_numpy()[keep], kind="stable")
+
+    def pick(name: str) -> np.ndarray:
+        return ann[name].to_numpy()[keep][order]
+
+    image_ids = pick("image_id")
+    classes = pd.Series(pick("category_id")).map(index)
+    if classes.isna().any():
+        first = int(np.flatnonzero(classes.isna().to_numpy())[0])
+        raise DatasetError(
+            "unknown-category",
+            "",
+            f"annotation {pick('annotation_id')[first]}",
+            f"category {pick('category_id')[first]} is not in the categories table",
+        )
+    sizes = ds.images.drop_duplicates("image_id").set_index("image_id")
+    width = pd.Series(image_ids).map(sizes["width"]).to_numpy(dtype=np.float64)
+    height = pd.Series(image_ids).map(sizes["height"]).to_numpy(dtype=np.float64)
+    x, y, w, h = (pick(c).astype(np.float64) for c in "xywh")
+    columns = (
+        image_ids,
+        classes.to_numpy(dtype=np.int64),
+        (x + w / 2) / width,
+        (y + h / 2) / height,
+        w / width,
+        h / height,
+        pick("segmentation"),
+        width,
+        height,
+    )
+    rows = (
+        row
+        for start in range(0, len(image_ids), _CHUNK)
+        for row in zip(*(c[start : start + _CHUNK].tolist() for c in columns), strict=True)
+    )
+    return {
+        image_id: "".join(_line(*row[1:]) for row in group)
+        for image_id, group in groupby(rows, key=itemgetter(0))
+    }
+
+
+def _line(
+    cls: int,
+    cx: float,
+    cy: float,
+    w: float,
+    h: float,
+    segmentation: Any,
+    width: float,
+    height: float,
+) -> str:
+    """A polygon line for a polygon segmentation (parts joined), else a box line."""
+    if isinstance(segmentation, list) and segmentation:
+        xy = np.concatenate([np.asarray(p, dtype=np.float64) for p in segmentation])
+        xy = xy.reshape(-1, 2) / [width, height]
+        return f"{cls} " + " ".join(f"{v:.8g}" for v in xy.ravel().tolist()) + "\n"
+    return f"{cls} {cx:.8g} {cy:.8g} {w:.8g} {h:.8g}\n"
+
+
+def _yaml(categories: pd.DataFrame, split_names: list[str]) -> str:
+    others = [f"images/{s}" for s in split_names if s not in ("val", "test")]
+    train = others if others else [f"images/{s}" for s in split_names]
+    config: dict[str, Any] = {"train": train[0] if len(train) == 1 else train}
+    config["val"] = "images/val" if "val" in split_names else config["train"]
+    if "test" in split_names:
+        config["test"] = "images/test"
+    config["names"] = dict(enumerate(categories["name"].tolist()))
+    config["category_ids"] = categories["category_id"].tolist()
+    header = "# written by ml_assets; category_ids[i] is the source category id of class i\n"
+    return header + yaml.safe_dump(config, sort_keys=False, allow_unicode=True)

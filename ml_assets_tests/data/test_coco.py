@@ -1,0 +1,113 @@
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from formats_helpers import small_coco, tree_hash
+from pycocotools.coco import COCO
+
+from ml_assets.data.coco import read_coco, write_coco
+from ml_assets.data.tables import DatasetError
+
+
+def test_reads_ids_crowds_masks_and_subfolders(tmp_path):
+    src = small_coco(tmp_path / "src")
+    ds = read_coco(src).validated()
+    assert ds.root == src
+    assert sorted(ds.categories["category_id"]) == [1, 90]
+    assert ds.images["file_name"].tolist() == ["images/a.png", "images/sub/b.png", "images/c.png"]
+    assert all((ds.root / f).is_file() for f in ds.images["file_name"])
+    ann = ds.annotations.set_index("annotation_id")
+    assert ann.loc[3, "iscrowd"] == 1
+    assert ann.loc[3, "segmentation"]["counts"] == [10, 5, 19, 5, 729]
+    assert ann.loc[1, "segmentation"] == [[1, 2, 4, 2, 4, 6, 1, 6]]
+    # the crowd has no bbox: its box comes from the RLE (columns 0-1, rows 10-14)
+    assert ann.loc[3, ["x", "y", "w", "h"]].tolist() == [0.0, 10.0, 2.0, 5.0]
+    assert ds.attrs["boxes_from_masks"] == 1
+    assert ann.loc[2, ["x", "y", "w", "h"]].tolist() == [10.5, 3.25, 6.0, 8.0]
+    assert ds.images.set_index("image_id").loc[7, "license"] == 1
+
+
+def test_polygon_without_box_gets_its_extent(tmp_path):
+    src = small_coco(tmp_path / "src")
+    document = json.loads((src / "annotations.json").read_text())
+    document["annotations"][0]["bbox"] = [1, 2, 0, 0]
+    (src / "annotations.json").write_text(json.dumps(document))
+    ds = read_coco(src)
+    row = ds.annotations.set_index("annotation_id").loc[1]
+    assert [row.x, row.y, row.w, row.h] == [1.0, 2.0, 3.0, 4.0]
+    assert ds.attrs["boxes_from_masks"] == 2
+
+
+def test_round_trip_keeps_everything_and_pycocotools_loads_it(tmp_path):
+    src = small_coco(tmp_path / "src")
+    before = tree_hash(src)
+    ds = read_coco(src)
+    out = write_coco(ds, tmp_path / "out")
+    coco = COCO(str(out / "annotations.json"))
+    assert sorted(coco.getCatIds()) == [1, 90]
+    assert sorted(coco.getImgIds()) == [7, 9, 11]
+    assert coco.loadAnns([2])[0]["bbox"] == [10.5, 3.25, 6.0, 8.0]
+    assert coco.loadAnns([3])[0]["iscrowd"] == 1
+    assert coco.imgs[9]["file_name"] == "sub/b.png"
+    assert (out / "images" / "sub" / "b.png").stat().st_ino == (
+        src / "images" / "sub" / "b.png"
+    ).stat().st_ino
+    again = read_coco(out)
+    cols = ["annotation_id", "image_id", "category_id", "x", "y", "w", "h", "iscrowd"]
+    assert again.annotations[cols].equals(ds.annotations[cols])
+    assert again.annotations["segmentation"].tolist() == ds.annotations["segmentation"].tolist()
+    assert again.images[["image_id", "file_name", "width", "height"]].equals(
+        ds.images[["image_id", "file_name", "width", "height"]]
+    )
+    assert tree_hash(src) == before
+
+
+def test_instances_layout_with_splits_round_trips(tmp_path):
+    src = tmp_path / "src"
+    small_coco(tmp_path / "one")
+    document = json.loads((tmp_path / "one" / "annotations.json").read_text())
+    (src / "annotations").mkdir(parents=True)
+    for split, ids in (("train", {7, 9}), ("val", {11})):
+        part = dict(
+            document,
+            images=[i for i in document["images"] if i["id"] in ids],
+            annotations=[a for a in document["annotations"] if a["image_id"] in ids],
+        )
+        (src / "annotations" / f"instances_{split}.json").write_text(json.dumps(part))
+        for image in part["images"]:
+            target = src / "images" / split / image["file_name"]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(tmp_path / "one" / "images" / image["file_name"], target)
+    ds = read_coco(src)
+    assert dict(zip(ds.images["image_id"], ds.images["split"], strict=True)) == {
+        7: "train",
+        9: "train",
+        11: "val",
+    }
+    assert ds.images.set_index("image_id").loc[11, "file_name"] == "images/val/c.png"
+    out = write_coco(ds, tmp_path / "out")
+    assert sorted(p.name for p in (out / "annotations").iterdir()) == [
+        "instances_train.json",
+        "instances_val.json",
+    ]
+    assert (out / "images" / "val" / "c.png").is_file()
+    again = read_coco(out)
+    assert again.images["file_name"].tolist() == ds.images["file_name"].tolist()
+
+
+def test_malformed_json_names_the_file(tmp_path):
+    src = small_coco(tmp_path / "src")
+    (src / "annotations.json").write_text((src / "annotations.json").read_text()[:-40])
+    with pytest.raises(DatasetError, match="annotations.json"):
+        read_coco(src)
+
+
+def test_record_without_fields_names_the_record(tmp_path):
+    src = small_coco(tmp_path / "src")
+    document = json.loads((src / "annotations.json").read_text())
+    del document["annotations"][1]["image_id"]
+    (src / "annotations.json").write_text(json.dumps(document))
+    with pytest.raises(ValueError, match=r"annotations\.json \[annotations\[1\]\]"):
+        read_coco(src)
