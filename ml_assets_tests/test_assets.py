@@ -128,3 +128,27 @@ def test_every_format_is_exported_with_images_linked_not_copied(tmp_path, tiny_s
         assert len(COCO(str(home.export_dir("coco", key) / "annotations.json")).getAnnIds()) == len(
             boxes
         )
+
+
+def test_an_unreadable_image_fails_the_findings_gate(tmp_path, tiny_sample, tree_digest):
+    landing = tmp_path / "landing"
+    shutil.copytree(tiny_sample, landing)
+    image = landing / "images" / "shapes_000004.png"
+    image.write_bytes(image.read_bytes()[:200])  # truncated
+    home = MLAssetsHome(root=str(tmp_path / "home"), landing=str(landing))
+    with dg.instance_for_test() as instance:
+        key = register(instance, home, landing)
+        result = dg.materialize(
+            [*DATA_ASSETS, *DATA_CHECKS],
+            partition_key=key,
+            resources={"home": home},
+            instance=instance,
+            raise_on_error=False,
+        )
+        gate = {e.check_name: e for e in result.get_asset_check_evaluations()}[
+            "annotations_findings"
+        ]
+        assert not gate.passed and gate.metadata["errors"].value == 1
+        table = gate.metadata["findings"].value
+        assert "image-unreadable" in table and "images/shapes_000004.png" in table
+        assert materializations(instance, "folds", key) == []

@@ -130,7 +130,7 @@ def annotations_findings(
 ) -> dg.AssetCheckResult:
     from ml_assets.data.validate import findings_frame, validate_dataset
 
-    findings = validate_dataset(load_version(home, context.partition_key))
+    findings = validate_dataset(load_version(home, context.partition_key), check_files=True)
     frame = findings_frame(findings)
     errors = int((frame["severity"] == "error").sum()) if len(frame) else 0
     warnings = len(frame) - errors
