@@ -1,9 +1,10 @@
+import os
 import shutil
 
 import pytest
 
 from ml_assets.data import store as store_module
-from ml_assets.data.store import LandingChangedError, Store, manifest_key, scan
+from ml_assets.data.store import HashCache, LandingChangedError, Store, manifest_key, scan
 
 
 @pytest.fixture
@@ -56,6 +57,7 @@ def test_changed_landing_file_is_refused_by_name(tmp_path, landing):
 
 
 def test_warm_scan_hashes_nothing(tmp_path, landing, monkeypatch):
+    monkeypatch.setattr(HashCache, "RACY_NS", 0)  # the files were written a moment ago
     store = Store(tmp_path / "store")
     cold = scan(landing, store.cache)
     calls = []
@@ -78,3 +80,38 @@ def test_unknown_version_and_empty_landing(tmp_path):
         store.register(tmp_path / "empty")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         store.register(tmp_path / "missing")
+
+
+def test_a_rewrite_that_keeps_size_and_mtime_is_still_seen(tmp_path, landing, monkeypatch):
+    monkeypatch.setattr(HashCache, "RACY_NS", 0)
+    store = Store(tmp_path / "store")
+    first = store.register(landing)
+    label = landing / "annotations.json"
+    stat = label.stat()
+    data = bytearray(label.read_bytes())
+    data[-2:-1] = b" " if data[-2:-1] != b" " else b"\n"
+    label.write_bytes(bytes(data))
+    os.utime(label, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # as cp -p or tar would
+    assert label.stat().st_size == stat.st_size and label.stat().st_mtime_ns == stat.st_mtime_ns
+    assert store.register(landing) != first
+
+
+def test_fresh_files_are_hashed_again_until_they_settle(tmp_path, landing, monkeypatch):
+    calls = []
+    original = store_module.hash_file
+    monkeypatch.setattr(store_module, "hash_file", lambda p: calls.append(p) or original(p))
+    cache = HashCache(tmp_path / "cache.json")
+    scan(landing, cache)
+    scan(landing, cache)
+    assert len(calls) == 2 * len(list(store_module.walk(landing)))  # just written: racy
+
+
+def test_folder_links_are_followed_and_loops_refused(tmp_path, landing):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "extra.png").write_bytes(b"x")
+    (landing / "more").symlink_to(outside)
+    assert "more/extra.png" in {e.path for e in scan(landing)}
+    (outside / "loop").symlink_to(landing)
+    with pytest.raises(ValueError, match="loop"):
+        scan(landing)

@@ -44,15 +44,25 @@ def atomic_dir(dst: Path, overwrite: bool = False) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent))
     try:
         yield tmp
-        if dst.exists():
-            old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-            os.replace(dst, old)
+        if overwrite and dst.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".old", dir=dst.parent))
+            os.replace(dst, old / dst.name)
             os.replace(tmp, dst)
             shutil.rmtree(old, ignore_errors=True)
         else:
-            os.replace(tmp, dst)
-    except BaseException:
+            _claim(tmp, dst)
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _claim(tmp: Path, dst: Path) -> None:
+    """Rename ``tmp`` to ``dst``; rename() refuses an existing non-empty folder, so when another
+    writer got there first, it wins and this one fails with FileExistsError."""
+    try:
+        os.rename(tmp, dst)
+    except OSError as err:
+        if dst.exists():
+            raise FileExistsError(f"{dst} appeared while it was being written") from err
         raise
 
 

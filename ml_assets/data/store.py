@@ -11,9 +11,11 @@ A hash cache keyed by (path, size, mtime) makes re-scanning unchanged data a sta
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,22 +57,35 @@ def manifest_key(entries: list[Entry]) -> str:
 
 def walk(root: Path) -> Iterator[tuple[str, os.DirEntry]]:
     """(POSIX path relative to ``root``, directory entry) of every regular file below ``root``,
-    skipping hidden files and folders. ``os.scandir`` keeps this to one stat per file."""
+    skipping hidden files and folders and following folder links (each real folder once).
+    ``os.scandir`` keeps this to one stat per file."""
     stack = [("", str(root))]
+    seen = {os.path.realpath(root)}
     while stack:
         prefix, folder = stack.pop()
         with os.scandir(folder) as entries:
             for entry in entries:
                 if entry.name.startswith("."):
                     continue
-                if entry.is_dir(follow_symlinks=False):
+                if entry.is_dir():
+                    real = os.path.realpath(entry.path)
+                    if real in seen:
+                        raise ValueError(f"{entry.path} links back to {real}: a loop in {root}")
+                    seen.add(real)
                     stack.append((f"{prefix}{entry.name}/", entry.path))
                 elif entry.is_file():
                     yield f"{prefix}{entry.name}", entry
 
 
 class HashCache:
-    """sha256 of files, remembered by (absolute path, size, mtime_ns); saved atomically."""
+    """sha256 of files, remembered by (absolute path, size, mtime, ctime, inode); saved atomically.
+
+    ctime cannot be set by tools that preserve mtime (``cp -p``, ``tar``, ``touch -r``), so a
+    rewritten file is always hashed again. A file changed within ``RACY_NS`` of being hashed is
+    not remembered (git's "racy" rule): a second write in the same clock tick could hide.
+    """
+
+    RACY_NS = 2_000_000_000
 
     def __init__(self, path: Path | None):
         self.path = path
@@ -80,12 +95,14 @@ class HashCache:
         self.dirty = False
 
     def sha256(self, file: str, stat: os.stat_result) -> str:
+        key = [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
         hit = self.entries.get(file)
-        if hit and hit[0] == stat.st_size and hit[1] == stat.st_mtime_ns:
-            return hit[2]
+        if hit and hit[:4] == key:
+            return hit[4]
         sha = hash_file(Path(file))
-        self.entries[file] = [stat.st_size, stat.st_mtime_ns, sha]
-        self.dirty = True
+        if time.time_ns() - max(stat.st_mtime_ns, stat.st_ctime_ns) > self.RACY_NS:
+            self.entries[file] = [*key, sha]
+            self.dirty = True
         return sha
 
     def save(self) -> None:
@@ -193,8 +210,8 @@ class Store:
         entries = self.manifest(key)
         new = sum(self.put(landing / e.path, e.sha256) for e in entries)
         files = self.files_dir(key)
-        if not files.exists():
-            with atomic_dir(files) as tmp:
-                for e in entries:
-                    link_or_copy(self.object_path(e.sha256), tmp / e.path)
+        # Another run may build the same snapshot at the same time: either result is the same.
+        with contextlib.suppress(FileExistsError), atomic_dir(files) as tmp:
+            for e in entries:
+                link_or_copy(self.object_path(e.sha256), tmp / e.path)
         return IngestStats(len(entries), sum(e.size for e in entries), new, len(entries) - new)
