@@ -16,14 +16,19 @@ import orjson
 import pandas as pd
 
 from ml_assets import runtime
+from ml_assets.data.atomic import write_bytes
 from ml_assets.data.sample import write_sample
 from ml_assets.data.store import Store
 
 
 def instance_home() -> Path:
-    """$DAGSTER_HOME, defaulting to <home>/dagster (created) so the CLI works outside make."""
+    """$DAGSTER_HOME, defaulting to <home>/dagster so the CLI works outside make; a new one gets
+    the repository's dagster.yaml when run from the checkout."""
     folder = Path(os.environ.setdefault("DAGSTER_HOME", str(runtime.home() / "dagster")))
     folder.mkdir(parents=True, exist_ok=True)
+    settings = Path("dagster.yaml")
+    if not (folder / "dagster.yaml").exists() and settings.is_file():
+        write_bytes(folder / "dagster.yaml", settings.read_bytes())
     return folder
 
 
@@ -46,12 +51,26 @@ def run_demo(
     import dagster as dg
 
     from ml_assets.definitions import defs
-    from ml_assets.defs.partitions import dataset_versions
+    from ml_assets.defs.partitions import fold_partitions
+
+    if len(fold_partitions.get_partition_keys()) != folds:
+        raise RuntimeError(
+            f"the code location was loaded with {len(fold_partitions.get_partition_keys())} folds "
+            f"before the demo could ask for {folds}: set ML_ASSETS_FOLDS={folds}"
+        )
 
     home = runtime.home()
     landing = home / "landing"
     prepare_landing(landing, images, seed, echo)
-    instance = dg.DagsterInstance.from_config(str(instance_home()))
+    with dg.DagsterInstance.from_config(str(instance_home())) as instance:
+        return run_jobs(defs, instance, home, landing, epochs, folds, seed, echo)
+
+
+def run_jobs(defs, instance, home: Path, landing: Path, epochs: int, folds: int, seed: int, echo):
+    import dagster as dg
+
+    from ml_assets.defs.partitions import dataset_versions
+
     version = Store(home / "store").register(landing)
     if not instance.has_dynamic_partition(dataset_versions.name, version):
         instance.add_dynamic_partitions(dataset_versions.name, [version])

@@ -1,9 +1,14 @@
 """Shared fixtures. Every test runs with its own ML_ASSETS_HOME; the fold dimension has k=2."""
 
 import os
+import tempfile
 
 # Read when ml_assets.definitions is first imported: the tests use 2 folds.
 os.environ["ML_ASSETS_FOLDS"] = "2"
+# Library settings (ultralytics, Hugging Face) go to a throwaway home, not the user's.
+os.environ["ML_ASSETS_HOME"] = tempfile.mkdtemp(prefix="ml_assets_tests_")
+for variable in ("YOLO_CONFIG_DIR", "HF_HOME", "TORCH_HOME", "MPLCONFIGDIR"):
+    os.environ.pop(variable, None)
 
 from pathlib import Path  # noqa: E402
 

@@ -10,46 +10,65 @@ from ml_assets.defs import automation, datasets
 from ml_assets.defs.partitions import dataset_versions
 from ml_assets.defs.resources import MLAssetsHome
 
+INGEST = [
+    datasets.raw_dataset,
+    datasets.annotations,
+    datasets.folds,
+    datasets.annotations_schema,
+    datasets.annotations_findings,
+    datasets.folds_are_disjoint,
+]
+
 
 def evaluate_sensor(instance, home: MLAssetsHome, cursor=None):
     context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"home": home})
     return automation.landing_sensor(context)
 
 
-def test_landing_sensor_registers_each_new_version_once(tmp_path, tiny_sample):
+def test_landing_sensor_registers_each_settled_version_once(tmp_path, tiny_sample):
     landing = tmp_path / "landing"
     home = MLAssetsHome(root=str(tmp_path / "home"), landing=str(landing))
     with dg.instance_for_test() as instance:
-        assert isinstance(evaluate_sensor(instance, home), dg.SkipReason)  # nothing landed yet
+        assert isinstance(evaluate_sensor(instance, home), dg.SkipReason)  # no folder yet
+        landing.mkdir()
+        (landing / ".DS_Store").write_bytes(b"hidden")
+        assert "no visible files" in evaluate_sensor(instance, home).skip_message
 
-        shutil.copytree(tiny_sample, landing)
-        first = evaluate_sensor(instance, home)
-        key = home.store.register(landing)
-        assert [r.partition_key for r in first.run_requests] == [key]
-        assert [r.run_key for r in first.run_requests] == [f"ingest-{key}"]
-        assert first.dynamic_partitions_requests[0].partition_keys == [key]
-        assert first.cursor == key
+        shutil.copytree(tiny_sample, landing, dirs_exist_ok=True)
+        first = evaluate_sensor(instance, home)  # changed since the last tick: wait for it
+        assert not first.run_requests and "settle" in first.skip_reason.skip_message
+        assert not list(home.store.root.glob("versions/*"))
+        second = evaluate_sensor(instance, home, cursor=first.cursor)
+        key = second.cursor
+        assert key == first.cursor and len(key) == 12
+        assert [(r.partition_key, r.run_key) for r in second.run_requests] == [
+            (key, f"ingest-{key}")
+        ]
+        assert second.dynamic_partitions_requests[0].partition_keys == [key]
+        assert home.store.manifest_path(key).is_file()
         instance.add_dynamic_partitions(dataset_versions.name, [key])  # what the daemon does
 
-        again = evaluate_sensor(instance, home, cursor=first.cursor)
-        assert isinstance(again, dg.SkipReason) and "already registered" in again.skip_message
+        again = evaluate_sensor(instance, home, cursor=key)
+        assert not again.run_requests and "already registered" in again.skip_reason.skip_message
 
-        (landing / "images" / "late.png").write_bytes(
-            (landing / "images" / "shapes_000000.png").read_bytes()
-        )
-        second = evaluate_sensor(instance, home, cursor=first.cursor)
-        new_key = home.store.register(landing)
-        assert new_key != key
-        assert [r.partition_key for r in second.run_requests] == [new_key]
-        assert second.dynamic_partitions_requests[0].partition_keys == [new_key]
+        extra = landing / "images" / "late.png"
+        extra.write_bytes((landing / "images" / "shapes_000000.png").read_bytes())
+        moving = evaluate_sensor(instance, home, cursor=key)
+        assert not moving.run_requests and moving.cursor != key
+        settled = evaluate_sensor(instance, home, cursor=moving.cursor)
+        assert [r.partition_key for r in settled.run_requests] == [moving.cursor]
 
 
-def test_weekly_retraining_requests_every_fold_of_the_newest_version():
+def test_weekly_retraining_requests_every_fold_of_the_newest_ingested_version():
     with dg.instance_for_test() as instance:
         when = datetime.datetime(2026, 11, 23, 3, 0, tzinfo=datetime.UTC)
         context = dg.build_schedule_context(instance=instance, scheduled_execution_time=when)
         assert isinstance(automation.weekly_retraining(context), dg.SkipReason)
-        instance.add_dynamic_partitions(dataset_versions.name, ["old000000000", "new000000000"])
+        versions = ["old000000000", "new000000000", "bad000000000"]
+        instance.add_dynamic_partitions(dataset_versions.name, versions)
+        assert isinstance(automation.weekly_retraining(context), dg.SkipReason)  # none ingested
+        for version in versions[:2]:  # the newest one never got its folds
+            instance.report_runless_asset_event(dg.AssetMaterialization("folds", partition=version))
         requests = automation.weekly_retraining(context)
         assert [r.partition_key for r in requests] == ["0|new000000000", "1|new000000000"]
         assert len({r.run_key for r in requests}) == 2
@@ -72,9 +91,8 @@ def test_new_folds_make_every_fold_of_that_version_train(tmp_path, tiny_sample):
             defs=defs, instance=instance, asset_selection=selection
         )
         assert idle.total_requested == 0
-        assets = [datasets.raw_dataset, datasets.annotations, datasets.folds]
         assert dg.materialize(
-            assets, partition_key=key, resources={"home": home}, instance=instance
+            INGEST, partition_key=key, resources={"home": home}, instance=instance
         ).success
         result = dg.evaluate_automation_conditions(
             defs=defs, instance=instance, asset_selection=selection, cursor=idle.cursor
@@ -82,3 +100,32 @@ def test_new_folds_make_every_fold_of_that_version_train(tmp_path, tiny_sample):
         requested = result.get_requested_partitions(dg.AssetKey("image_classifier"))
         assert requested == {f"0|{key}", f"1|{key}"}
         assert result.get_requested_partitions(dg.AssetKey("classifier_report")) == set()
+
+
+def test_a_failed_gate_on_the_folds_stops_training(tmp_path, tiny_sample):
+    landing = tmp_path / "landing"
+    shutil.copytree(tiny_sample, landing)
+    home = MLAssetsHome(root=str(tmp_path / "home"), landing=str(landing))
+    with dg.instance_for_test() as instance:
+        key = home.store.register(landing)
+        instance.add_dynamic_partitions(dataset_versions.name, [key])
+        selection = dg.AssetSelection.assets("image_classifier")
+        idle = dg.evaluate_automation_conditions(
+            defs=defs, instance=instance, asset_selection=selection
+        )
+        assert dg.materialize(
+            INGEST, partition_key=key, resources={"home": home}, instance=instance
+        ).success
+        instance.report_runless_asset_event(
+            dg.AssetCheckEvaluation(
+                asset_key=datasets.folds.key,
+                check_name="folds_are_disjoint",
+                passed=False,
+                severity=dg.AssetCheckSeverity.ERROR,
+                partition=key,
+            )
+        )
+        result = dg.evaluate_automation_conditions(
+            defs=defs, instance=instance, asset_selection=selection, cursor=idle.cursor
+        )
+        assert result.total_requested == 0

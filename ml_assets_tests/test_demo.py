@@ -149,8 +149,9 @@ def test_ui_shows_the_demo_runs_and_metadata(home):
     port = free_port()
     with dagster_dev(home, port):
         runs = graphql(port, "{ runsOrError { ... on Runs { results { jobName status } } } }")
-        jobs = sorted(r["jobName"] for r in runs["runsOrError"]["results"])
-        assert jobs == ["ingest_job", "report_job", "training_job", "training_job"]
+        jobs = [r["jobName"] for r in runs["runsOrError"]["results"]]
+        for job, count in {"ingest_job": 1, "training_job": 2, "report_job": 1}.items():
+            assert jobs.count(job) >= count, jobs
         query = (
             '{ assetNodeOrError(assetKey: {path: ["classifier_report"]}) { ... on AssetNode { '
             f'assetMaterializations(partitions: ["{report["version"]}"]) {{ metadataEntries {{ label }} }} }} }} }}'

@@ -39,17 +39,32 @@ report_job = dg.define_asset_job(
     job=ingest_job,
     minimum_interval_seconds=30,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Registers what lands in the landing folder as a dataset version and ingests it.",
+    description="Registers what lands in the landing folder as a dataset version and ingests it, "
+    "once two scans 30 s apart agree (a copy in progress is not a version).",
 )
 def landing_sensor(
     context: dg.SensorEvaluationContext, home: MLAssetsHome
 ) -> dg.SensorResult | dg.SkipReason:
+    from ml_assets.data.store import manifest_key, scan
+
     landing = home.landing_path
-    if not landing.is_dir() or not any(landing.iterdir()):
-        return dg.SkipReason(f"landing folder {landing} is empty or missing")
-    key = home.store.register(landing)
+    if not landing.is_dir():
+        return dg.SkipReason(f"landing folder {landing} does not exist")
+    entries = scan(landing, home.store.cache)
+    if not entries:
+        return dg.SkipReason(f"landing folder {landing} holds no visible files")
+    key = manifest_key(entries)
     if context.instance.has_dynamic_partition(dataset_versions.name, key):
-        return dg.SkipReason(f"no new data in {landing}: version {key} is already registered")
+        return dg.SensorResult(
+            skip_reason=f"no new data in {landing}: version {key} is already registered",
+            cursor=key,
+        )
+    if key != context.cursor:
+        return dg.SensorResult(
+            skip_reason=f"{landing} changed (now {key}): waiting one tick for it to settle",
+            cursor=key,
+        )
+    home.store.register(landing)
     return dg.SensorResult(
         run_requests=[dg.RunRequest(partition_key=key, run_key=f"ingest-{key}")],
         dynamic_partitions_requests=[dataset_versions.build_add_request([key])],
@@ -57,17 +72,26 @@ def landing_sensor(
     )
 
 
+def newest_ingested_version(instance: dg.DagsterInstance) -> str | None:
+    """The most recently registered version whose folds exist (its ingest passed its gates)."""
+    for version in reversed(instance.get_dynamic_partitions(dataset_versions.name)):
+        flt = dg.AssetRecordsFilter(asset_key=folds.key, asset_partitions=[version])
+        if instance.fetch_materializations(flt, limit=1).records:
+            return version
+    return None
+
+
 @dg.schedule(
     job=training_job,
     cron_schedule="0 3 * * 1",
+    execution_timezone="UTC",
     default_status=dg.DefaultScheduleStatus.STOPPED,
-    description="Every Monday at 03:00, retrain every fold of the newest dataset version.",
+    description="Every Monday at 03:00 UTC, retrain every fold of the newest ingested version.",
 )
 def weekly_retraining(context: dg.ScheduleEvaluationContext):
-    versions = context.instance.get_dynamic_partitions(dataset_versions.name)
-    if not versions:
-        return dg.SkipReason("no dataset version registered yet")
-    newest = versions[-1]
+    newest = newest_ingested_version(context.instance)
+    if newest is None:
+        return dg.SkipReason("no dataset version has been ingested yet")
     stamp = context.scheduled_execution_time.strftime("%Y%m%dT%H%M")
     return [
         dg.RunRequest(

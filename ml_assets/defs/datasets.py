@@ -1,5 +1,7 @@
 """Data assets per dataset version: the stored files, the canonical tables, the folds."""
 
+import hashlib
+import io
 from pathlib import Path
 
 import dagster as dg
@@ -191,11 +193,22 @@ def folds(
     )
 
 
-def load_folds(home: MLAssetsHome, version: str) -> pd.DataFrame:
+def load_folds(home: MLAssetsHome, version: str) -> tuple[pd.DataFrame, str]:
+    """The fold assignment of ``version`` and its digest, which models and evaluations record
+    so that a report never mixes folds of different assignments."""
     path = home.folds_path(version)
     if not path.exists():
         raise FileNotFoundError(f"no folds for version {version} at {path}: materialize folds")
-    return pd.read_parquet(path)
+    data = path.read_bytes()
+    assignment = pd.read_parquet(io.BytesIO(data))
+    made = sorted(set(assignment["fold"]) - {TEST_FOLD})
+    expected = [int(k) for k in fold_partitions.get_partition_keys()]
+    if made != expected:
+        raise ValueError(
+            f"{path}: folds {made} of version {version} do not match this code location's "
+            f"k={len(expected)} (ML_ASSETS_FOLDS); rematerialize folds for {version}"
+        )
+    return assignment, hashlib.sha256(data).hexdigest()[:12]
 
 
 @dg.asset_check(
@@ -207,5 +220,5 @@ def folds_are_disjoint(
     context: dg.AssetCheckExecutionContext, home: MLAssetsHome
 ) -> dg.AssetCheckResult:
     version = context.partition_key
-    problems = fold_problems(load_version(home, version).images, load_folds(home, version))
+    problems = fold_problems(load_version(home, version).images, load_folds(home, version)[0])
     return dg.AssetCheckResult(passed=not any(problems.values()), metadata=problems)

@@ -6,12 +6,16 @@ import orjson
 import pandas as pd
 from pydantic import Field
 
-from ml_assets.data.atomic import write_bytes, write_text
+from ml_assets.data.atomic import atomic_dir
 from ml_assets.defs.datasets import load_folds, load_version, md_table
 from ml_assets.defs.partitions import dataset_versions, fold_partitions, version_fold, version_folds
 from ml_assets.defs.resources import MLAssetsHome, TrainingDevice
-from ml_assets.defs.training import RETRAIN, image_classifier
-from ml_assets.evaluate.classification import score_classifier, summarize_folds
+from ml_assets.defs.training import GPU_OP_TAGS, ON_NEW_UPSTREAM, image_classifier
+from ml_assets.evaluate.classification import (
+    majority_baseline_macro_f1,
+    score_classifier,
+    summarize_folds,
+)
 from ml_assets.evaluate.plots import confusion_png, markdown_image
 
 
@@ -20,7 +24,9 @@ from ml_assets.evaluate.plots import confusion_png, markdown_image
     deps=[image_classifier],
     group_name="evaluation",
     kinds={"pytorch"},
-    automation_condition=RETRAIN,
+    pool="gpu",
+    op_tags=GPU_OP_TAGS,
+    automation_condition=ON_NEW_UPSTREAM,
     description="The classifier of this (version, fold) scored on the crops of its held-out fold.",
 )
 def classifier_evaluation(
@@ -28,14 +34,17 @@ def classifier_evaluation(
 ) -> dg.MaterializeResult:
     version, fold = version_fold(context)
     ds = load_version(home, version)
-    assignment = load_folds(home, version)
+    assignment, folds_digest = load_folds(home, version)
     held_out = assignment.loc[assignment["fold"] == fold, "image_id"]
     # The model of this very partition, as lineage says: never "the latest".
     model_dir = home.model_dir("image_classifier", version, fold)
     metrics, predictions = score_classifier(model_dir, ds, held_out, training_device.torch_device())
+    if metrics["meta"].get("folds_digest") != folds_digest:
+        raise ValueError(
+            f"{model_dir}: this model was trained on another fold assignment than the current "
+            f"folds of {version} ({folds_digest}); rematerialize image_classifier[{fold}|{version}]"
+        )
     names = [c["name"] for c in metrics["meta"]["classes"]]
-    out = home.evaluation_dir("image_classifier", version, fold)
-    write_bytes(out / "predictions.parquet", predictions.to_parquet(index=False))
     summary = {k: metrics[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "samples")}
     record = {
         **summary,
@@ -44,9 +53,13 @@ def classifier_evaluation(
         "classes": names,
         "confusion": metrics["confusion"].tolist(),
         "model": str(model_dir),
+        "folds_digest": folds_digest,
         "mlflow_run_id": metrics["meta"].get("mlflow_run_id"),
     }
-    write_bytes(out / "metrics.json", orjson.dumps(record, option=orjson.OPT_INDENT_2))
+    out = home.evaluation_dir("image_classifier", version, fold)
+    with atomic_dir(out, overwrite=True) as tmp:
+        predictions.to_parquet(tmp / "predictions.parquet", index=False)
+        (tmp / "metrics.json").write_bytes(orjson.dumps(record, option=orjson.OPT_INDENT_2))
     png = confusion_png(metrics["confusion"], names, f"{version} fold {fold}")
     return dg.MaterializeResult(
         metadata={
@@ -60,12 +73,20 @@ def classifier_evaluation(
 
 
 def read_fold_metrics(home: MLAssetsHome, version: str) -> list[dict]:
+    """Every fold's evaluation of ``version``, all from the current fold assignment."""
+    _, folds_digest = load_folds(home, version)
     records = []
     for key in fold_partitions.get_partition_keys():
         path = home.evaluation_dir("image_classifier", version, int(key)) / "metrics.json"
         if not path.exists():
             raise FileNotFoundError(f"fold {key} of version {version} has no evaluation at {path}")
-        records.append(orjson.loads(path.read_bytes()))
+        record = orjson.loads(path.read_bytes())
+        if record.get("folds_digest") != folds_digest:
+            raise ValueError(
+                f"{path}: fold {key} was evaluated on another fold assignment than the current "
+                f"one ({folds_digest}); retrain and evaluate it before reporting"
+            )
+        records.append(record)
     return records
 
 
@@ -74,7 +95,7 @@ def read_fold_metrics(home: MLAssetsHome, version: str) -> list[dict]:
     deps=[classifier_evaluation],
     group_name="evaluation",
     kinds={"pandas"},
-    automation_condition=RETRAIN,
+    automation_condition=ON_NEW_UPSTREAM,
     description="Cross-validated classifier quality of a dataset version: every fold, mean and "
     "standard deviation, and the confusion matrix summed over the held-out folds.",
 )
@@ -89,20 +110,20 @@ def classifier_report(
     confusion = np.sum([np.asarray(r["confusion"]) for r in records], axis=0)
     png = confusion_png(confusion, names, f"{version}: all held-out folds")
     folds_table = per_fold[["accuracy", "balanced_accuracy", "macro_f1", "samples"]].round(4)
-    out = home.report_dir("image_classifier", version)
-    write_bytes(out / "confusion.png", png)
     report = {
         "version": version,
         "folds": records,
         "mean": stats["mean"].to_dict(),
         "std": stats["std"].to_dict(),
     }
-    write_bytes(out / "report.json", orjson.dumps(report, option=orjson.OPT_INDENT_2))
-    write_text(
-        out / "report.md",
-        f"# Classifier report, version {version}\n\n{folds_table.to_markdown()}\n\n"
-        f"{stats.round(4).to_markdown()}\n\n![confusion](confusion.png)\n",
-    )
+    out = home.report_dir("image_classifier", version)
+    with atomic_dir(out, overwrite=True) as tmp:
+        (tmp / "confusion.png").write_bytes(png)
+        (tmp / "report.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+        (tmp / "report.md").write_text(
+            f"# Classifier report, version {version}\n\n{folds_table.to_markdown()}\n\n"
+            f"{stats.round(4).to_markdown()}\n\n![confusion](confusion.png)\n"
+        )
     return dg.MaterializeResult(
         metadata={
             **{f"mean_{m}": float(v) for m, v in stats["mean"].items()},
@@ -130,13 +151,10 @@ class PromotionConfig(dg.Config):
 def classifier_promotable(
     context: dg.AssetCheckExecutionContext, config: PromotionConfig, home: MLAssetsHome
 ) -> dg.AssetCheckResult:
-    records = read_fold_metrics(home, context.partition_key)
+    path = home.report_dir("image_classifier", context.partition_key) / "report.json"
+    records = orjson.loads(path.read_bytes())["folds"]
     macro_f1 = float(np.mean([r["macro_f1"] for r in records]))
-    confusion = np.sum([np.asarray(r["confusion"]) for r in records], axis=0)
-    support = confusion.sum(axis=1)
-    # Macro F1 of always answering the majority class: that class scores 2p/(1+p), others 0.
-    majority_share = support.max() / support.sum()
-    baseline = float(2 * majority_share / (1 + majority_share) / len(support))
+    baseline = majority_baseline_macro_f1(np.sum([r["confusion"] for r in records], axis=0))
     return dg.AssetCheckResult(
         passed=macro_f1 >= config.min_macro_f1 and macro_f1 > baseline,
         metadata={

@@ -12,18 +12,24 @@ from ml_assets.defs.resources import MLAssetsHome, TrainingDevice
 GPU_OP_TAGS = {
     "dagster-k8s/config": {"container_config": {"resources": {"limits": {"nvidia.com/gpu": "1"}}}}
 }
-RETRAIN = dg.AutomationCondition.eager()
+# Run when an upstream partition is new or updated, but only once its blocking checks passed:
+# a failed gate in another run (ingest_job's checks) must stop automation too.
+ON_NEW_UPSTREAM = (
+    dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed()
+)
 
 
 class ClassifierTrainingConfig(dg.Config):
     model_name: str = Field(
         default="resnet10t", description="Any timm architecture, built without weights"
     )
-    img_size: int = Field(default=48, description="Side of the square object crops, in pixels")
-    epochs: int = Field(default=12, description="Passes over the training crops")
-    batch_size: int = Field(default=32, description="Crops per optimizer step")
+    img_size: int = Field(
+        default=48, gt=0, description="Side of the square object crops, in pixels"
+    )
+    epochs: int = Field(default=12, gt=0, description="Passes over the training crops")
+    batch_size: int = Field(default=32, gt=0, description="Crops per optimizer step")
     lr: float = Field(
-        default=3e-3, description="Peak learning rate of the one-cycle schedule (AdamW)"
+        gt=0, default=3e-3, description="Peak learning rate of the one-cycle schedule (AdamW)"
     )
     weight_decay: float = Field(default=0.05, description="AdamW weight decay")
     label_smoothing: float = Field(default=0.1, description="Cross-entropy label smoothing")
@@ -46,7 +52,7 @@ def class_list(ds) -> list[dict]:
     kinds={"pytorch", "mlflow"},
     pool="gpu",
     op_tags=GPU_OP_TAGS,
-    automation_condition=RETRAIN,
+    automation_condition=ON_NEW_UPSTREAM,
     description="A timm classifier of object crops, trained on every fold but this one.",
 )
 def image_classifier(
@@ -65,7 +71,7 @@ def image_classifier(
 
     version, fold = version_fold(context)
     ds = load_version(home, version)
-    assignment = load_folds(home, version)
+    assignment, folds_digest = load_folds(home, version)
     train_ids = assignment.loc[~assignment["fold"].isin([fold, TEST_FOLD]), "image_id"]
     classes = class_list(ds)
     spec = ClassifierConfig(**config.model_dump())
@@ -91,7 +97,12 @@ def image_classifier(
             home.model_dir("image_classifier", version, fold),
             spec,
             classes,
-            {"version": version, "fold": fold, "mlflow_run_id": run.info.run_id},
+            {
+                "version": version,
+                "fold": fold,
+                "folds_digest": folds_digest,
+                "mlflow_run_id": run.info.run_id,
+            },
         )
         mlflow.log_artifacts(str(run_dir), artifact_path="model")
     last = history.iloc[-1]

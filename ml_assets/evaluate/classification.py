@@ -49,6 +49,14 @@ def summarize_folds(per_fold: pd.DataFrame) -> pd.DataFrame:
     return stats
 
 
+def majority_baseline_macro_f1(confusion: np.ndarray) -> float:
+    """Macro F1 of always answering the most common true class of ``confusion``: that class
+    scores 2p / (1 + p) for its share p, every other class 0."""
+    support = np.asarray(confusion).sum(axis=1)
+    share = support.max() / support.sum()
+    return float(2 * share / (1 + share) / len(support))
+
+
 def score_classifier(run_dir, ds, image_ids, device) -> tuple[dict, pd.DataFrame]:
     """Score the classifier saved in ``run_dir`` on the object crops of ``image_ids`` in ``ds``.
 

@@ -25,6 +25,8 @@ def configure_threads(threads: int | None = None) -> int:
     """Limit torch's CPU threads (default: the cores this process may use); return the count."""
     import torch
 
-    threads = threads or len(os.sched_getaffinity(0))
+    if not threads:
+        affinity = getattr(os, "sched_getaffinity", None)  # Linux only
+        threads = len(affinity(0)) if affinity else os.cpu_count() or 1
     torch.set_num_threads(threads)
     return threads

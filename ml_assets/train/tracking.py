@@ -26,13 +26,14 @@ def mlflow_run(folder: Path, experiment: str, run_name: str, tags: dict[str, str
     folder.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(tracking_uri(folder))
     found = mlflow.get_experiment_by_name(experiment)
-    experiment_id = (
-        found.experiment_id
-        if found
-        else mlflow.create_experiment(
-            experiment, artifact_location=(folder / "artifacts" / experiment).as_uri()
-        )
-    )
+    if found is None:
+        # Another run may create it first: then it is simply looked up below.
+        with contextlib.suppress(mlflow.exceptions.MlflowException):
+            mlflow.create_experiment(
+                experiment, artifact_location=(folder / "artifacts" / experiment).as_uri()
+            )
+        found = mlflow.get_experiment_by_name(experiment)
+    experiment_id = found.experiment_id
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
         yield run
 

@@ -1,0 +1,88 @@
+"""classifier_report and its promotion gate, on evaluations written by hand."""
+
+import hashlib
+
+import dagster as dg
+import numpy as np
+import orjson
+import pandas as pd
+import pytest
+
+from ml_assets.data.atomic import write_bytes
+from ml_assets.defs import evaluation
+from ml_assets.defs.partitions import dataset_versions
+from ml_assets.defs.resources import MLAssetsHome
+from ml_assets.evaluate.classification import classification_metrics, majority_baseline_macro_f1
+
+VERSION = "abcdef123456"
+
+
+def write_evaluations(
+    home: MLAssetsHome, predictions: list[tuple[list[int], list[int]]], stale: bool = False
+):
+    folds = pd.DataFrame({"image_id": range(len(predictions)), "fold": range(len(predictions))})
+    data = folds.to_parquet(index=False)
+    write_bytes(home.folds_path(VERSION), data)
+    digest = hashlib.sha256(data).hexdigest()[:12]
+    for fold, (truth, guess) in enumerate(predictions):
+        m = classification_metrics(np.array(truth), np.array(guess), ["a", "b"])
+        record = {k: m[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "samples")}
+        record |= {"fold": fold, "classes": ["a", "b"], "confusion": m["confusion"].tolist()}
+        record["folds_digest"] = "0" * 12 if stale and fold == 1 else digest
+        path = home.evaluation_dir("image_classifier", VERSION, fold) / "metrics.json"
+        write_bytes(path, orjson.dumps(record))
+
+
+def report(home: MLAssetsHome, instance):
+    instance.add_dynamic_partitions(dataset_versions.name, [VERSION])
+    return dg.materialize(
+        [evaluation.classifier_report, evaluation.classifier_promotable],
+        partition_key=VERSION,
+        resources={"home": home},
+        instance=instance,
+        raise_on_error=False,
+    )
+
+
+def test_majority_baseline():
+    # 3 of 4 samples are class 0: always answering 0 scores F1 2*0.75/1.75 on it, 0 on class 1.
+    assert majority_baseline_macro_f1(np.array([[3, 0], [1, 0]])) == pytest.approx(6 / 7 / 2)
+
+
+def test_a_good_model_passes_the_gate_and_is_summarized(tmp_path):
+    home = MLAssetsHome(root=str(tmp_path))
+    write_evaluations(home, [([0, 0, 1, 1], [0, 0, 1, 1]), ([0, 1, 1, 1], [0, 1, 1, 0])])
+    with dg.instance_for_test() as instance:
+        result = report(home, instance)
+        assert result.success
+        (gate,) = result.get_asset_check_evaluations()
+        assert gate.passed
+        metadata = result.asset_materializations_for_node("classifier_report")[0].metadata
+        assert metadata["mean_accuracy"].value == pytest.approx((1 + 0.75) / 2)
+        assert metadata["folds"].value == 2
+    saved = orjson.loads(
+        (home.report_dir("image_classifier", VERSION) / "report.json").read_bytes()
+    )
+    assert saved["mean"]["macro_f1"] == pytest.approx(gate.metadata["mean_macro_f1"].value)
+
+
+def test_a_model_no_better_than_the_majority_class_fails_the_gate(tmp_path):
+    home = MLAssetsHome(root=str(tmp_path))
+    write_evaluations(home, [([0, 0, 0, 1], [0, 0, 0, 0]), ([0, 0, 0, 1], [0, 0, 0, 0])])
+    with dg.instance_for_test() as instance:
+        result = report(home, instance)
+        (gate,) = result.get_asset_check_evaluations()
+        assert not gate.passed and not result.success
+        assert gate.metadata["mean_macro_f1"].value == pytest.approx(
+            gate.metadata["majority_baseline_macro_f1"].value
+        )
+
+
+def test_the_report_refuses_folds_from_another_assignment(tmp_path):
+    home = MLAssetsHome(root=str(tmp_path))
+    write_evaluations(home, [([0, 1], [0, 1]), ([0, 1], [0, 1])], stale=True)
+    with dg.instance_for_test() as instance:
+        result = report(home, instance)
+        assert not result.success
+        failure = result.failure_data_for_node("classifier_report")
+        assert "fold 1 was evaluated on another fold assignment" in failure.error.cause.message
