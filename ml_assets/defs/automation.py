@@ -1,10 +1,12 @@
 """Jobs, the landing sensor, the retraining schedule and the sensor that trains what is stale.
 
-New data: ``landing_sensor`` scans the landing folder (stat-only when nothing changed), registers
-a new dataset version as a dynamic partition and runs ``ingest_job`` for it. Training,
-evaluation and the report carry ``AutomationCondition.eager()``, so ``automation_sensor``
-requests every fold of the new version once its folds exist, and the report once every fold is
-evaluated. On schedule: ``weekly_retraining`` retrains every fold of the newest version.
+New data: ``landing_sensor`` scans the landing folder (stat-only when nothing changed) and, once
+two scans agree, registers the new dataset version as a dynamic partition and runs
+``ingest_job`` for it. Training, evaluation and the report run when an upstream partition is new
+or updated and its blocking checks passed (``eager() & all_deps_blocking_checks_passed()``), so
+``automation_sensor`` requests every fold of a new version once its folds exist and pass their
+check, and the report once every fold is evaluated. On schedule: ``weekly_retraining`` retrains
+every fold of the newest version whose ingest went through.
 """
 
 import dagster as dg
