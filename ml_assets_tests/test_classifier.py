@@ -67,3 +67,21 @@ def test_device_selection():
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="no CUDA device"):
             select_device("cuda")
+
+
+def test_training_learns_a_separable_task():
+    """Red crops against blue ones: three short epochs must separate them."""
+    from ml_assets.train.classifier import Crops
+
+    rng = np.random.default_rng(0)
+    labels = np.arange(64) % 2
+    images = np.zeros((64, 16, 16, 3), np.uint8)
+    images[labels == 0, :, :, 0] = 220
+    images[labels == 1, :, :, 2] = 220
+    images = np.clip(images + rng.integers(0, 30, images.shape), 0, 255).astype(np.uint8)
+    crops = Crops(images, labels.astype(np.int64), np.arange(64))
+    config = ClassifierConfig(img_size=16, epochs=3, batch_size=16)
+    model, history = train_classifier(crops, ["red", "blue"], config, select_device("cpu"))
+    assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0]
+    predicted = predict(model, images, select_device("cpu")).argmax(axis=1)
+    assert (predicted == labels).mean() > 0.9

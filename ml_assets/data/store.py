@@ -26,6 +26,7 @@ from ml_assets.data.atomic import atomic_dir, link_or_copy, write_bytes
 
 KEY_LENGTH = 12
 CHUNK = 1 << 20
+SAVE_EVERY = 5000
 
 
 class LandingChangedError(RuntimeError):
@@ -121,6 +122,8 @@ def scan(root: Path, cache: HashCache | None = None) -> list[Entry]:
     for path, entry in walk(root):
         stat = entry.stat()
         entries.append(Entry(path, cache.sha256(entry.path, stat), stat.st_size))
+        if len(entries) % SAVE_EVERY == 0:
+            cache.save()  # a scan cut short (a sensor tick's time limit) keeps its progress
     cache.save()
     return sorted(entries, key=lambda e: e.path)
 
