@@ -1,6 +1,7 @@
 """Format conversion benchmark: ours against ultralytics' convert_coco and a plain-I/O floor.
 
-    .venv/bin/python benchmarks/formats.py [--images 20000 --boxes 200000 --repeat 5 --workdir DIR]
+    .venv/bin/python benchmarks/formats.py [--images 20000 --boxes 200000 --repeat 5
+                                            --files 20000 --kb 48 --workdir DIR]
 
 Generates a synthetic COCO dataset (tiny distinct PNGs, boxes with 1..90 category ids with gaps),
 then times, each run in a fresh subprocess, the median of ``--repeat`` runs of:
@@ -10,6 +11,10 @@ then times, each run in a fresh subprocess, the median of ``--repeat`` runs of:
 - ``convert_coco``: ``ultralytics.data.converter.convert_coco(cls91to80=False)`` on the same file;
 - ``floor``: ``orjson.loads`` of the file plus writing as many label files, with the same bytes,
   as ``coco->yolo`` writes.
+
+Then, in this process, dataset version hashing from ``benchmarks/versions.py`` on ``--files``
+random files of ``--kb`` KiB: cold (page cache evicted, fresh hash cache), warm (the hash cache
+answers) and a bare stat walk, each the median of ``--repeat`` runs.
 
 Times cover the work only, not interpreter start-up and imports. Peak memory is the child's
 ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` (the same figure the parent would read through
@@ -30,6 +35,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))  # benchmarks/ is a folder of scripts, no package
+from versions import make_files, time_versioning  # noqa: E402
 
 TASKS = ["coco->yolo", "yolo->coco", "coco->voc", "validate", "convert_coco", "floor"]
 
@@ -174,6 +182,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=20_000)
     parser.add_argument("--boxes", type=int, default=200_000)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--files", type=int, default=20_000, help="files for version hashing")
+    parser.add_argument("--kb", type=int, default=48, help="size of each of those files in KiB")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--task", choices=TASKS, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -205,8 +215,19 @@ def main() -> None:
     speedup = reference / results["coco->yolo"]["seconds"]
     print(
         f"\ncoco->yolo is {speedup:.1f}x faster than convert_coco (goal >= 3x), "
-        f"{results['coco->yolo']['seconds'] / floor:.2f}x the floor (goal <= 1.5x)"
+        f"{results['coco->yolo']['seconds'] / floor:.2f}x the floor (goal <= 1.5x)\n"
     )
+    versions = workdir / "versions"
+    shutil.rmtree(versions, ignore_errors=True)
+    seconds = time_versioning(make_files(versions, args.files, args.kb * 1024), args.repeat)
+    shutil.rmtree(versions)
+    rows = {"cold (from disk)": "cold", "warm (hash cache)": "warm", "stat walk": "stat_walk"}
+    header = f"{f'version hashing, {args.files} files of {args.kb} KiB':<44}{'seconds':>9}{'vs cold':>10}"
+    print(header)
+    print("-" * len(header))
+    for label, key in rows.items():
+        print(f"{label:<44}{seconds[key]:>9.3f}{seconds['cold'] / seconds[key]:>9.1f}x")
+    print(f"\nwarm is {seconds['cold'] / seconds['warm']:.1f}x faster than cold (goal >= 20x)")
 
 
 if __name__ == "__main__":

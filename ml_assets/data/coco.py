@@ -25,9 +25,8 @@ annotations), so memory grows with the tables and never with a parsed JSON tree.
 from __future__ import annotations
 
 import math
-from array import array
-from collections import defaultdict
 from collections.abc import Iterable, Iterator
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +37,8 @@ import pandas as pd
 
 from ml_assets.data.atomic import atomic_dir, write_bytes
 from ml_assets.data.tables import (
+    PROVENANCE,
+    SOURCE_FILE,
     Dataset,
     Issues,
     annotations_from_columns,
@@ -57,6 +58,8 @@ ANNOTATION_FILE = "annotations.json"
 UNASSIGNED = "unassigned"  # the file name of images without a split when other images have one
 _IMAGE_KEYS = {"id": "image_id", "file_name": "file_name", "width": "width", "height": "height"}
 _NAN_BOX = [math.nan] * 4
+_ID_KEYS = ("id", "image_id", "category_id")
+_CHUNK = 512  # annotation records held at a time: few live objects keep the garbage collector cheap
 _ANNOTATION_KEYS = frozenset(
     {"id", "image_id", "category_id", "bbox", "area", "iscrowd", "segmentation"}
 )
@@ -85,7 +88,7 @@ def read_coco(src: Path, issues: Issues | None = None) -> Dataset:
         issues.error(
             "coco-missing", ".", "", f"no {ANNOTATION_FILE} or annotations/instances_*.json"
         )
-    parts = [_read_file(path, split, folder, issues) for path, split, folder in files]
+    parts = [_read_file(src, path, split, folder, issues) for path, split, folder in files]
     ds = Dataset(root=src, attrs={"boxes_from_masks": sum(p[3] for p in parts)})
     if parts:
         ds.images, ds.annotations = (_concat([p[i] for p in parts]) for i in (0, 1))
@@ -98,7 +101,7 @@ def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
 
 
 def _read_file(
-    path: Path, split: str, folder: str, issues: Issues
+    src: Path, path: Path, split: str, folder: str, issues: Issues
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, int]:
     with open(path, "rb") as handle:
         start = handle.read(64).lstrip()
@@ -112,6 +115,9 @@ def _read_file(
     except (ijson.JSONError, ijson.IncompleteJSONError, UnicodeDecodeError) as error:
         issues.error("json-malformed", path, "", f"malformed JSON: {error}")
         return empty_images(), empty_annotations(), empty_categories(), 0
+    source = path.relative_to(src).as_posix()
+    images[SOURCE_FILE] = source
+    annotations[SOURCE_FILE] = source
     return images, annotations, categories, from_masks
 
 
@@ -166,50 +172,90 @@ def _images(
 
 
 def _annotations(records: Iterable[Any], path: Path, issues: Issues) -> tuple[pd.DataFrame, int]:
-    """Columns in compact arrays (8 bytes a number), not a Python object per value."""
-    ids, image_ids, category_ids, crowds = array("q"), array("q"), array("q"), array("q")
-    boxes, areas = array("d"), array("d")
-    segmentations: list[Any] = []
-    extras: dict[str, dict[int, Any]] = defaultdict(dict)
-    for n, ann in enumerate(records):
-        if not isinstance(ann, dict) or not all(
-            isinstance(ann.get(k), int) for k in ("id", "image_id", "category_id")
-        ):
-            issues.error(
-                "coco-field",
-                path,
-                f"annotations[{n}]",
-                "needs integer id, image_id and category_id",
-            )
-            continue
-        ids.append(ann["id"])
-        image_ids.append(ann["image_id"])
-        category_ids.append(ann["category_id"])
-        boxes.extend(_box(ann.get("bbox")))
-        area = ann.get("area")
-        areas.append(area if isinstance(area, int | float) else math.nan)
-        crowds.append(1 if ann.get("iscrowd") else 0)
-        segmentations.append(ann.get("segmentation") or None)
-        for key in ann.keys() - _ANNOTATION_KEYS:
-            extras[key][len(ids) - 1] = ann[key]
-    xywh = np.frombuffer(boxes, dtype=np.float64).reshape(-1, 4)
-    from_masks = _boxes_from_masks(xywh, segmentations)
-    area = np.frombuffer(areas, dtype=np.float64)
-    columns: dict[str, Any] = {
-        "annotation_id": np.frombuffer(ids, dtype=np.int64),
-        "image_id": np.frombuffer(image_ids, dtype=np.int64),
-        "category_id": np.frombuffer(category_ids, dtype=np.int64),
-        "x": xywh[:, 0],
-        "y": xywh[:, 1],
-        "w": xywh[:, 2],
-        "h": xywh[:, 3],
-        "area": np.where(np.isnan(area), xywh[:, 2] * xywh[:, 3], area),
-        "iscrowd": np.frombuffer(crowds, dtype=np.int64),
-        "segmentation": segmentations,
-    }
-    for key, values in extras.items():
-        columns[key] = pd.Series([values.get(i) for i in range(len(ids))], dtype=object)
+    """Columns built a chunk of records at a time, with list comprehensions and numpy.
+
+    Memory holds the columns (numbers in numpy arrays) and one chunk of parsed records, never a
+    Python object per number of the whole table.
+    """
+    records = iter(records)
+    chunks: list[dict[str, Any]] = []
+    while chunk := list(islice(records, _CHUNK)):
+        chunks.append(_annotation_chunk(chunk, _CHUNK * len(chunks), path, issues))
+    if not chunks:
+        return empty_annotations(), 0
+    sizes = [len(c["annotation_id"]) for c in chunks]
+    columns: dict[str, Any] = {}
+    for key in dict.fromkeys(k for c in chunks for k in c):
+        parts = [c.get(key, [None] * n) for c, n in zip(chunks, sizes, strict=True)]
+        if isinstance(parts[0], np.ndarray):
+            columns[key] = np.concatenate(parts)
+        else:
+            columns[key] = pd.Series([v for part in parts for v in part], dtype=object)
+    xywh = columns.pop("bbox")
+    from_masks = _boxes_from_masks(xywh, columns["segmentation"])
+    area = columns["area"]
+    columns["area"] = np.where(np.isnan(area), xywh[:, 2] * xywh[:, 3], area)
+    columns.update(zip("xywh", xywh.T, strict=True))
     return annotations_from_columns(columns), from_masks
+
+
+def _annotation_chunk(chunk: list[Any], start: int, path: Path, issues: Issues) -> dict[str, Any]:
+    """The columns of ``chunk`` (records ``start``...); a record without integer ids is an error."""
+    ids = [[a.get(k) if isinstance(a, dict) else None for a in chunk] for k in _ID_KEYS]
+    valid = np.logical_and.reduce([_are_ints(column) for column in ids])
+    for n in np.flatnonzero(~valid):
+        issues.error(
+            "coco-field",
+            path,
+            f"annotations[{start + n}]",
+            "needs integer id, image_id and category_id",
+        )
+    if not valid.all():
+        chunk = [a for a, keep in zip(chunk, valid, strict=True) if keep]
+        ids = [[a[k] for a in chunk] for k in _ID_KEYS]
+    columns: dict[str, Any] = {
+        name: np.array(column, dtype=np.int64)
+        for name, column in zip(("annotation_id", "image_id", "category_id"), ids, strict=True)
+    }
+    columns["bbox"] = _boxes([a.get("bbox") for a in chunk])
+    columns["area"] = _numbers([a.get("area") for a in chunk])
+    columns["iscrowd"] = np.array([1 if a.get("iscrowd") else 0 for a in chunk], dtype=np.int64)
+    columns["segmentation"] = [a.get("segmentation") or None for a in chunk]
+    for key in set().union(*chunk) - _ANNOTATION_KEYS:
+        columns[key] = [a.get(key) for a in chunk]
+    return columns
+
+
+def _uniform(values: list[Any], kinds: str, shape: tuple[int, ...]) -> np.ndarray | None:
+    """``values`` as the array numpy infers, when it is of one of ``kinds`` and ``shape``."""
+    try:
+        found = np.asarray(values)
+    except ValueError:  # ragged
+        return None
+    return found if found.dtype.kind in kinds and found.shape == shape else None
+
+
+def _are_ints(values: list[Any]) -> np.ndarray:
+    """Which values are integers that fit 64 bits (numpy's inferred type answers for most)."""
+    if _uniform(values, "ib", (len(values),)) is not None:
+        return np.ones(len(values), dtype=bool)
+    return np.array([isinstance(v, int) and -(2**63) <= v < 2**63 for v in values], dtype=bool)
+
+
+def _numbers(values: list[Any]) -> np.ndarray:
+    """Floats; NaN where a value is not a number."""
+    found = _uniform(values, "ifb", (len(values),))
+    if found is not None:
+        return found.astype(np.float64)
+    return np.array([v if isinstance(v, int | float) else math.nan for v in values])
+
+
+def _boxes(values: list[Any]) -> np.ndarray:
+    """An (n, 4) float array; a row of NaN unless the value is a list of four numbers."""
+    found = _uniform(values, "ifb", (len(values), 4))
+    if found is not None:
+        return found.astype(np.float64)
+    return np.array([_box(v) for v in values], dtype=np.float64).reshape(-1, 4)
 
 
 def _box(box: Any) -> list[float]:
@@ -282,16 +328,15 @@ def write_coco(ds: Dataset, dst: Path, overwrite: bool = False) -> Path:
 
 
 def _image_records(images: pd.DataFrame, keys: list[str]) -> list[dict[str, Any]]:
-    frame = images.drop(columns=["split"], errors="ignore").assign(file_name=keys)
+    frame = images.drop(columns=["split", *PROVENANCE], errors="ignore").assign(file_name=keys)
     if (frame["sha256"].fillna("") == "").all():
         frame = frame.drop(columns=["sha256"])
     return _records(frame, {"image_id": "id"})
 
 
 def _annotation_records(annotations: pd.DataFrame) -> list[dict[str, Any]]:
-    frame = annotations.copy()
-    frame["bbox"] = frame[["x", "y", "w", "h"]].to_numpy().tolist()
-    frame = frame.drop(columns=["x", "y", "w", "h"])
+    frame = annotations.drop(columns=["x", "y", "w", "h", *PROVENANCE], errors="ignore")
+    frame["bbox"] = annotations[["x", "y", "w", "h"]].to_numpy().tolist()
     return _records(frame, {"annotation_id": "id"})
 
 

@@ -11,6 +11,12 @@ Three pandas tables, validated by pandera:
   ``occluded``, ``pose``); writers that can hold them keep them.
 - ``categories``: ``category_id`` (int, need not be contiguous), ``name`` (str, unique).
 
+Readers also fill two optional text columns naming where a row came from, so that a finding can
+point at the file and record to fix: ``source_file`` (relative to the dataset root: COCO's JSON
+file for images and annotations, VOC's XML file, YOLO's label file) and, on annotations,
+``source_record`` (YOLO's ``line 3``, VOC's ``object 2``; COCO's record is derived from
+``annotation_id``). Tables built by hand may leave them out. Writers never write them.
+
 N readers plus N writers go through these tables, never N*N converters.
 
 Every reader sets ``Dataset.root`` to the folder it was given, so ``root / file_name`` is the
@@ -51,6 +57,9 @@ ANNOTATION_COLUMNS = [
     "segmentation",
 ]
 CATEGORY_COLUMNS = ["category_id", "name"]
+SOURCE_FILE = "source_file"
+SOURCE_RECORD = "source_record"
+PROVENANCE = [SOURCE_FILE, SOURCE_RECORD]  # where a row came from; never written out
 
 
 class ImageSchema(pa.DataFrameModel):
@@ -250,8 +259,8 @@ class Issues:
 
 def is_inside(file_name: str) -> bool:
     """Whether a relative file name stays inside the dataset root (not absolute, no ``..``)."""
-    path = PurePosixPath(file_name.replace("\\", "/"))
-    return bool(file_name) and not path.is_absolute() and ".." not in path.parts
+    path = file_name.replace("\\", "/")  # plain string tests: called for every image
+    return bool(path) and not path.startswith("/") and ".." not in path.split("/")
 
 
 def image_key(file_name: str, split: str = "") -> str:

@@ -15,6 +15,12 @@ from the readers); ``label-orphan`` (warning: a label file without an image); ``
 with the image): errors; ``box-overflow`` (crosses the image border): warning; with the files:
 ``image-missing``, ``image-unreadable`` (also truncated), ``image-size-mismatch``: errors;
 ``image-duplicate-content`` (same sha256 under two names): warning.
+
+Each finding names the file to fix and the record in it: for an image or annotation record, the
+file the reader took it from (``annotations.json`` + ``annotation 17``, ``Annotations/x.xml`` +
+``object 2``, ``labels/train/x.txt`` + ``line 3``; see ``source_file`` in ``tables``), else (tables
+built by hand, YOLO images, the image files themselves) the image file and ``image <id>`` or
+``annotation <id>``.
 """
 
 from __future__ import annotations
@@ -31,7 +37,14 @@ import pandas as pd
 from PIL import Image
 
 from ml_assets.data.formats import READERS, resolve_format
-from ml_assets.data.tables import Dataset, DatasetError, Issues, is_inside
+from ml_assets.data.tables import (
+    SOURCE_FILE,
+    SOURCE_RECORD,
+    Dataset,
+    DatasetError,
+    Issues,
+    is_inside,
+)
 
 FIELDS = ["severity", "code", "file", "record", "message"]
 
@@ -85,13 +98,17 @@ def _rows(
     message: str,
     record: str,
 ) -> list[Finding]:
-    """One finding per selected row; ``message`` and ``record`` are formatted with the row."""
+    """One finding per selected row; ``message`` and ``record`` are formatted with the row.
+
+    The finding names the row's ``source_file`` and ``source_record`` where the reader filled
+    them (the file and record to fix), else the image file and ``record``.
+    """
     return [
         Finding(
             severity,
             code,
-            _text(row.get("file_name")),
-            record.format(**row),
+            _text(row.get(SOURCE_FILE)) or _text(row.get("file_name")),
+            _text(row.get(SOURCE_RECORD)) or record.format(**row),
             message.format(**row),
         )
         for row in frame[np.asarray(mask, dtype=bool)].to_dict("records")
@@ -104,7 +121,7 @@ def _image_findings(images: pd.DataFrame) -> list[Finding]:
         images["image_id"].duplicated(keep="first"),
         "error",
         "image-id-duplicate",
-        "image id {image_id} is used twice",
+        "image id {image_id} is used twice (again for {file_name})",
         "image {image_id}",
     )
     findings += _rows(
@@ -112,7 +129,7 @@ def _image_findings(images: pd.DataFrame) -> list[Finding]:
         images["file_name"].duplicated(keep="first"),
         "error",
         "file-name-duplicate",
-        "file name is listed twice",
+        "file name {file_name} is listed twice",
         "image {image_id}",
     )
     sizes = pd.to_numeric(images["width"], errors="coerce").gt(0) & pd.to_numeric(
@@ -132,7 +149,7 @@ def _image_findings(images: pd.DataFrame) -> list[Finding]:
         escapes,
         "error",
         "path-escape",
-        "file name escapes the dataset folder (absolute or '..')",
+        "file name {file_name} escapes the dataset folder (absolute or '..')",
         "image {image_id}",
     )
     return findings
@@ -174,7 +191,7 @@ def _annotation_findings(ds: Dataset) -> list[Finding]:
         ann["annotation_id"].duplicated(),
         "error",
         "annotation-id-duplicate",
-        "annotation id is used twice",
+        "annotation id {annotation_id} is used twice",
     )
     orphan = ~ann["image_id"].isin(images.index)
     findings += flagged(orphan, "error", "annotation-orphan", "image {image_id} does not exist")
@@ -203,9 +220,9 @@ def _annotation_findings(ds: Dataset) -> list[Finding]:
             )
         )
     findings += flagged(size, "error", "box-size", "box has zero or negative size: w={w}, h={h}")
-    box = "box ({x}, {y}, {w}, {h}) in a {width}x{height} image"
-    findings += flagged(outside, "error", "box-outside", box + " lies outside it")
-    findings += flagged(overflow, "warning", "box-overflow", box + " crosses its border")
+    box, image = "box ({x}, {y}, {w}, {h})", "the {width}x{height} image {file_name}"
+    findings += flagged(outside, "error", "box-outside", f"{box} lies outside {image}")
+    findings += flagged(overflow, "warning", "box-overflow", f"{box} crosses the border of {image}")
     return findings
 
 

@@ -15,6 +15,7 @@ exact. Integer and float coordinates are both read.
 ``difficult``, ``truncated``, ``occluded`` (0/1) and ``pose`` are kept as annotation columns
 (0, 0, 0 and "Unspecified" where absent). A missing or zero ``<size>`` is read from the image
 header. Categories are the object names in sorted order, numbered 0..K-1 (VOC has no ids).
+Problems name the XML file and ``object N``, counting the file's ``<object>`` elements from 1.
 VOC holds neither segmentations (its masks are separate PNGs) nor crowd regions: the writer
 leaves ``iscrowd`` annotations out.
 """
@@ -30,6 +31,8 @@ import pandas as pd
 
 from ml_assets.data.atomic import atomic_dir, write_text
 from ml_assets.data.tables import (
+    SOURCE_FILE,
+    SOURCE_RECORD,
     Dataset,
     Issues,
     annotations_from_columns,
@@ -128,14 +131,20 @@ def _image(
                 "image-unreadable", relative, "size", f"no <size> and {file_name}: {error}"
             )
             return None
-    return {"image_id": image_id, "file_name": file_name, "width": width, "height": height}
+    return {
+        "image_id": image_id,
+        "file_name": file_name,
+        "width": width,
+        "height": height,
+        SOURCE_FILE: relative,
+    }
 
 
 def _objects(
     root: ET.Element, relative: str, image_id: int, issues: Issues
 ) -> list[dict[str, Any]] | None:
     objects = []
-    for number, obj in enumerate(root.iter("object")):
+    for number, obj in enumerate(root.iter("object"), 1):
         name = (obj.findtext("name") or "").strip()
         try:
             xmin, ymin, xmax, ymax = (
@@ -155,7 +164,17 @@ def _objects(
             return None
         box = {"x": xmin - 1, "y": ymin - 1, "w": xmax - xmin + 1, "h": ymax - ymin + 1}
         pose = (obj.findtext("pose") or "Unspecified").strip()
-        objects.append({"image_id": image_id, "name": name, **box, **flags, "pose": pose})
+        objects.append(
+            {
+                "image_id": image_id,
+                "name": name,
+                **box,
+                **flags,
+                "pose": pose,
+                SOURCE_FILE: relative,
+                SOURCE_RECORD: f"object {number}",
+            }
+        )
     return objects
 
 

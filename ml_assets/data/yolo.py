@@ -38,6 +38,9 @@ from ml_assets.data.atomic import atomic_dir, write_text
 from ml_assets.data.tables import (
     ANNOTATION_COLUMNS,
     IMAGE_SUFFIXES,
+    PROVENANCE,
+    SOURCE_FILE,
+    SOURCE_RECORD,
     Dataset,
     DatasetError,
     Issues,
@@ -110,7 +113,7 @@ def read_yolo(src: Path, issues: Issues | None = None) -> Dataset:
     )
     columns["annotation_id"] = list(range(len(columns["image_id"])))
     ds.annotations = annotations_from_columns(
-        {k: columns[k] for k in ANNOTATION_COLUMNS if k not in ("area", "iscrowd")}
+        {k: columns[k] for k in [*ANNOTATION_COLUMNS, *PROVENANCE] if k not in ("area", "iscrowd")}
     )
     return ds
 
@@ -233,6 +236,8 @@ def _read_labels(
         columns["image_id"].append(image_id)
         columns["category_id"].append(index[cls])
         columns["segmentation"].append(segmentation)
+        columns[SOURCE_FILE].append(label)
+        columns[SOURCE_RECORD].append(f"line {number}")
 
 
 def _orphan_labels(src: Path, entries: dict[str, str], issues: Issues) -> None:

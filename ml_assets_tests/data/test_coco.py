@@ -3,12 +3,13 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 from formats_helpers import small_coco, tree_hash
 from pycocotools.coco import COCO
 
 from ml_assets.data.coco import read_coco, write_coco
-from ml_assets.data.tables import DatasetError
+from ml_assets.data.tables import DatasetError, Issues
 
 
 def test_reads_ids_crowds_masks_and_subfolders(tmp_path):
@@ -54,6 +55,23 @@ def test_round_trip_keeps_everything_and_pycocotools_loads_it(tmp_path):
     assert (out / "images" / "sub" / "b.png").stat().st_ino == (
         src / "images" / "sub" / "b.png"
     ).stat().st_ino
+    document = json.loads((out / "annotations.json").read_text())  # no source_file leaks out
+    assert {k for i in document["images"] for k in i} == {
+        "id",
+        "file_name",
+        "width",
+        "height",
+        "license",
+    }
+    assert {k for a in document["annotations"] for k in a} == {
+        "id",
+        "image_id",
+        "category_id",
+        "bbox",
+        "area",
+        "iscrowd",
+        "segmentation",
+    }
     again = read_coco(out)
     cols = ["annotation_id", "image_id", "category_id", "x", "y", "w", "h", "iscrowd"]
     assert again.annotations[cols].equals(ds.annotations[cols])
@@ -111,3 +129,20 @@ def test_record_without_fields_names_the_record(tmp_path):
     (src / "annotations.json").write_text(json.dumps(document))
     with pytest.raises(ValueError, match=r"annotations\.json \[annotations\[1\]\]"):
         read_coco(src)
+
+
+def test_odd_values_take_the_slow_path_per_record(tmp_path):
+    src = small_coco(tmp_path / "src")
+    document = json.loads((src / "annotations.json").read_text())
+    document["annotations"][1].update(bbox=[1, "2", 3, 4], area=[1], note={"a": 1})
+    document["annotations"] += [{"id": [5], "image_id": 7, "category_id": 1}, "junk"]
+    (src / "annotations.json").write_text(json.dumps(document))
+    issues = Issues(root=src, collect=True)
+    ds = read_coco(src, issues)
+    assert [(e.code, e.record) for e in issues.errors] == [
+        ("coco-field", "annotations[4]"),
+        ("coco-field", "annotations[5]"),
+    ]
+    row = ds.annotations.set_index("annotation_id").loc[2]
+    assert np.isnan([row.x, row.y, row.w, row.h, row.area]).all()  # not four numbers, no mask
+    assert row.note == {"a": 1} and ds.annotations["note"].isna().sum() == 3

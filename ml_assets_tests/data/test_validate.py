@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -48,6 +49,15 @@ def voc_source(src: Path) -> None:
     )
 
 
+def second_voc_object(box: str) -> Callable[[Path], None]:
+    def apply(src: Path) -> None:
+        path = src / "Annotations" / "a.xml"
+        obj = f"<object><name>cat</name><bndbox>{box}</bndbox></object>"
+        path.write_text(path.read_text().replace("</annotation>", obj + "</annotation>"))
+
+    return apply
+
+
 def yolo_label(text: str) -> Callable[[Path], None]:
     return lambda src: (src / "labels" / "train" / "a.txt").write_text(text)
 
@@ -71,13 +81,14 @@ def copy_image(src: Path) -> None:
     )(src)
 
 
-# (source builder, broken input, expected code, file the finding names, severity)
+# (source builder, broken input, expected code, file and record the finding names, severity)
 CASES = {
     "json": (
         small_coco,
         truncate("annotations.json", 200),
         "json-malformed",
         "annotations.json",
+        "",
         "error",
     ),
     "coco-field": (
@@ -85,6 +96,7 @@ CASES = {
         edit_coco(lambda d: d["images"][1].pop("width")),
         "coco-field",
         "annotations.json",
+        "images[1]",
         "error",
     ),
     "xml": (
@@ -92,6 +104,7 @@ CASES = {
         truncate("Annotations/a.xml", 60),
         "xml-malformed",
         "Annotations/a.xml",
+        "",
         "error",
     ),
     "yaml": (
@@ -99,6 +112,7 @@ CASES = {
         lambda s: (s / "data.yaml").write_text("names: [cat\ntrain: :"),
         "yaml-malformed",
         "data.yaml",
+        "",
         "error",
     ),
     "label-line": (
@@ -106,6 +120,7 @@ CASES = {
         yolo_label("0 0.5 0.5 0.2\n"),
         "label-malformed",
         "labels/train/a.txt",
+        "line 1",
         "error",
     ),
     "label-orphan": (
@@ -113,50 +128,55 @@ CASES = {
         lambda s: (s / "labels" / "train" / "ghost.txt").write_text(""),
         "label-orphan",
         "labels/train/ghost.txt",
+        "",
         "warning",
     ),
     "nan-box": (
         yolo_source,
-        yolo_label("0 nan 0.5 0.2 0.2\n"),
+        yolo_label("0 0.5 0.5 0.2 0.2\n\n0 nan 0.5 0.2 0.2\n"),
         "box-nan",
-        "images/train/a.png",
+        "labels/train/a.txt",
+        "line 3",
         "error",
     ),
     "zero-box": (
         small_coco,
         edit_coco(set_ann(1, bbox=[1, 1, 0, 4])),
         "box-size",
-        "images/a.png",
+        "annotations.json",
+        "annotation 2",
         "error",
     ),
     "negative-box": (
         voc_source,
-        lambda s: (s / "Annotations" / "a.xml").write_text(
-            (s / "Annotations" / "a.xml").read_text().replace("<xmax>5<", "<xmax>0<")
-        ),
+        second_voc_object("<xmin>3</xmin><ymin>1</ymin><xmax>0</xmax><ymax>5</ymax>"),
         "box-size",
-        "JPEGImages/a.png",
+        "Annotations/a.xml",
+        "object 2",
         "error",
     ),
     "outside": (
         small_coco,
         edit_coco(set_ann(1, bbox=[40, 3, 5, 5])),
         "box-outside",
-        "images/a.png",
+        "annotations.json",
+        "annotation 2",
         "error",
     ),
     "overflow": (
         small_coco,
         edit_coco(set_ann(1, bbox=[30, 3, 5, 5])),
         "box-overflow",
-        "images/a.png",
+        "annotations.json",
+        "annotation 2",
         "warning",
     ),
     "unknown-category": (
         small_coco,
         edit_coco(set_ann(1, category_id=5)),
         "unknown-category",
-        "images/a.png",
+        "annotations.json",
+        "annotation 2",
         "error",
     ),
     "yolo-class": (
@@ -164,42 +184,55 @@ CASES = {
         yolo_label("4 0.5 0.5 0.2 0.2\n"),
         "unknown-category",
         "labels/train/a.txt",
+        "line 1",
         "error",
     ),
     "image-id": (
         small_coco,
         edit_coco(set_image(1, id=7)),
         "image-id-duplicate",
-        "images/sub/b.png",
+        "annotations.json",
+        "image 7",
         "error",
     ),
     "annotation-id": (
         small_coco,
         edit_coco(set_ann(1, id=1)),
         "annotation-id-duplicate",
-        "images/a.png",
+        "annotations.json",
+        "annotation 1",
         "error",
     ),
-    "orphan": (small_coco, edit_coco(set_ann(1, image_id=1234)), "annotation-orphan", "", "error"),
+    "orphan": (
+        small_coco,
+        edit_coco(set_ann(1, image_id=1234)),
+        "annotation-orphan",
+        "annotations.json",
+        "annotation 2",
+        "error",
+    ),
     "dotdot": (
         small_coco,
         edit_coco(set_image(1, file_name="../../etc/b.png")),
         "path-escape",
-        "../../etc/b.png",
+        "annotations.json",
+        "image 9",
         "error",
     ),
     "absolute": (
         small_coco,
         edit_coco(set_image(1, file_name="/etc/passwd")),
         "path-escape",
-        "/etc/passwd",
+        "annotations.json",
+        "image 9",
         "error",
     ),
     "size-invalid": (
         small_coco,
         edit_coco(image_zero),
         "image-size-invalid",
-        "images/a.png",
+        "annotations.json",
+        "image 7",
         "error",
     ),
     "missing-image": (
@@ -207,6 +240,7 @@ CASES = {
         lambda s: (s / "images" / "c.png").unlink(),
         "image-missing",
         "images/c.png",
+        "image 11",
         "error",
     ),
     "truncated-image": (
@@ -214,6 +248,7 @@ CASES = {
         truncate("images/c.png", 60),
         "image-unreadable",
         "images/c.png",
+        "image 11",
         "error",
     ),
     "size-mismatch": (
@@ -221,6 +256,7 @@ CASES = {
         edit_coco(set_image(2, width=21)),
         "image-size-mismatch",
         "images/c.png",
+        "image 11",
         "error",
     ),
     "same-content": (
@@ -228,6 +264,7 @@ CASES = {
         copy_image,
         "image-duplicate-content",
         "images/copy.png",
+        "image 12",
         "warning",
     ),
 }
@@ -257,7 +294,7 @@ def test_clean_sources_have_no_findings(tmp_path):
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_each_broken_input_is_a_finding(tmp_path, case):
-    build, breaks, code, file, severity = CASES[case]
+    build, breaks, code, file, record, severity = CASES[case]
     src = tmp_path / "src"
     build(src)
     breaks(src)
@@ -267,10 +304,10 @@ def test_each_broken_input_is_a_finding(tmp_path, case):
     matching = [f for f in findings if f.code == code]
     assert matching, findings
     assert matching[0].severity == severity
-    assert matching[0].file == file
+    assert (matching[0].file, matching[0].record) == (file, record)
     assert matching[0].message
     if code in READ_TIME:  # convert refuses the same input, naming the file and leaving no output
-        with pytest.raises(ValueError, match=file.split("/")[-1] if file else r"\[annotation"):
+        with pytest.raises(ValueError, match=re.escape(f"{file} [{record}]" if record else file)):
             convert(src, tmp_path / "dst", to="yolo" if build is not yolo_source else "coco")
         assert not (tmp_path / "dst").exists()
     assert tree_hash(src) == before
@@ -292,7 +329,15 @@ def test_validate_dataset_works_on_tables_alone(tmp_path):
     assert validate_dataset(ds) == []
     ds.annotations.loc[0, "w"] = -1.0
     ds.root = None
-    assert [f.code for f in validate_dataset(ds, check_files=True)] == ["box-size"]
+    (finding,) = validate_dataset(ds, check_files=True)
+    assert (finding.code, finding.file, finding.record) == (
+        "box-size",
+        "annotations.json",
+        "annotation 1",
+    )
+    ds.annotations = ds.annotations.drop(columns=["source_file"])  # tables built by hand
+    (finding,) = validate_dataset(ds)
+    assert (finding.file, finding.record) == ("images/a.png", "annotation 1")
 
 
 def test_unknown_format_is_a_finding(tmp_path):
