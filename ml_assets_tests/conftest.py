@@ -1,6 +1,7 @@
 """Shared fixtures. Every test runs with its own ML_ASSETS_HOME; the fold dimension has k=2."""
 
 import os
+import shutil
 import tempfile
 
 # Read when ml_assets.definitions is first imported: the tests use 2 folds.
@@ -39,6 +40,16 @@ def tree_digest(root: Path) -> dict[str, bytes]:
         for p in sorted(root.rglob("*"))
         if p.is_file()
     }
+
+
+@pytest.fixture
+def landed(tmp_path, tiny_sample):
+    """A landing folder holding a copy of the tiny sample, and a home resource watching it."""
+    from ml_assets.defs.resources import MLAssetsHome
+
+    landing = tmp_path / "landing"
+    shutil.copytree(tiny_sample, landing)
+    return landing, MLAssetsHome(root=str(tmp_path / "home"), landing=str(landing))
 
 
 @pytest.fixture(name="tree_digest")

@@ -1,7 +1,5 @@
 """Data assets and their checks, materialized on tiny data against a test instance."""
 
-import shutil
-
 import dagster as dg
 import orjson
 import pandas as pd
@@ -19,10 +17,18 @@ DATA_CHECKS = [
 ]
 
 
-def register(instance, home: MLAssetsHome, landing) -> str:
-    key = home.store.register(landing)
+def ingest(instance, home: MLAssetsHome, assets=(*DATA_ASSETS, *DATA_CHECKS)):
+    """Register what landed as a version and materialize ``assets`` for it; no raise on error."""
+    key = home.store.register(home.landing_path)
     instance.add_dynamic_partitions(dataset_versions.name, [key])
-    return key
+    result = dg.materialize(
+        list(assets),
+        partition_key=key,
+        resources={"home": home},
+        instance=instance,
+        raise_on_error=False,
+    )
+    return key, result
 
 
 def latest_metadata(instance, asset: str, partition: str) -> dict:
@@ -36,19 +42,11 @@ def materializations(instance, asset: str, partition: str) -> list:
     return instance.fetch_materializations(flt, limit=1).records
 
 
-def test_data_assets_store_read_validate_and_split(tmp_path, tiny_sample, tree_digest):
-    landing = tmp_path / "landing"
-    shutil.copytree(tiny_sample, landing)
+def test_data_assets_store_read_validate_and_split(landed, tree_digest):
+    landing, home = landed
     before = tree_digest(landing)
-    home = MLAssetsHome(root=str(tmp_path / "home"), landing=str(landing))
     with dg.instance_for_test() as instance:
-        key = register(instance, home, landing)
-        result = dg.materialize(
-            [*DATA_ASSETS, *DATA_CHECKS],
-            partition_key=key,
-            resources={"home": home},
-            instance=instance,
-        )
+        key, result = ingest(instance, home)
         assert result.success
         assert all(e.passed for e in result.get_asset_check_evaluations())
         raw = latest_metadata(instance, "raw_dataset", key)
@@ -70,23 +68,14 @@ def test_data_assets_store_read_validate_and_split(tmp_path, tiny_sample, tree_d
     assert tree_digest(landing) == before
 
 
-def test_bad_annotations_block_the_folds(tmp_path, tiny_sample, tree_digest):
-    landing = tmp_path / "landing"
-    shutil.copytree(tiny_sample, landing)
+def test_bad_annotations_block_the_folds(landed, tree_digest):
+    landing, home = landed
     doc = orjson.loads((landing / "annotations.json").read_bytes())
     doc["annotations"][0]["bbox"] = [60.0, 60.0, 10.0, 10.0]  # wholly outside the 48-pixel image
     (landing / "annotations.json").write_bytes(orjson.dumps(doc))
     before = tree_digest(landing)
-    home = MLAssetsHome(root=str(tmp_path / "home"), landing=str(landing))
     with dg.instance_for_test() as instance:
-        key = register(instance, home, landing)
-        result = dg.materialize(
-            [*DATA_ASSETS, *DATA_CHECKS],
-            partition_key=key,
-            resources={"home": home},
-            instance=instance,
-            raise_on_error=False,
-        )
+        key, result = ingest(instance, home)
         assert not result.success
         findings = {e.check_name: e for e in result.get_asset_check_evaluations()}
         assert not findings["annotations_findings"].passed
@@ -98,18 +87,14 @@ def test_bad_annotations_block_the_folds(tmp_path, tiny_sample, tree_digest):
     assert tree_digest(landing) == before
 
 
-def test_every_format_is_exported_with_images_linked_not_copied(tmp_path, tiny_sample):
+def test_every_format_is_exported_with_images_linked_not_copied(landed):
     from pycocotools.coco import COCO
 
-    landing = tmp_path / "landing"
-    shutil.copytree(tiny_sample, landing)
-    home = MLAssetsHome(root=str(tmp_path / "home"), landing=str(landing))
+    landing, home = landed
     assets = [*DATA_ASSETS, exports.coco_dataset, exports.voc_dataset, exports.yolo_dataset]
     with dg.instance_for_test() as instance:
-        key = register(instance, home, landing)
-        assert dg.materialize(
-            assets, partition_key=key, resources={"home": home}, instance=instance
-        ).success
+        key, result = ingest(instance, home, assets)
+        assert result.success
         source = read_dataset(landing)
         boxes = source.annotations.sort_values("annotation_id")[["x", "y", "w", "h"]].to_numpy()
         for fmt in ("coco", "voc", "yolo"):
@@ -130,21 +115,12 @@ def test_every_format_is_exported_with_images_linked_not_copied(tmp_path, tiny_s
         )
 
 
-def test_an_unreadable_image_fails_the_findings_gate(tmp_path, tiny_sample, tree_digest):
-    landing = tmp_path / "landing"
-    shutil.copytree(tiny_sample, landing)
+def test_an_unreadable_image_fails_the_findings_gate(landed, tree_digest):
+    landing, home = landed
     image = landing / "images" / "shapes_000004.png"
     image.write_bytes(image.read_bytes()[:200])  # truncated
-    home = MLAssetsHome(root=str(tmp_path / "home"), landing=str(landing))
     with dg.instance_for_test() as instance:
-        key = register(instance, home, landing)
-        result = dg.materialize(
-            [*DATA_ASSETS, *DATA_CHECKS],
-            partition_key=key,
-            resources={"home": home},
-            instance=instance,
-            raise_on_error=False,
-        )
+        key, result = ingest(instance, home)
         gate = {e.check_name: e for e in result.get_asset_check_evaluations()}[
             "annotations_findings"
         ]

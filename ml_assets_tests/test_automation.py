@@ -77,10 +77,8 @@ def test_weekly_retraining_requests_every_fold_of_the_newest_ingested_version():
         ]
 
 
-def test_new_folds_make_every_fold_of_that_version_train(tmp_path, tiny_sample):
-    landing = tmp_path / "landing"
-    shutil.copytree(tiny_sample, landing)
-    home = MLAssetsHome(root=str(tmp_path / "home"), landing=str(landing))
+def test_new_folds_make_every_fold_of_that_version_train(landed):
+    landing, home = landed
     with dg.instance_for_test() as instance:
         key = home.store.register(landing)
         instance.add_dynamic_partitions(dataset_versions.name, [key])
@@ -102,10 +100,8 @@ def test_new_folds_make_every_fold_of_that_version_train(tmp_path, tiny_sample):
         assert result.get_requested_partitions(dg.AssetKey("classifier_report")) == set()
 
 
-def test_a_failed_gate_on_the_folds_stops_training(tmp_path, tiny_sample):
-    landing = tmp_path / "landing"
-    shutil.copytree(tiny_sample, landing)
-    home = MLAssetsHome(root=str(tmp_path / "home"), landing=str(landing))
+def test_a_failed_gate_on_the_folds_stops_training(landed):
+    landing, home = landed
     with dg.instance_for_test() as instance:
         key = home.store.register(landing)
         instance.add_dynamic_partitions(dataset_versions.name, [key])

@@ -146,3 +146,77 @@ def test_odd_values_take_the_slow_path_per_record(tmp_path):
     row = ds.annotations.set_index("annotation_id").loc[2]
     assert np.isnan([row.x, row.y, row.w, row.h, row.area]).all()  # not four numbers, no mask
     assert row.note == {"a": 1} and ds.annotations["note"].isna().sum() == 3
+
+
+def _tricky_document() -> dict:
+    """Strings full of brackets, quotes and backslashes, nested look-alike keys, odd spacing."""
+    names = ['a[1]"b.png', "c\\\\]}{.png", 'd\\"[.png', "é ]\\u005d.png"]
+    return {
+        "info": {"images": [{"id": 99}], "note": 'x"]}[{\\', "annotations": {"a": [1, [2]]}},
+        "licenses": [],
+        "images": [
+            {"id": i, "file_name": name, "width": 8 + i, "height": 9, "tag": "[{" * i}
+            for i, name in enumerate(names)
+        ],
+        "annotations": [
+            {
+                "id": n,
+                "image_id": n % 4,
+                "category_id": 1 + n % 2,
+                "bbox": [0.5, 1, 2, 3],
+                "area": 6,
+                "iscrowd": 0,
+                "segmentation": [[0, 0, 2, 0, 2, 3]] if n % 3 else [],
+                "note": '\\\\"}]' * (n % 3),
+            }
+            for n in range(40)
+        ],
+        "categories": [{"id": 1, "name": 'q"}'}, {"id": 2, "name": "r\\\\"}],
+        "trailer": [[], {}, "]"],
+    }
+
+
+@pytest.mark.parametrize("scan, piece", [(7, 1), (13, 50), (64, 1000), (1 << 22, 1 << 20)])
+def test_strings_with_brackets_quotes_and_escapes(tmp_path, monkeypatch, scan, piece):
+    from ml_assets.data import coco
+
+    document = _tricky_document()
+    src = tmp_path / "src"
+    (src / "images").mkdir(parents=True)
+    (src / "annotations.json").write_text(json.dumps(document, indent=scan % 3 or None))
+    monkeypatch.setattr(coco, "_SCAN", scan)  # chunk boundaries fall everywhere
+    monkeypatch.setattr(coco, "_PIECE", piece)
+    ds = read_coco(src)
+    names = [f"images/{i['file_name']}" for i in document["images"]]
+    assert ds.images["file_name"].tolist() == names
+    assert ds.images["tag"].tolist() == [i["tag"] for i in document["images"]]
+    assert ds.categories["name"].tolist() == ['q"}', "r\\\\"]
+    assert ds.annotations["annotation_id"].tolist() == list(range(40))
+    assert ds.annotations["note"].tolist() == [a["note"] for a in document["annotations"]]
+    assert ds.annotations["segmentation"].tolist() == [
+        a["segmentation"] or None for a in document["annotations"]
+    ]
+
+
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        ('"iscrowd": 0}]', '"iscrowd": 0},]'),  # trailing comma in the streamed array
+        ('[]}, {"id": 3', '[]} {"id": 3'),  # missing comma between records
+        ('"info": {"description": "test"}', '"info": {"description": tru}'),  # outside arrays
+        ('"licenses": [', '"licenses": [['),  # unbalanced
+        ('"iscrowd": 0}]', '"iscrowd": 0}}]'),  # unbalanced inside a streamed array
+        ('"name": "car"', '"name": "car\\"'),  # a string that never ends
+    ],
+)
+def test_malformed_json_anywhere_is_reported(tmp_path, monkeypatch, old, new):
+    from ml_assets.data import coco
+
+    monkeypatch.setattr(coco, "_PIECE", 1)  # cut after every record
+    src = small_coco(tmp_path / "src")
+    text = (src / "annotations.json").read_text()
+    assert old in text
+    (src / "annotations.json").write_text(text.replace(old, new, 1))
+    issues = Issues(root=src, collect=True)
+    read_coco(src, issues)
+    assert [e.code for e in issues.errors] == ["json-malformed"]
