@@ -60,7 +60,8 @@ def demo(images: int, folds: int, epochs: int, seed: int) -> None:
 
     report = run_demo(images=images, folds=folds, epochs=epochs, seed=seed, echo=click.echo)
     click.echo(f"\nimage_classifier, version {report['version']}, {folds}-fold cross-validation:\n")
-    click.echo(report_table(report).round(4).to_string(na_rep=""))
+    whole = {"samples": lambda v: str(int(v))}  # mean and std have none: na_rep leaves them blank
+    click.echo(report_table(report).round(4).to_string(formatters=whole, na_rep=""))
     gate = "passed" if report["promotable"] else "FAILED (below the bar or the majority baseline)"
     click.echo(
         f"\npromotion gate: {gate}\n"
