@@ -18,19 +18,24 @@ segmentations are kept unchanged. Where an annotation has a segmentation but no 
 ``licenses``, an image's ``license``, an annotation's VOC ``difficult``...) are tolerated; those of
 images, annotations and categories travel as extra columns and are written back.
 
-The reader streams the file with ijson (yajl2_c), three passes over the bytes (categories, images,
-annotations), so memory grows with the tables and never with a parsed JSON tree.
+The reader streams the file: one numpy scan of the raw bytes finds the top-level ``images``,
+``annotations`` and ``categories`` arrays and places to cut them between records, then orjson
+parses them a piece of about ``_PIECE`` bytes at a time (and the rest of the file, with those
+arrays left empty, once to check it), so memory grows with the tables and never with a parsed
+JSON tree or the whole file.
 """
 
 from __future__ import annotations
 
+import gc
 import math
+import os
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
-import ijson
 import numpy as np
 import orjson
 import pandas as pd
@@ -63,6 +68,12 @@ _CHUNK = 512  # annotation records held at a time: few live objects keep the gar
 _ANNOTATION_KEYS = frozenset(
     {"id", "image_id", "category_id", "bbox", "area", "iscrowd", "segmentation"}
 )
+_ARRAYS = ("categories", "images", "annotations")
+_SCAN = 1 << 20  # bytes scanned at a time
+_PIECE = 1 << 20  # array bytes parsed at a time (cut between records)
+# byte -> 1 "[", 2 "{", 3 "]", 4 "}", 5 quote, 6 backslash, 0 anything else
+_BYTE_KIND = np.zeros(256, dtype=np.int8)
+_BYTE_KIND[list(b'[{]}"\\')] = np.arange(1, 7)
 
 
 def coco_files(src: Path) -> list[tuple[Path, str, str]]:
@@ -88,12 +99,27 @@ def read_coco(src: Path, issues: Issues | None = None) -> Dataset:
         issues.error(
             "coco-missing", ".", "", f"no {ANNOTATION_FILE} or annotations/instances_*.json"
         )
-    parts = [_read_file(src, path, split, folder, issues) for path, split, folder in files]
+    with _gc_paused():
+        parts = [_read_file(src, path, split, folder, issues) for path, split, folder in files]
     ds = Dataset(root=src, attrs={"boxes_from_masks": sum(p[3] for p in parts)})
     if parts:
         ds.images, ds.annotations = (_concat([p[i] for p in parts]) for i in (0, 1))
     ds.categories = _merge_categories([p[2] for p in parts], issues)
     return ds
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector: parsing allocates millions of objects that make no
+    cycles (JSON has none), and each collection would walk every live object of the process.
+    Freed objects still go at once by reference counting."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
@@ -109,10 +135,13 @@ def _read_file(
         issues.error("json-malformed", path, "", "a COCO file is a JSON object")
         return empty_images(), empty_annotations(), empty_categories(), 0
     try:
-        categories = _categories(_items(path, "categories"))
-        images = _images(_items(path, "images"), split, folder, path, issues)
-        annotations, from_masks = _annotations(_items(path, "annotations"), path, issues)
-    except (ijson.JSONError, ijson.IncompleteJSONError, UnicodeDecodeError) as error:
+        arrays, cuts = _scan(path)
+        _check_rest(path, arrays)
+        items = {key: _items(path, arrays.get(key, []), cuts) for key in _ARRAYS}
+        categories = _categories(items["categories"])
+        images = _images(items["images"], split, folder, path, issues)
+        annotations, from_masks = _annotations(items["annotations"], path, issues)
+    except (orjson.JSONDecodeError, _MalformedJSON) as error:
         issues.error("json-malformed", path, "", f"malformed JSON: {error}")
         return empty_images(), empty_annotations(), empty_categories(), 0
     source = path.relative_to(src).as_posix()
@@ -121,9 +150,109 @@ def _read_file(
     return images, annotations, categories, from_masks
 
 
-def _items(path: Path, key: str) -> Iterator[Any]:
+class _MalformedJSON(ValueError):
+    pass
+
+
+def _scan(path: Path) -> tuple[dict[str, list[tuple[int, int]]], np.ndarray]:
+    """One pass over the bytes: the contents ``(start, end)`` of each top-level array of a key in
+    ``_ARRAYS`` (several when a key repeats), and the offsets just after a record of any
+    top-level array, about ``_PIECE`` bytes apart, where an array can be cut into pieces.
+
+    A byte is structure unless it is inside a string: a string is between two unescaped quotes,
+    and a quote is escaped when an unescaped backslash is right before it, so only backslashes
+    (rare) are walked one by one; brackets then give depths with a cumulative sum. What the scan
+    does not check (the rest of the syntax) orjson does, as every byte is parsed once after.
+    Raises ``_MalformedJSON`` when the brackets do not balance.
+    """
+    arrays: dict[str, list[tuple[int, int]]] = {}
+    cuts: list[np.ndarray] = []
+    depth, quotes_so_far, escaped_first, last_block = 0, 0, False, -1
+    last_quotes = np.zeros(0, dtype=np.int64)  # the last two quotes seen, for a key
+    open_key, open_start = None, 0
     with open(path, "rb") as handle:
-        yield from ijson.items(handle, f"{key}.item", use_float=True)
+        offset = 0
+        while chunk := handle.read(_SCAN):
+            data = np.frombuffer(chunk, dtype=np.uint8)
+            folded = data | 0x20  # "[" and "]" fold onto "{" and "}"
+            special = (folded == 0x7B) | (folded == 0x7D) | (data == 0x22) | (data == 0x5C)
+            where = np.flatnonzero(special)
+            kind = _BYTE_KIND[data[where]]
+            escaped = [0] if escaped_first else []  # positions (in the chunk) of escaped bytes
+            last = 0 if escaped_first else -1
+            for position in where[kind == 6].tolist():
+                if position != last:  # an escaped backslash escapes nothing
+                    last = position + 1
+                    escaped.append(last)
+            escaped_first = last == len(chunk)
+            if escaped_first:
+                escaped.pop()
+            quotes = where[kind == 5]
+            if escaped:
+                quotes = np.setdiff1d(quotes, escaped, assume_unique=True)
+            brackets, bracket_kind = where[kind <= 4], kind[kind <= 4]
+            outside = (np.searchsorted(quotes, brackets) + quotes_so_far) % 2 == 0
+            brackets, bracket_kind = brackets[outside], bracket_kind[outside]
+            opening = bracket_kind <= 2
+            after = depth + np.cumsum(np.where(opening, 1, -1))
+            if len(after) and after.min() < 0:
+                raise _MalformedJSON(f"unbalanced brackets near byte {offset + len(chunk)}")
+            quotes = np.concatenate([last_quotes, quotes + offset])
+            # top-level arrays open from depth 1 and close back to it
+            for i in np.flatnonzero(((after == 2) & opening) | ((after == 1) & ~opening)).tolist():
+                position = offset + int(brackets[i])
+                if opening[i]:
+                    open_key = None
+                    if bracket_kind[i] == 1:
+                        n = int(np.searchsorted(quotes, position))
+                        if n >= 2 and quotes[n - 1] - quotes[n - 2] < 64:
+                            start, end = int(quotes[n - 2]), int(quotes[n - 1]) + 1
+                            open_key = orjson.loads(os.pread(handle.fileno(), end - start, start))
+                    open_start = position + 1
+                elif open_key in _ARRAYS:
+                    arrays.setdefault(open_key, []).append((open_start, position))
+                    open_key = None
+            # records of a top-level array end where a bracket closes back to depth 2
+            ends = offset + brackets[(after == 2) & ~opening].astype(np.int64) + 1
+            blocks = ends // _PIECE
+            keep = blocks != np.concatenate([[last_block], blocks[:-1]])
+            cuts.append(ends[keep])
+            last_block = int(blocks[-1]) if len(blocks) else last_block
+            depth = int(after[-1]) if len(after) else depth
+            quotes_so_far += len(quotes) - len(last_quotes)
+            last_quotes = quotes[-2:]
+            offset += len(chunk)
+    if depth != 0 or quotes_so_far % 2:
+        raise _MalformedJSON("the file ends inside a string, object or array")
+    return arrays, np.concatenate([np.zeros(0, dtype=np.int64), *cuts])
+
+
+def _items(path: Path, ranges: list[tuple[int, int]], cuts: np.ndarray) -> Iterator[Any]:
+    """The records of the arrays whose contents are at ``ranges``, parsed a piece at a time."""
+    with open(path, "rb") as handle:
+        for start, end in ranges:
+            inner = cuts[(cuts > start) & (cuts < end)].tolist()
+            for a, b in zip([start, *inner], [*inner, end], strict=True):
+                handle.seek(a)
+                piece = handle.read(b - a).strip()
+                if a != start and piece:  # a piece after a cut starts with a comma
+                    if not piece.startswith(b",") or not piece[1:].strip():
+                        raise _MalformedJSON(f"expected a comma and a record at byte {a}")
+                    piece = piece[1:]
+                yield from orjson.loads(b"[" + piece + b"]")
+
+
+def _check_rest(path: Path, arrays: dict[str, list[tuple[int, int]]]) -> None:
+    """Parse the file with the arrays found by ``_scan`` left empty (they are parsed apart)."""
+    ranges = sorted(r for found in arrays.values() for r in found)
+    parts = []
+    with open(path, "rb") as handle:
+        for start, end in zip(
+            [0] + [e for _, e in ranges], [s for s, _ in ranges] + [None], strict=True
+        ):
+            handle.seek(start)
+            parts.append(handle.read(-1 if end is None else end - start))
+    orjson.loads(b"".join(parts))
 
 
 def _categories(records: Iterable[Any]) -> pd.DataFrame:
@@ -186,7 +315,8 @@ def _annotations(records: Iterable[Any], path: Path, issues: Issues) -> tuple[pd
     sizes = [len(c["annotation_id"]) for c in chunks]
     columns: dict[str, Any] = {}
     for key in dict.fromkeys(k for c in chunks for k in c):
-        parts = [c.get(key, [None] * n) for c, n in zip(chunks, sizes, strict=True)]
+        # popped: the chunks let go of each column as it is joined, so it is never held twice
+        parts = [c.pop(key, [None] * n) for c, n in zip(chunks, sizes, strict=True)]
         if isinstance(parts[0], np.ndarray):
             columns[key] = np.concatenate(parts)
         else:

@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
-from itertools import groupby
-from operator import itemgetter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,7 @@ from ml_assets.data.tables import (
 YAML_FILE = "data.yaml"
 SPLIT_KEYS = ("train", "val", "test")
 _CHUNK = 16384  # annotations turned into label lines at a time
+_BOX_LINE = "%d %.8g %.8g %.8g %.8g\n"  # the class is a float here: %d writes it as an integer
 
 
 def find_yaml(src: Path) -> Path | None:
@@ -256,32 +257,47 @@ def write_yolo(ds: Dataset, dst: Path, overwrite: bool = False) -> Path:
     categories = ds.categories.sort_values("category_id")
     index = {c: i for i, c in enumerate(categories["category_id"].tolist())}
     split_names = splits(ds.images).replace("", "train")
-    keys = [image_key(f, s) for f, s in zip(ds.images["file_name"], split_names, strict=True)]
+    keys = (image_key(f, s) for f, s in zip(ds.images["file_name"], split_names, strict=True))
     image_files = [f"images/{s}/{k}" for s, k in zip(split_names, keys, strict=True)]
-    texts = _label_texts(ds, index)
-    with atomic_dir(dst, overwrite) as tmp:
-        link_images(
-            ds, ((f, tmp / t) for f, t in zip(ds.images["file_name"], image_files, strict=True))
-        )
-        labels = [tmp / label_path(f) for f in image_files]
-        ids = ds.images["image_id"].tolist()
-        write_files((label, texts.get(i, "")) for label, i in zip(labels, ids, strict=True))
+    with atomic_dir(dst, overwrite) as tmp, ThreadPoolExecutor(max_workers=2) as pool:
+        # File system calls release the GIL, so linking the images (one thread) and writing each
+        # chunk of label files (the other) overlap making the next chunk of label texts.
+        # Paths are strings: a Path object per file would cost time and memory.
+        root = os.fspath(tmp)
+        names = ds.images["file_name"]
+        targets = [(f, os.path.join(root, t)) for f, t in zip(names, image_files, strict=True)]
+        done = [pool.submit(link_images, ds, targets)]
+        labels: dict[int, list[str]] = defaultdict(list)  # by image id (ids may repeat)
+        for image_id, file in zip(ds.images["image_id"].tolist(), image_files, strict=True):
+            labels[image_id].append(os.path.join(root, label_path(file)))
+        for texts in _label_text_chunks(ds, index):
+            files = [(f, text) for i, text in texts.items() for f in labels.pop(i, ())]
+            done.append(pool.submit(write_files, files))
+        done.append(pool.submit(write_files, [(f, "") for fs in labels.values() for f in fs]))
         write_text(tmp / YAML_FILE, _yaml(categories, sorted(set(split_names))))
+        for future in done:
+            future.result()
     return dst
 
 
 def _label_texts(ds: Dataset, index: dict[int, int]) -> dict[int, str]:
-    """The label file text of each image id that has boxes; crowd annotations left out.
+    """The label file text of each image id that has boxes; crowd annotations left out."""
+    return {i: text for texts in _label_text_chunks(ds, index) for i, text in texts.items()}
 
-    Lines are made in chunks and joined per image as they come, so memory holds the texts and
-    one chunk, never a Python object per number of the whole table.
+
+def _label_text_chunks(ds: Dataset, index: dict[int, int]) -> Iterator[dict[int, str]]:
+    """The label file texts of the images with boxes, about ``_CHUNK`` lines at a time.
+
+    Lines are made in chunks of whole images, so memory holds one chunk, never a Python object
+    per number of the whole table. Raises DatasetError before the first chunk for an unknown
+    category.
     """
     ann = ds.annotations
-    keep = ann["iscrowd"].to_numpy() == 0
-    order = np.argsort(ann["image_id"].to_numpy()[keep], kind="stable")
+    rows = np.flatnonzero(ann["iscrowd"].to_numpy() == 0)
+    rows = rows[np.argsort(ann["image_id"].to_numpy()[rows], kind="stable")]  # by image
 
     def pick(name: str) -> np.ndarray:
-        return ann[name].to_numpy()[keep][order]
+        return ann[name].to_numpy()[rows]
 
     image_ids = pick("image_id")
     classes = pd.Series(pick("category_id")).map(index)
@@ -293,30 +309,47 @@ def _label_texts(ds: Dataset, index: dict[int, int]) -> dict[int, str]:
             f"annotation {pick('annotation_id')[first]}",
             f"category {pick('category_id')[first]} is not in the categories table",
         )
+    classes = classes.to_numpy(dtype=np.int64)
     sizes = ds.images.drop_duplicates("image_id").set_index("image_id")
     width = pd.Series(image_ids).map(sizes["width"]).to_numpy(dtype=np.float64)
     height = pd.Series(image_ids).map(sizes["height"]).to_numpy(dtype=np.float64)
-    x, y, w, h = (pick(c).astype(np.float64) for c in "xywh")
-    columns = (
-        image_ids,
-        classes.to_numpy(dtype=np.int64),
-        (x + w / 2) / width,
-        (y + h / 2) / height,
-        w / width,
-        h / height,
-        pick("segmentation"),
-        width,
-        height,
-    )
-    rows = (
-        row
-        for start in range(0, len(image_ids), _CHUNK)
-        for row in zip(*(c[start : start + _CHUNK].tolist() for c in columns), strict=True)
-    )
-    return {
-        image_id: "".join(_line(*row[1:]) for row in group)
-        for image_id, group in groupby(rows, key=itemgetter(0))
-    }
+    if not len(image_ids):
+        return
+    x, y, w, h = (ann[c].to_numpy() for c in "xywh")  # gathered a chunk at a time below
+    segmentations = ann["segmentation"].to_numpy()
+    # runs of rows of one image; a chunk is the runs that start in _CHUNK rows
+    run_starts = np.flatnonzero(np.r_[True, image_ids[1:] != image_ids[:-1]])
+    run_ids = image_ids[run_starts].tolist()
+    chunks = np.unique(np.searchsorted(run_starts, np.arange(0, len(image_ids), _CHUNK))).tolist()
+    run_starts = [*run_starts.tolist(), len(image_ids)]
+    for first, last in zip(chunks, [*chunks[1:], len(run_ids)], strict=True):
+        base, stop = run_starts[first], run_starts[last]
+        at, size = rows[base:stop], (width[base:stop], height[base:stop])
+        boxes = np.empty((stop - base, 5), dtype=np.float64)  # class, cx, cy, w, h
+        bw, bh = w[at].astype(np.float64), h[at].astype(np.float64)
+        boxes[:, 0] = classes[base:stop]
+        boxes[:, 1] = (x[at] + bw / 2) / size[0]
+        boxes[:, 2] = (y[at] + bh / 2) / size[1]
+        boxes[:, 3], boxes[:, 4] = bw / size[0], bh / size[1]
+        flat = boxes.ravel().tolist()
+        chunk_segmentations = segmentations[at].tolist()
+        texts = {}
+        for run in range(first, last):
+            a, b = run_starts[run] - base, run_starts[run + 1] - base
+            values = flat[5 * a : 5 * b]
+            segmentation = chunk_segmentations[a:b]
+            if any(isinstance(s, list) and s for s in segmentation):
+                lines = zip(
+                    *(values[i::5] for i in range(5)),
+                    segmentation,
+                    size[0][a:b].tolist(),
+                    size[1][a:b].tolist(),
+                    strict=True,
+                )
+                texts[run_ids[run]] = "".join(_line(int(v[0]), *v[1:]) for v in lines)
+            else:  # box lines only: one %-format per image writes what _line would
+                texts[run_ids[run]] = (_BOX_LINE * (b - a)) % tuple(values)
+        yield texts
 
 
 def _line(
