@@ -96,13 +96,24 @@ class HashCache:
         self.dirty = False
 
     def sha256(self, file: str, stat: os.stat_result) -> str:
-        key = [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
         hit = self.entries.get(file)
-        if hit and hit[:4] == key:
+        if (  # the warm path of every scan: compare field by field, build nothing
+            hit is not None
+            and hit[0] == stat.st_size
+            and hit[1] == stat.st_mtime_ns
+            and hit[2] == stat.st_ctime_ns
+            and hit[3] == stat.st_ino
+        ):
             return hit[4]
         sha = hash_file(Path(file))
         if time.time_ns() - max(stat.st_mtime_ns, stat.st_ctime_ns) > self.RACY_NS:
-            self.entries[file] = [*key, sha]
+            self.entries[file] = [
+                stat.st_size,
+                stat.st_mtime_ns,
+                stat.st_ctime_ns,
+                stat.st_ino,
+                sha,
+            ]
             self.dirty = True
         return sha
 
