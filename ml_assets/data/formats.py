@@ -55,16 +55,18 @@ def resolve_format(src: Path, fmt: str) -> str:
     return fmt
 
 
-def read_dataset(src: Path, fmt: str = "auto") -> Dataset:
+def read_dataset(src: Path, fmt: str = "auto", strict: bool = True) -> Dataset:
     """Read ``src``; raises ``DatasetError`` (a ``ValueError``) naming the file and record at fault.
 
-    Beyond the reader's own checks, the tables must pass ``validate_dataset`` without errors.
+    Unreadable files always raise. With ``strict`` the tables must also pass ``validate_dataset``
+    without errors; without it, questionable records are kept for a later validation to report
+    in full (as the ``annotations_findings`` asset check does).
     """
     from ml_assets.data.validate import validate_dataset
 
     src = Path(src)
     ds = READERS[resolve_format(src, fmt)](src, Issues(root=src))
-    for finding in validate_dataset(ds):
+    for finding in validate_dataset(ds) if strict else []:
         if finding.severity == "error":
             raise DatasetError(finding.code, finding.file, finding.record, finding.message, src)
     return ds

@@ -52,11 +52,10 @@ def read_version(home: MLAssetsHome, version: str) -> Dataset:
     Unreadable files fail here, naming file and record; questionable records (a box outside its
     image, an unknown class) are kept for the ``annotations_findings`` check to report in full.
     """
-    from ml_assets.data.formats import READERS, detect_format
-    from ml_assets.data.tables import Issues
+    from ml_assets.data.formats import read_dataset
 
     files = home.store.files_dir(version)
-    ds = READERS[detect_format(files)](files, Issues(root=files))
+    ds = read_dataset(files, strict=False)
     names = [
         (Path(ds.root) / name).relative_to(files).as_posix() for name in ds.images["file_name"]
     ]
