@@ -170,9 +170,12 @@ class Store:
     def manifest_path(self, key: str) -> Path:
         return self.version_dir(key) / "manifest.json"
 
-    def register(self, landing: Path) -> str:
-        """Scan ``landing`` and record its manifest as a version; return the version key."""
-        entries = scan(landing, self.cache)
+    def register(self, landing: Path, entries: list[Entry] | None = None) -> str:
+        """Record the manifest of ``landing`` as a version; return the version key.
+
+        ``entries`` is a scan of ``landing`` the caller already made; without it, one is made.
+        """
+        entries = scan(landing, self.cache) if entries is None else entries
         if not entries:
             raise ValueError(f"landing folder {landing} holds no files")
         key = manifest_key(entries)

@@ -280,11 +280,6 @@ def write_yolo(ds: Dataset, dst: Path, overwrite: bool = False) -> Path:
     return dst
 
 
-def _label_texts(ds: Dataset, index: dict[int, int]) -> dict[int, str]:
-    """The label file text of each image id that has boxes; crowd annotations left out."""
-    return {i: text for texts in _label_text_chunks(ds, index) for i, text in texts.items()}
-
-
 def _label_text_chunks(ds: Dataset, index: dict[int, int]) -> Iterator[dict[int, str]]:
     """The label file texts of the images with boxes, about ``_CHUNK`` lines at a time.
 

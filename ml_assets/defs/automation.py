@@ -66,7 +66,7 @@ def landing_sensor(
             skip_reason=f"{landing} changed (now {key}): waiting one tick for it to settle",
             cursor=key,
         )
-    home.store.register(landing)
+    home.store.register(landing, entries)
     return dg.SensorResult(
         run_requests=[dg.RunRequest(partition_key=key, run_key=f"ingest-{key}")],
         dynamic_partitions_requests=[dataset_versions.build_add_request([key])],
