@@ -1,0 +1,145 @@
+"""Model kinds: what every trained model family provides, so one factory builds its pipeline.
+
+A kind is a plain object (in the spirit of timm's registry): a name, one configuration class
+(a pydantic model whose fields the Dagster launchpad shows), ``fit``, ``score``, its primary
+metric and its baseline. ``ml_assets.defs.models`` turns each registered kind into the model
+asset ``[version, fold]``, its evaluation ``[version, fold]``, its report ``[version]`` with the
+promotion gate, its model checks and its jobs. ``inputs`` maps the names in a kind's ``inputs``
+(dataset exports such as ``"yolo_dataset"``) to their folders for this version; a kind called
+without them (the CLI on any folder) makes what it needs itself. Adding a kind is a module in ``train/``, one line
+in :data:`KINDS` and its tests.
+
+Folders. ``fit`` works in ``run_dir``, a folder that survives a crash: it checkpoints there after
+every epoch and, when it finds a checkpoint, resumes from it (the caller clears ``run_dir``
+whenever the configuration or data changed, see :func:`prepare_run_dir`). It finishes by writing
+the model into ``run_dir / "model"``, which the caller publishes atomically as the partition's
+model folder. ``score`` and ``load`` read only that published folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import orjson
+import pandas as pd
+from pydantic import BaseModel, ConfigDict
+
+from ml_assets.data.atomic import write_bytes
+from ml_assets.data.tables import Dataset
+
+# Called after every epoch with (epoch, epochs, row): row holds the epoch's numbers (losses,
+# validation metrics, "seconds"). The callback may raise to stop training (the checkpoint of
+# that epoch is already written).
+EpochCallback = Callable[[int, int, dict[str, float]], None]
+
+
+class KindConfig(BaseModel):
+    """Base of every kind's configuration: immutable, unknown keys refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass
+class FitResult:
+    """What ``fit`` returns: the trained model in memory and how training went."""
+
+    model: Any
+    history: pd.DataFrame  # one row per epoch run in this call or before a resume
+    resumed_from: int | None = None  # first epoch of this call when it resumed, else None
+    summary: dict[str, float] = field(default_factory=dict)  # final numbers for the metadata
+
+
+@dataclass
+class Scores:
+    """What ``score`` returns for one held-out set.
+
+    ``metrics`` are flat numbers (the report averages them across folds); ``per_class`` is
+    indexed by class name; ``predictions`` one row per scored object or detection; ``extra``
+    JSON-able details the baseline and the report need (a confusion matrix, class names);
+    ``plots`` PNG bytes by name.
+    """
+
+    metrics: dict[str, float]
+    per_class: pd.DataFrame
+    predictions: pd.DataFrame
+    extra: dict = field(default_factory=dict)
+    plots: dict[str, bytes] = field(default_factory=dict)
+
+
+class ModelKind(Protocol):
+    name: str  # the model asset, e.g. "image_classifier"
+    evaluation_name: str  # e.g. "classifier_evaluation"
+    report_name: str  # e.g. "classifier_report"
+    gate_name: str  # the report's blocking promotion check, e.g. "classifier_promotable"
+    config_class: type[KindConfig]
+    primary_metric: str  # a key of Scores.metrics, higher is better
+    # Dataset exports the kind trains from (asset names such as "yolo_dataset"), besides folds.
+    inputs: tuple[str, ...]
+    tags: frozenset[str]  # Dagster kinds shown on the assets: "pytorch", "ultralytics", ...
+    description: str
+
+    def fit(
+        self,
+        ds: Dataset,
+        train_ids: Sequence[int],
+        val_ids: Sequence[int],
+        config: KindConfig,
+        device: Any,
+        run_dir: Path,
+        on_epoch: EpochCallback | None = None,
+        inputs: dict[str, Path] | None = None,
+    ) -> FitResult: ...
+
+    def score(
+        self,
+        model_dir: Path,
+        ds: Dataset,
+        image_ids: Sequence[int],
+        device: Any,
+        inputs: dict[str, Path] | None = None,
+    ) -> Scores: ...
+
+    def baseline(self, folds: list[dict]) -> float:
+        """The primary metric of a trivial model on the same held-out folds (``folds`` are the
+        per-fold evaluation records: ``metrics`` and ``extra`` of each)."""
+        ...
+
+    def load(self, model_dir: Path, device: Any) -> Any:
+        """The published model rebuilt from disk."""
+        ...
+
+    def module(self, model: Any) -> Any:
+        """The ``torch.nn.Module`` inside a model that ``fit`` or ``load`` returned."""
+        ...
+
+    def outputs(self, model: Any, ds: Dataset, image_ids: Sequence[int], device: Any) -> np.ndarray:
+        """Raw numeric outputs for a few images, to compare a reloaded model with the trained
+        one (same order and shape for the same inputs)."""
+        ...
+
+
+def fingerprint(**parts: Any) -> str:
+    """A short digest of everything that decides a training run (config, data, fold...)."""
+    payload = orjson.dumps(parts, option=orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY)
+    return hashlib.sha256(payload).hexdigest()[:16]
+
+
+def prepare_run_dir(run_dir: Path, key: str) -> bool:
+    """Make ``run_dir`` ready for a run identified by ``key``; True when an earlier attempt with
+    the same key left it there (so ``fit`` may resume), False when it starts afresh (a missing
+    folder or one from another configuration, which is removed)."""
+    run_dir = Path(run_dir)
+    stamp = run_dir / "run.json"
+    if stamp.exists() and orjson.loads(stamp.read_bytes()).get("key") == key:
+        return True
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    write_bytes(stamp, orjson.dumps({"key": key}))
+    return False
