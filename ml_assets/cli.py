@@ -145,3 +145,28 @@ def evaluate(model_dir: Path, src: Path, from_: str, device: str) -> None:
     for name in ("accuracy", "balanced_accuracy", "macro_f1", "samples"):
         click.echo(f"{name:>18}: {round(metrics[name], 4)}")
     click.echo("\n" + metrics["per_class"].round(4).to_string())
+
+
+@main.command("coco-eval")
+@click.argument("ground_truth", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("detections", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object: stats, per_class.")
+def coco_eval(ground_truth: Path, detections: Path, as_json: bool) -> None:
+    """COCO box metrics of the results file DETECTIONS against GROUND_TRUTH (equal to
+    pycocotools' COCOeval): the 12 standard numbers and per-class AP."""
+    import orjson
+
+    from ml_assets.evaluate.coco import STAT_LABELS, coco_metrics
+
+    try:
+        metrics = coco_metrics(ground_truth, detections)
+    except ValueError as err:
+        raise click.ClickException(str(err)) from err
+    if as_json:
+        click.echo(orjson.dumps(metrics.to_json()).decode())
+        return
+    for name, value in metrics.stats.items():
+        click.echo(f"{name:<10} {value:7.4f}   {STAT_LABELS[name]}")
+    click.echo(f"\n{'class':<24} {'AP':>7} {'AP50':>7} {'boxes':>7} {'detections':>10}")
+    for c in metrics.classes:
+        click.echo(f"{c.name:<24} {c.ap:7.4f} {c.ap50:7.4f} {c.ground_truth:>7} {c.detections:>10}")
