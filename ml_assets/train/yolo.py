@@ -1,0 +1,622 @@
+"""The ultralytics YOLO detector as a model kind (see :mod:`ml_assets.train.kinds`).
+
+Training reads the version's YOLO export (``inputs["yolo_dataset"]``, made by
+:func:`ml_assets.data.yolo.write_yolo`) through a per-fold folder of links inside the run folder::
+
+    run_dir/
+      data/data.yaml                   train: images/train, val: images/val
+      data/images/{train,val}/<image id><suffix>   hard links (symlinks across file systems)
+      data/labels/{train,val}/<image id>.txt       links to the export's label files
+      train/                           ultralytics' save_dir: weights/last.pt, best.pt, results.csv
+      epochs.json                      measured seconds per epoch, across attempts
+      model/                           the published model: best.pt, detector.json, results.csv
+
+Files are named by image id, so ultralytics' label cache lands in this run's own ``data/labels``
+(folds training at once never share one) and its predictions map back to our image ids. No image
+is copied. Every ultralytics integration is off (:func:`ml_assets.runtime.ultralytics_ready`),
+``amp=False`` (the AMP check downloads weights) and the folders are fixed (``exist_ok=True``).
+
+Resume: ultralytics writes ``last.pt`` after every epoch. A later ``fit`` in the same run folder
+(same configuration and data, see :func:`~ml_assets.train.kinds.prepare_run_dir`) resumes from it
+with ``resume=True``, so a crash costs at most the epoch it interrupted, and reports the epoch it
+resumed at in ``FitResult.resumed_from``. A checkpoint of the final epoch (or of an early stop)
+needs no more training: ``fit`` publishes it and reports ``resumed_from`` = epochs run + 1.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import orjson
+import pandas as pd
+import yaml
+from pydantic import Field, field_validator
+
+from ml_assets.data.atomic import atomic_dir, write_bytes
+from ml_assets.data.tables import Dataset, image_key, splits
+from ml_assets.data.yolo import YAML_FILE, label_path, write_yolo
+from ml_assets.train.kinds import EpochCallback, FitResult, KindConfig, Scores
+
+META_FILE = "detector.json"
+WEIGHTS_FILE = "best.pt"
+RESULTS_FILE = "results.csv"
+DATA_DIR = "data"  # per-fold links inside run_dir
+TRAIN_DIR = "train"  # ultralytics' save_dir inside run_dir
+EXPORT_DIR = "yolo"  # a YOLO export made by fit when no inputs are given
+MODEL_DIR = "model"
+SECONDS_FILE = "epochs.json"
+INPUT = "yolo_dataset"
+
+# ultralytics' column and metric names -> ours (results.csv, trainer.metrics, results_dict)
+_METRIC_NAMES = {
+    "metrics/precision(B)": "precision",
+    "metrics/recall(B)": "recall",
+    "metrics/mAP50(B)": "map50",
+    "metrics/mAP50-95(B)": "map50_95",
+}
+SUMMARY_METRICS = ("map50", "map50_95", "precision", "recall")
+
+Optimizer = Literal["auto", "SGD", "MuSGD", "Adam", "Adamax", "AdamW", "NAdam", "RAdam", "RMSProp"]
+
+
+class YoloConfig(KindConfig):
+    """Hyperparameters of ``yolo_detector`` (ultralytics' own argument names)."""
+
+    model: str = Field(
+        default="yolov8n.yaml",
+        description=(
+            "A model yaml built from scratch (yolov8n.yaml, yolo11s.yaml, yolo26n.yaml, or a local "
+            "yaml file), or a local .pt file to fine-tune; nothing is ever downloaded"
+        ),
+    )
+    epochs: int = Field(default=5, gt=0, description="Passes over the training images")
+    imgsz: int = Field(
+        default=96,
+        ge=32,
+        description="Training and inference image side in pixels (multiple of 32)",
+    )
+    batch: int = Field(default=16, gt=0, description="Images per optimizer step")
+    optimizer: Optimizer = Field(
+        default="AdamW",
+        description="Optimizer; 'auto' lets ultralytics choose it and its learning rate (lr0 ignored)",
+    )
+    lr0: float = Field(default=0.002, gt=0, description="Initial learning rate")
+    patience: int = Field(
+        default=100, ge=0, description="Stop after this many epochs without improvement (0: never)"
+    )
+    warmup_epochs: float = Field(
+        default=3.0, ge=0, description="Epochs of learning-rate warmup (at most epochs - 1)"
+    )
+    close_mosaic: int = Field(
+        default=0, ge=0, description="Turn mosaic off for the last N epochs (0: keep it on)"
+    )
+    mosaic: float = Field(default=1.0, ge=0, le=1, description="Probability of mosaic augmentation")
+    mixup: float = Field(default=0.0, ge=0, le=1, description="Probability of mixup augmentation")
+    hsv_h: float = Field(default=0.015, ge=0, le=1, description="Hue jitter (fraction)")
+    hsv_s: float = Field(default=0.7, ge=0, le=1, description="Saturation jitter (fraction)")
+    hsv_v: float = Field(
+        default=0.4, ge=0, le=1, description="Value (brightness) jitter (fraction)"
+    )
+    fliplr: float = Field(default=0.5, ge=0, le=1, description="Probability of a horizontal flip")
+    flipud: float = Field(default=0.0, ge=0, le=1, description="Probability of a vertical flip")
+    freeze: int = Field(
+        default=0, ge=0, description="Freeze the first N layers (for fine-tuning a .pt; 0: none)"
+    )
+    seed: int = Field(default=0, description="Seed for weights init, shuffling and augmentation")
+    workers: int = Field(
+        default=2, ge=0, description="Data loader worker processes (CUDA only; CPU runs use 0)"
+    )
+
+    @field_validator("model")
+    @classmethod
+    def _local_model(cls, value: str) -> str:
+        return check_model(value)
+
+
+def check_model(model: str) -> str:
+    """``model`` if it names a model yaml or an existing local ``.pt`` file; else ValueError.
+
+    ultralytics would download a missing ``.pt`` (``yolov8n.pt``) or a bare name (``yolov8n``)
+    from its hub: both are refused, as are URLs.
+    """
+    if "://" in model:
+        raise ValueError(f"model {model!r} is a URL: downloads are off, give a local file")
+    suffix = Path(model).suffix.lower()
+    if suffix in (".yaml", ".yml"):
+        return model
+    if suffix == ".pt":
+        if not Path(model).expanduser().is_file():
+            raise ValueError(
+                f"model {model!r} is not a local file: hub downloads are off. Give the path of a "
+                f".pt file on disk to fine-tune, or a model yaml such as 'yolov8n.yaml' to train "
+                f"from scratch"
+            )
+        return model
+    raise ValueError(
+        f"model {model!r} must be a model yaml (e.g. 'yolov8n.yaml') or a local .pt file"
+    )
+
+
+class YoloDetector:
+    """ultralytics YOLO object detection: trains on a fold's images, scores mAP on another's."""
+
+    name = "yolo_detector"
+    evaluation_name = "detector_evaluation"
+    report_name = "detector_report"
+    gate_name = "detector_promotable"
+    config_class = YoloConfig
+    primary_metric = "map50_95"  # ultralytics' box mAP at IoU 0.50:0.95
+    inputs = (INPUT,)
+    tags = frozenset({"pytorch", "ultralytics", "mlflow"})
+    description = "An ultralytics YOLO detector, trained on every fold but this one."
+
+    def fit(
+        self,
+        ds: Dataset,
+        train_ids: Sequence[int],
+        val_ids: Sequence[int],
+        config: YoloConfig,
+        device: Any,
+        run_dir: Path,
+        on_epoch: EpochCallback | None = None,
+        inputs: dict[str, Path] | None = None,
+    ) -> FitResult:
+        """Train on ``train_ids``, validate on ``val_ids``; resume from a checkpoint in ``run_dir``."""
+        from ml_assets.runtime import ultralytics_ready
+
+        ultralytics_ready()
+        from ultralytics import YOLO
+
+        run_dir = Path(run_dir)
+        classes = class_list(ds)
+        export = _export(ds, inputs, run_dir / EXPORT_DIR)
+        data = link_folds(
+            ds, export, {"train": train_ids, "val": val_ids}, run_dir / DATA_DIR, classes
+        )
+        save_dir = run_dir / TRAIN_DIR
+        last = save_dir / "weights" / "last.pt"
+        state, saved_epoch = checkpoint_state(last, config.epochs, config.patience)
+        resumed_from = None
+        if state == "finished":
+            model, metrics = None, None
+        else:
+            check_model(config.model)
+            seconds = _EpochTimer(run_dir / SECONDS_FILE)
+            if state == "resumable":
+                model = YOLO(str(last))
+                resumed_from = saved_epoch + 2  # the saved epoch is 0-based and complete
+                arguments = {"resume": True, "save_dir": str(save_dir)}
+            else:
+                model = YOLO(config.model)
+                arguments = train_arguments(config)
+            model.add_callback("on_train_epoch_start", seconds.start)
+            model.add_callback(
+                "on_model_save", lambda trainer: _epoch_end(trainer, seconds, on_epoch)
+            )
+            model.train(
+                data=str(data),
+                device=device_argument(device),
+                project=str(run_dir),
+                name=TRAIN_DIR,
+                exist_ok=True,
+                **arguments,
+            )
+            metrics = _validation_numbers(model.metrics)
+        published = publish(run_dir, config, classes, len(train_ids), len(val_ids))
+        history = read_history(run_dir)
+        if model is None:  # nothing left to train: the published weights are the model
+            model = YOLO(str(published / WEIGHTS_FILE))
+            resumed_from = len(history) + 1  # past the last epoch run: none was left
+        if metrics is None:
+            metrics = _validate(model, data, config.imgsz, device, run_dir / "val")
+        summary = {
+            **metrics,
+            "epochs": float(len(history)),
+            "train_seconds": float(history["seconds"].sum()),
+        }
+        return FitResult(model=model, history=history, resumed_from=resumed_from, summary=summary)
+
+    def score(
+        self,
+        model_dir: Path,
+        ds: Dataset,
+        image_ids: Sequence[int],
+        device: Any,
+        inputs: dict[str, Path] | None = None,
+    ) -> Scores:
+        """ultralytics' validation metrics of the saved model on ``image_ids`` of ``ds``."""
+        from ml_assets.runtime import ultralytics_ready
+
+        ultralytics_ready()
+        from ultralytics import YOLO
+
+        meta = read_meta(model_dir)
+        classes = meta["classes"]
+        if class_list(ds) != classes:
+            raise ValueError(
+                f"{Path(model_dir) / META_FILE}: the model's classes {classes} differ from the "
+                f"dataset's {class_list(ds)}"
+            )
+        with tempfile.TemporaryDirectory(prefix="yolo_score_") as tmp:
+            export = _export(ds, inputs, Path(tmp) / EXPORT_DIR)
+            data = link_folds(ds, export, {"val": image_ids}, Path(tmp) / DATA_DIR, classes)
+            model = YOLO(str(Path(model_dir) / WEIGHTS_FILE))
+            captured: dict[str, list] = {}
+            model.add_callback("on_val_end", lambda v: captured.update(jdict=list(v.jdict)))
+            results = model.val(
+                data=str(data),
+                split="val",
+                imgsz=meta["imgsz"],
+                batch=meta["config"]["batch"],
+                device=device_argument(device),
+                project=tmp,
+                name="val",
+                exist_ok=True,
+                plots=True,
+                save_json=True,
+                half=False,
+                workers=0,
+                verbose=False,
+            )
+            curve = Path(tmp) / "val" / "BoxPR_curve.png"
+            plots = {"pr_curve": curve.read_bytes()} if curve.exists() else {}
+        box = results.box
+        instances = np.asarray(results.nt_per_class, dtype=np.int64)
+        metrics = {
+            "map50": float(box.map50),
+            "map50_95": float(box.map),
+            "precision": float(box.mp),
+            "recall": float(box.mr),
+            "images": float(len(set(image_ids))),
+            "instances": float(instances.sum()),
+        }
+        return Scores(
+            metrics=metrics,
+            per_class=_per_class(box, instances, [c["name"] for c in classes]),
+            predictions=_predictions(captured.get("jdict", []), classes),
+            extra={"classes": classes},
+            plots=plots,
+        )
+
+    def baseline(self, folds: list[dict]) -> float:
+        """mAP50-95 of a detector that predicts nothing: 0.0 on any held-out fold (no detection
+        matches a box, and precision is defined as 0 without detections)."""
+        return 0.0
+
+    def load(self, model_dir: Path, device: Any) -> Any:
+        """The published YOLO model (ultralytics ``YOLO``) on ``device``."""
+        from ml_assets.runtime import ultralytics_ready
+
+        ultralytics_ready()
+        from ultralytics import YOLO
+
+        read_meta(model_dir)  # a clear error for a folder that holds no detector
+        model = YOLO(str(Path(model_dir) / WEIGHTS_FILE))
+        model.model.to(device)
+        return model
+
+    def module(self, model: Any) -> Any:
+        return model.model
+
+    def outputs(self, model: Any, ds: Dataset, image_ids: Sequence[int], device: Any) -> np.ndarray:
+        """The network's raw first output for the images letterboxed to the model's ``imgsz``.
+
+        Runs a copy of the module in eval mode (no layer fusion), so ``model`` is unchanged.
+        """
+        import torch
+        from PIL import Image
+        from ultralytics.data.augment import LetterBox
+
+        size = int(model.model.args.get("imgsz", 640))
+        letterbox = LetterBox(new_shape=(size, size), auto=False)
+        files = ds.images.drop_duplicates("image_id").set_index("image_id")["file_name"]
+        batch = []
+        for image_id in image_ids:
+            with Image.open(ds.image_path(files[image_id])) as image:
+                pixels = np.asarray(image.convert("RGB"))
+            batch.append(letterbox(image=pixels).transpose(2, 0, 1))
+        x = torch.from_numpy(np.ascontiguousarray(np.stack(batch))).float().div(255).to(device)
+        network = copy.deepcopy(model.model).float().eval().to(device)
+        with torch.inference_mode():
+            out = network(x)
+        while isinstance(out, (list, tuple)):
+            out = out[0]
+        if isinstance(out, dict):
+            out = next(iter(out.values()))
+        return out.detach().cpu().numpy()
+
+
+YOLO_DETECTOR = YoloDetector()
+
+
+def class_list(ds: Dataset) -> list[dict]:
+    """Classes in category-id order: class index i of the model is ``classes[i]``."""
+    cats = ds.categories.sort_values("category_id")
+    return [
+        {"id": int(c), "name": str(n)}
+        for c, n in zip(cats["category_id"], cats["name"], strict=True)
+    ]
+
+
+def device_argument(device: Any) -> str:
+    """ultralytics' ``device`` argument for a torch device (``cpu``, ``cuda[:N]``, ``mps``)."""
+    kind, _, index = str(device).partition(":")
+    if kind == "cuda":
+        return index or "0"
+    return kind
+
+
+def train_arguments(config: YoloConfig) -> dict[str, Any]:
+    """Keyword arguments of ``YOLO.train`` for a fresh run."""
+    return {
+        **config.model_dump(exclude={"model"}),
+        "amp": False,  # the AMP check downloads weights
+        "plots": False,  # per-run plots cost time; score() draws the PR curve
+        "val": True,
+        "save": True,
+        "deterministic": True,
+        "verbose": False,
+    }
+
+
+def _export(ds: Dataset, inputs: dict[str, Path] | None, fallback: Path) -> Path:
+    """The version's YOLO export from ``inputs``, else one written (once) at ``fallback``."""
+    if inputs and INPUT in inputs:
+        return Path(inputs[INPUT])
+    if not (fallback / YAML_FILE).exists():
+        write_yolo(ds, fallback, overwrite=True)
+    return fallback
+
+
+def export_files(ds: Dataset) -> pd.DataFrame:
+    """Each image's files in the export: ``image_id``, ``image`` and ``label`` (relative paths),
+    named the way :func:`ml_assets.data.yolo.write_yolo` names them."""
+    images = ds.images.drop_duplicates("image_id")
+    split_names = splits(images).replace("", "train")
+    files = [
+        f"images/{s}/{image_key(f, s)}"
+        for f, s in zip(images["file_name"], split_names, strict=True)
+    ]
+    return pd.DataFrame(
+        {"image_id": images["image_id"].to_numpy(), "image": files, "label": map(label_path, files)}
+    )
+
+
+def link_folds(
+    ds: Dataset,
+    export: Path,
+    parts: dict[str, Sequence[int]],
+    dst: Path,
+    classes: list[dict],
+) -> Path:
+    """A YOLO folder at ``dst`` whose split ``name`` holds links to the export's files of
+    ``parts[name]``; returns its ``data.yaml``. An existing complete folder is kept (its label
+    cache with it)."""
+    dst = Path(dst)
+    if (dst / YAML_FILE).exists():
+        return dst / YAML_FILE
+    _check_export(export, classes)
+    files = export_files(ds).set_index("image_id")
+    with atomic_dir(dst, overwrite=True) as tmp:
+        for split, ids in parts.items():
+            ids = list(dict.fromkeys(int(i) for i in ids))
+            if not ids:
+                raise ValueError(f"no images in the {split!r} part: cannot train or validate")
+            missing = sorted(set(ids) - set(files.index))
+            if missing:
+                raise ValueError(f"image ids not in the dataset: {missing[:10]}")
+            (tmp / "images" / split).mkdir(parents=True)
+            (tmp / "labels" / split).mkdir(parents=True)
+            for image_id, row in files.loc[ids].iterrows():
+                suffix = Path(row["image"]).suffix
+                _link(export / row["image"], tmp / "images" / split / f"{image_id}{suffix}")
+                _link(export / row["label"], tmp / "labels" / split / f"{image_id}.txt")
+        splits_present = list(parts)
+        config = {
+            "train": f"images/{splits_present[0]}",
+            "val": f"images/{'val' if 'val' in parts else splits_present[0]}",
+            "names": {i: c["name"] for i, c in enumerate(classes)},
+        }
+        (tmp / YAML_FILE).write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    return dst / YAML_FILE
+
+
+def _check_export(export: Path, classes: list[dict]) -> None:
+    path = Path(export) / YAML_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no YOLO export there (missing {YAML_FILE})")
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    ids = data.get("category_ids")
+    if ids is not None and ids != [c["id"] for c in classes]:
+        raise ValueError(
+            f"{path}: category_ids {ids} differ from the dataset's {[c['id'] for c in classes]}: "
+            f"the export belongs to another dataset version"
+        )
+
+
+def _link(src: Path, dst: Path) -> None:
+    """Hard-link ``src`` at ``dst``; a symlink where hard links are impossible. Never a copy."""
+    try:
+        os.link(src, dst)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{src}: missing from the YOLO export") from None
+    except OSError:
+        os.symlink(os.path.abspath(src), dst)
+
+
+def checkpoint_state(last: Path, epochs: int, patience: int) -> tuple[str, int]:
+    """(state, saved 0-based epoch) of ultralytics' ``last.pt``: ``"fresh"`` without one,
+    ``"resumable"`` when training stopped after that epoch, ``"finished"`` when training is
+    complete (final epoch, early stop, or optimizer already stripped by the final validation)."""
+    if not last.exists():
+        return "fresh", -1
+    import torch
+
+    ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    epoch = int(ckpt.get("epoch", -1))
+    if ckpt.get("optimizer") is None or epoch < 0 or epoch + 1 >= epochs:
+        return "finished", epoch
+    best_epoch = (ckpt.get("stopper") or {}).get("best_epoch", 0)
+    if patience and epoch + 1 - best_epoch >= patience:
+        return "finished", epoch
+    return "resumable", epoch
+
+
+class _EpochTimer:
+    """Seconds per epoch, measured and kept in ``epochs.json`` so resumed runs keep earlier ones."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.started = time.perf_counter()
+
+    def start(self, trainer: Any = None) -> None:
+        self.started = time.perf_counter()
+
+    def stop(self, epoch: int) -> float:
+        seconds = time.perf_counter() - self.started
+        record = orjson.loads(self.path.read_bytes()) if self.path.exists() else {}
+        record[str(epoch)] = seconds
+        write_bytes(self.path, orjson.dumps(record))
+        return seconds
+
+
+def _epoch_end(trainer: Any, timer: _EpochTimer, on_epoch: EpochCallback | None) -> None:
+    """After ``last.pt`` of an epoch is written: record its time and report its numbers."""
+    epoch = trainer.epoch + 1
+    seconds = timer.stop(epoch)
+    if on_epoch is None:
+        return
+    numbers = {
+        **trainer.label_loss_items(trainer.tloss, prefix="train"),
+        **trainer.metrics,
+    }
+    row = {_column(k): float(v) for k, v in numbers.items()}
+    on_epoch(epoch, trainer.epochs, {**row, "seconds": seconds})
+
+
+def _column(name: str) -> str:
+    """Our name of an ultralytics column: ``train/box_loss`` -> ``box_loss``,
+    ``val/box_loss`` -> ``val_box_loss``, ``metrics/mAP50-95(B)`` -> ``map50_95``."""
+    if name in _METRIC_NAMES:
+        return _METRIC_NAMES[name]
+    name = name.strip().removeprefix("train/").removeprefix("metrics/")
+    return name.replace("/", "_").replace("-", "_").replace("(B)", "")
+
+
+def read_history(run_dir: Path) -> pd.DataFrame:
+    """One row per epoch from ultralytics' ``results.csv`` (our column names) with the measured
+    ``seconds`` of each epoch."""
+    history = pd.read_csv(Path(run_dir) / TRAIN_DIR / RESULTS_FILE)
+    history.columns = [_column(c) for c in history.columns]
+    history = history.drop_duplicates("epoch", keep="last").reset_index(drop=True)
+    history["epoch"] = history["epoch"].astype(int)
+    path = Path(run_dir) / SECONDS_FILE
+    seconds = orjson.loads(path.read_bytes()) if path.exists() else {}
+    history["seconds"] = [float(seconds.get(str(e), np.nan)) for e in history["epoch"]]
+    return history
+
+
+def publish(
+    run_dir: Path, config: YoloConfig, classes: list[dict], train_images: int, val_images: int
+) -> Path:
+    """Write ``run_dir/model``: the final weights (best.pt, else last.pt, optimizer stripped),
+    ``detector.json`` and ``results.csv``."""
+    from ultralytics import __version__
+    from ultralytics.utils.torch_utils import strip_optimizer
+
+    weights = Path(run_dir) / TRAIN_DIR / "weights"
+    source = weights / WEIGHTS_FILE if (weights / WEIGHTS_FILE).exists() else weights / "last.pt"
+    meta = {
+        "kind": YoloDetector.name,
+        "task": "detect",
+        "config": config.model_dump(),
+        "classes": classes,
+        "imgsz": config.imgsz,
+        "weights": WEIGHTS_FILE,
+        "trained_from": source.name,
+        "train_images": train_images,
+        "val_images": val_images,
+        "ultralytics": __version__,
+    }
+    with atomic_dir(Path(run_dir) / MODEL_DIR, overwrite=True) as tmp:
+        strip_optimizer(source, s=str(tmp / WEIGHTS_FILE))
+        shutil.copyfile(Path(run_dir) / TRAIN_DIR / RESULTS_FILE, tmp / RESULTS_FILE)
+        (tmp / META_FILE).write_bytes(orjson.dumps(meta, option=orjson.OPT_INDENT_2))
+    return Path(run_dir) / MODEL_DIR
+
+
+def read_meta(model_dir: Path) -> dict:
+    path = Path(model_dir) / META_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"no trained detector at {model_dir} (missing {META_FILE})")
+    return orjson.loads(path.read_bytes())
+
+
+def _validation_numbers(metrics: Any) -> dict[str, float]:
+    """mAP50, mAP50-95, precision and recall from ultralytics' DetMetrics."""
+    numbers = metrics.results_dict
+    return {_METRIC_NAMES[k]: float(v) for k, v in numbers.items() if k in _METRIC_NAMES}
+
+
+def _validate(model: Any, data: Path, imgsz: int, device: Any, out: Path) -> dict[str, float]:
+    results = model.val(
+        data=str(data),
+        split="val",
+        imgsz=imgsz,
+        device=device_argument(device),
+        project=str(out.parent),
+        name=out.name,
+        exist_ok=True,
+        plots=False,
+        half=False,
+        verbose=False,
+    )
+    return _validation_numbers(results)
+
+
+def _per_class(box: Any, instances: np.ndarray, names: list[str]) -> pd.DataFrame:
+    """AP50, AP50-95, precision, recall and instances per class; a class without instances in
+    the scored images has instances 0 and scores 0."""
+    table = pd.DataFrame(
+        0.0,
+        index=pd.Index(names, name="class"),
+        columns=["ap50", "ap50_95", "precision", "recall"],
+    )
+    for i, cls in enumerate(box.ap_class_index):
+        precision, recall, ap50, ap = box.class_result(i)
+        table.iloc[int(cls)] = [ap50, ap, precision, recall]
+    padded = np.zeros(len(names), dtype=np.int64)
+    padded[: min(len(names), len(instances))] = instances[: len(names)]
+    table["instances"] = padded
+    return table
+
+
+def _predictions(jdict: list[dict], classes: list[dict]) -> pd.DataFrame:
+    """ultralytics' COCO-style detections (boxes in original pixels) with our ids: the link
+    files are named by image id, and its ``category_id`` is the class index plus one."""
+    columns = ["image_id", "category_id", "x", "y", "w", "h", "score"]
+    if not jdict:
+        return pd.DataFrame({c: pd.Series(dtype="float64") for c in columns}).astype(
+            {"image_id": "int64", "category_id": "int64"}
+        )
+    ids = [c["id"] for c in classes]
+    boxes = np.asarray([d["bbox"] for d in jdict], dtype=np.float64).reshape(-1, 4)
+    return pd.DataFrame(
+        {
+            "image_id": [int(Path(d["file_name"]).stem) for d in jdict],
+            "category_id": [ids[int(d["category_id"]) - 1] for d in jdict],
+            "x": boxes[:, 0],
+            "y": boxes[:, 1],
+            "w": boxes[:, 2],
+            "h": boxes[:, 3],
+            "score": [float(d["score"]) for d in jdict],
+        }
+    )
