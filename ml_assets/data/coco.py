@@ -32,6 +32,7 @@ import math
 import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -44,13 +45,12 @@ from ml_assets.data.atomic import atomic_dir, write_bytes
 from ml_assets.data.tables import (
     PROVENANCE,
     SOURCE_FILE,
+    SOURCE_RECORD,
     Dataset,
     Issues,
     annotations_from_columns,
     categories_from_columns,
     empty_annotations,
-    empty_categories,
-    empty_images,
     image_key,
     images_from_columns,
     is_inside,
@@ -60,10 +60,14 @@ from ml_assets.data.tables import (
 )
 
 ANNOTATION_FILE = "annotations.json"
+ROBOFLOW_FILE = "_annotations.coco.json"
+LABEL_STUDIO_FILE = "result.json"
+ORIGINAL_ID = "coco_id"  # the id as found (JSON text), where the reader had to number ids
 UNASSIGNED = "unassigned"  # the file name of images without a split when other images have one
 _IMAGE_KEYS = {"id": "image_id", "file_name": "file_name", "width": "width", "height": "height"}
 _NAN_BOX = [math.nan] * 4
 _ID_KEYS = ("id", "image_id", "category_id")
+_ID_COLUMNS = ("annotation_id", "image_id", "category_id")
 _CHUNK = 512  # annotation records held at a time: few live objects keep the garbage collector cheap
 _ANNOTATION_KEYS = frozenset(
     {"id", "image_id", "category_id", "bbox", "area", "iscrowd", "segmentation"}
@@ -76,35 +80,72 @@ _BYTE_KIND = np.zeros(256, dtype=np.int8)
 _BYTE_KIND[list(b'[{]}"\\')] = np.arange(1, 7)
 
 
-def coco_files(src: Path) -> list[tuple[Path, str, str]]:
-    """The annotation files under ``src`` as (path, split, image folder relative to ``src``)."""
+def coco_layout(src: Path) -> tuple[str, list[tuple[Path, str, str]]] | None:
+    """(layout name, annotation files) of the COCO layout in ``src``, first of ``LAYOUT_ORDER``.
+
+    Each file comes as (path, split, folder its ``file_name`` is relative to, "" for ``src``).
+    """
     src = Path(src)
     if (src / ANNOTATION_FILE).is_file():
-        return [(src / ANNOTATION_FILE, "", "images")]
-    found = []
-    for path in sorted((src / "annotations").glob("instances_*.json")):
-        split = path.stem.removeprefix("instances_")
-        folders = [f"images/{split}", split, "images"]
-        folder = next((f for f in folders if (src / f).is_dir()), folders[0])
-        found.append((path, split, folder))
-    return found
+        return "coco", [(src / ANNOTATION_FILE, "", "images")]
+    instances = sorted((src / "annotations").glob("instances_*.json"))
+    if instances:
+        found = []
+        for path in instances:
+            split = path.stem.removeprefix("instances_")
+            folders = [f"images/{split}", split, "images"]
+            found.append(
+                (path, split, next((f for f in folders if (src / f).is_dir()), folders[0]))
+            )
+        cvat = [path.name for path in instances] == ["instances_default.json"]
+        return ("cvat-coco" if cvat else "coco-splits"), found
+    roboflow = sorted([*src.glob(ROBOFLOW_FILE), *src.glob(f"*/{ROBOFLOW_FILE}")])
+    if roboflow:
+        return "roboflow-coco", [
+            (p, "" if p.parent == src else p.parent.name, p.parent.relative_to(src).as_posix())
+            for p in roboflow
+        ]
+    if is_json_object(src / LABEL_STUDIO_FILE):
+        return "label-studio-coco", [(src / LABEL_STUDIO_FILE, "", "")]
+    return None
+
+
+def coco_files(src: Path) -> list[tuple[Path, str, str]]:
+    """The annotation files of ``src`` (see ``coco_layout``); none when it holds no COCO layout."""
+    layout = coco_layout(src)
+    return layout[1] if layout else []
+
+
+def is_json_object(path: Path) -> bool:
+    """Whether ``path`` is a file whose first non-blank byte opens a JSON object."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(64).lstrip().startswith(b"{")
+    except OSError:
+        return False
 
 
 def read_coco(src: Path, issues: Issues | None = None) -> Dataset:
     """Read a COCO dataset folder (see the module docstring for the layouts)."""
     src = Path(src)
     issues = issues or Issues(root=src)
-    files = coco_files(src)
+    name, files = coco_layout(src) or ("", [])
     if not files:
         issues.error(
-            "coco-missing", ".", "", f"no {ANNOTATION_FILE} or annotations/instances_*.json"
+            "coco-missing",
+            ".",
+            "",
+            f"no {ANNOTATION_FILE}, annotations/instances_*.json, <split>/{ROBOFLOW_FILE} "
+            f"or {LABEL_STUDIO_FILE}",
         )
     with _gc_paused():
         parts = [_read_file(src, path, split, folder, issues) for path, split, folder in files]
-    ds = Dataset(root=src, attrs={"boxes_from_masks": sum(p[3] for p in parts)})
-    if parts:
-        ds.images, ds.annotations = (_concat([p[i] for p in parts]) for i in (0, 1))
-    ds.categories = _merge_categories([p[2] for p in parts], issues)
+    ds = _assemble(parts, issues)
+    ds.root = src
+    ds.attrs.update(layout=name, boxes_from_masks=sum(p.from_masks for p in parts))
+    if name == "roboflow-coco":
+        ds.categories, dropped = _without_placeholder(ds.categories, ds.annotations)
+        ds.attrs["placeholder_categories"] = dropped
     return ds
 
 
@@ -126,28 +167,33 @@ def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
     return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
 
 
-def _read_file(
-    src: Path, path: Path, split: str, folder: str, issues: Issues
-) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, int]:
-    with open(path, "rb") as handle:
-        start = handle.read(64).lstrip()
-    if not start.startswith(b"{"):
+@dataclass
+class _Part:
+    """What one annotation file holds, its ids as found (any JSON integer or string)."""
+
+    source: str = ""
+    images: list[dict[str, Any]] = field(default_factory=list)
+    annotations: dict[str, Any] = field(default_factory=dict)
+    categories: list[dict[str, Any]] = field(default_factory=list)
+    from_masks: int = 0
+
+
+def _read_file(src: Path, path: Path, split: str, folder: str, issues: Issues) -> _Part:
+    source = path.relative_to(src).as_posix()
+    if not is_json_object(path):
         issues.error("json-malformed", path, "", "a COCO file is a JSON object")
-        return empty_images(), empty_annotations(), empty_categories(), 0
+        return _Part(source)
     try:
         arrays, cuts = _scan(path)
         _check_rest(path, arrays)
         items = {key: _items(path, arrays.get(key, []), cuts) for key in _ARRAYS}
-        categories = _categories(items["categories"])
+        categories = _categories(items["categories"], path, issues)
         images = _images(items["images"], split, folder, path, issues)
         annotations, from_masks = _annotations(items["annotations"], path, issues)
     except (orjson.JSONDecodeError, _MalformedJSON) as error:
         issues.error("json-malformed", path, "", f"malformed JSON: {error}")
-        return empty_images(), empty_annotations(), empty_categories(), 0
-    source = path.relative_to(src).as_posix()
-    images[SOURCE_FILE] = source
-    annotations[SOURCE_FILE] = source
-    return images, annotations, categories, from_masks
+        return _Part(source)
+    return _Part(source, images, annotations, categories, from_masks)
 
 
 class _MalformedJSON(ValueError):
@@ -255,33 +301,24 @@ def _check_rest(path: Path, arrays: dict[str, list[tuple[int, int]]]) -> None:
     orjson.loads(b"".join(parts))
 
 
-def _categories(records: Iterable[Any]) -> pd.DataFrame:
-    rows = [
-        {"category_id": r.get("id"), **{k: v for k, v in r.items() if k != "id"}} for r in records
-    ]
-    return categories_from_columns(records_frame(rows, ["category_id", "name"]))
-
-
-def _merge_categories(frames: list[pd.DataFrame], issues: Issues) -> pd.DataFrame:
-    if not frames:
-        return categories_from_columns({"category_id": [], "name": []})
-    merged = pd.concat(frames, ignore_index=True)
-    names = merged.groupby("category_id")["name"].nunique()
-    for category_id in names[names > 1].index:
-        issues.error(
-            "category-conflict", ".", f"category {category_id}", "named differently in two files"
-        )
-    return merged.drop_duplicates("category_id").reset_index(drop=True)
+def _categories(records: Iterable[Any], path: Path, issues: Issues) -> list[dict[str, Any]]:
+    rows = []
+    for n, record in enumerate(records):
+        if not (isinstance(record, dict) and is_id(record.get("id"))):
+            issues.error("coco-field", path, f"categories[{n}]", "needs an integer or string id")
+            continue
+        rows.append({"category_id": record["id"], **{k: v for k, v in record.items() if k != "id"}})
+    return rows
 
 
 def _images(
     records: Iterable[Any], split: str, folder: str, path: Path, issues: Issues
-) -> pd.DataFrame:
-    rows = []
+) -> list[dict[str, Any]]:
+    rows, positions = [], []
     for n, record in enumerate(records):
         if not (
             isinstance(record, dict)
-            and isinstance(record.get("id"), int)
+            and is_id(record.get("id"))
             and isinstance(record.get("file_name"), str)
             and all(isinstance(record.get(k), int | float) for k in ("width", "height"))
         ):
@@ -289,29 +326,76 @@ def _images(
                 "coco-field",
                 path,
                 f"images[{n}]",
-                "needs integer id, width, height and a file_name",
+                "needs an id (integer or string), width, height and a file_name",
             )
             continue
         row = {_IMAGE_KEYS.get(k, k): v for k, v in record.items()}
         name = record["file_name"]
-        row["file_name"] = f"{folder}/{name}" if is_inside(name) else name
+        row["file_name"] = f"{folder}/{name}" if folder and is_inside(name) else name
         row["split"] = split
         rows.append(row)
-    return images_from_columns(records_frame(rows, [*_IMAGE_KEYS.values(), "split"]))
+        positions.append(n)
+    keep = _unique_ids([r["image_id"] for r in rows], positions, "images", path, issues)
+    return rows if keep is None else [r for r, k in zip(rows, keep, strict=True) if k]
 
 
-def _annotations(records: Iterable[Any], path: Path, issues: Issues) -> tuple[pd.DataFrame, int]:
+def is_id(value: Any) -> bool:
+    """Whether ``value`` is an id COCO tools accept in the wild: an integer or a non-empty string."""
+    return isinstance(value, int | str) and not isinstance(value, bool) and value != ""
+
+
+def _key(value: Any) -> Any:
+    """The id ``value`` compared as: a string of an integer's digits is that integer ("7" is 7)."""
+    if isinstance(value, str):
+        try:
+            number = int(value)
+        except ValueError:
+            return value
+        return number if str(number) == value else value
+    return value
+
+
+def _unique_ids(
+    ids: Any, positions: Any, array: str, path: Path, issues: Issues
+) -> np.ndarray | None:
+    """Which records to keep: a record whose id an earlier record of the file has is an error
+    naming both records. None when every id is unique (the common case, checked by hashing)."""
+    keys = pd.Series(ids if _int_array(ids) else [_key(v) for v in ids], dtype=None)
+    repeated = keys.duplicated().to_numpy()
+    if not repeated.any():
+        return None
+    first: dict[Any, int] = {}
+    for key, position, again in zip(keys.tolist(), positions, repeated.tolist(), strict=True):
+        if not again:
+            first.setdefault(key, position)
+            continue
+        issues.error(
+            f"{array.removesuffix('s')}-id-duplicate",
+            path,
+            f"{array}[{position}]",
+            f"id {orjson.dumps(key).decode()} is also the id of {array}[{first[key]}]",
+        )
+    return ~repeated
+
+
+def _int_array(values: Any) -> bool:
+    return isinstance(values, np.ndarray) and values.dtype.kind == "i"
+
+
+def _annotations(records: Iterable[Any], path: Path, issues: Issues) -> tuple[dict[str, Any], int]:
     """Columns built a chunk of records at a time, with list comprehensions and numpy.
 
     Memory holds the columns (numbers in numpy arrays) and one chunk of parsed records, never a
-    Python object per number of the whole table.
+    Python object per number of the whole table. Id columns are int64 arrays when every id is an
+    integer, else object arrays of the ids as found.
     """
     records = iter(records)
     chunks: list[dict[str, Any]] = []
     while chunk := list(islice(records, _CHUNK)):
         chunks.append(_annotation_chunk(chunk, _CHUNK * len(chunks), path, issues))
     if not chunks:
-        return empty_annotations(), 0
+        columns = {c: empty_annotations()[c].to_numpy() for c in _ID_COLUMNS}
+        return {**columns, "x": [], "y": [], "w": [], "h": []}, 0
     sizes = [len(c["annotation_id"]) for c in chunks]
     columns: dict[str, Any] = {}
     for key in dict.fromkeys(k for c in chunks for k in c):
@@ -321,32 +405,50 @@ def _annotations(records: Iterable[Any], path: Path, issues: Issues) -> tuple[pd
             columns[key] = np.concatenate(parts)
         else:
             columns[key] = pd.Series([v for part in parts for v in part], dtype=object)
+    positions = columns.pop("position")
+    keep = _unique_ids(columns["annotation_id"], positions, "annotations", path, issues)
+    if keep is not None:
+        columns = _take(columns, keep)
     xywh = columns.pop("bbox")
     from_masks = _boxes_from_masks(xywh, columns["segmentation"])
     area = columns["area"]
     columns["area"] = np.where(np.isnan(area), xywh[:, 2] * xywh[:, 3], area)
     columns.update(zip("xywh", xywh.T, strict=True))
-    return annotations_from_columns(columns), from_masks
+    return columns, from_masks
+
+
+def _take(columns: dict[str, Any], keep: np.ndarray) -> dict[str, Any]:
+    """The rows of every column where ``keep`` is true, with a fresh index."""
+    return {
+        k: v[keep] if isinstance(v, np.ndarray) else v[keep].reset_index(drop=True)
+        for k, v in columns.items()
+    }
 
 
 def _annotation_chunk(chunk: list[Any], start: int, path: Path, issues: Issues) -> dict[str, Any]:
-    """The columns of ``chunk`` (records ``start``...); a record without integer ids is an error."""
+    """The columns of ``chunk`` (records ``start``...); a record without usable ids is an error."""
     ids = [[a.get(k) if isinstance(a, dict) else None for a in chunk] for k in _ID_KEYS]
-    valid = np.logical_and.reduce([_are_ints(column) for column in ids])
+    found = [_uniform(column, "i", (len(chunk),)) for column in ids]
+    valid = np.ones(len(chunk), dtype=bool)
+    for column, array in zip(ids, found, strict=True):
+        if array is None:  # not all integers: strings (and junk) take the per-record path
+            valid &= np.array([is_id(v) for v in column], dtype=bool)
     for n in np.flatnonzero(~valid):
         issues.error(
             "coco-field",
             path,
             f"annotations[{start + n}]",
-            "needs integer id, image_id and category_id",
+            "needs an id, image_id and category_id (integers or strings)",
         )
     if not valid.all():
         chunk = [a for a, keep in zip(chunk, valid, strict=True) if keep]
         ids = [[a[k] for a in chunk] for k in _ID_KEYS]
+        found = [_uniform(column, "i", (len(chunk),)) for column in ids]
     columns: dict[str, Any] = {
-        name: np.array(column, dtype=np.int64)
-        for name, column in zip(("annotation_id", "image_id", "category_id"), ids, strict=True)
+        name: array if array is not None else np.array(column, dtype=object)
+        for name, column, array in zip(_ID_COLUMNS, ids, found, strict=True)
     }
+    columns["position"] = start + np.flatnonzero(valid)
     columns["bbox"] = _boxes([a.get("bbox") for a in chunk])
     columns["area"] = _numbers([a.get("area") for a in chunk])
     columns["iscrowd"] = np.array([1 if a.get("iscrowd") else 0 for a in chunk], dtype=np.int64)
@@ -356,6 +458,144 @@ def _annotation_chunk(chunk: list[Any], start: int, path: Path, issues: Issues) 
     return columns
 
 
+# --- ids: scoped per file, mapped one-to-one to integers ----------------------------------------
+
+
+def _assemble(parts: list[_Part], issues: Issues) -> Dataset:
+    """The canonical tables of all files, with integer ids.
+
+    Ids are kept as they are when they are integers and no two files share one (the common case:
+    no work per record). Otherwise each table's ids are numbered 0..n-1 over the files in order,
+    and the ids as found go into a ``coco_id`` column (JSON text), which the writer writes back.
+    Image and annotation ids are scoped per file (two split files may both start at 0);
+    category ids are shared by the files.
+    """
+    categories, category_index = _number_categories(parts, issues)
+    renumber_images = _must_number([[r["image_id"] for r in p.images] for p in parts])
+    renumber_annotations = _must_number([p.annotations.get("annotation_id", []) for p in parts])
+    image_base = annotation_base = 0
+    images, annotations = [], []
+    for part in parts:
+        rows = part.images
+        if not rows and not len(part.annotations.get("annotation_id", [])):
+            continue
+        image_keys = pd.Index([_key(r["image_id"]) for r in rows], dtype=object)
+        if renumber_images:
+            for n, row in enumerate(rows):
+                row[ORIGINAL_ID] = _json(row["image_id"])
+                row["image_id"] = image_base + n
+                row[SOURCE_RECORD] = f"image {row['coco_id']}"
+        frame = images_from_columns(records_frame(rows, [*_IMAGE_KEYS.values(), "split"]))
+        images.append(frame.assign(**{SOURCE_FILE: part.source}))
+        columns = part.annotations
+        keep = np.ones(len(columns["annotation_id"]), dtype=bool)
+        image_ids = _references(
+            columns["image_id"], image_keys if renumber_images else None, image_base
+        )
+        category_ids = _references(columns["category_id"], category_index, 0)
+        for name, found, code in (
+            ("image", image_ids, "annotation-orphan"),
+            ("category", category_ids, "unknown-category"),
+        ):
+            for n in np.flatnonzero(found < 0):
+                original = _json(columns[f"{name}_id"][n])
+                issues.error(
+                    code,
+                    part.source,
+                    _annotation_record(columns, n),
+                    f"{name} {original} does not exist",
+                )
+            keep &= found >= 0
+        columns = {**columns, "image_id": image_ids, "category_id": category_ids}
+        if renumber_annotations:
+            original = columns["annotation_id"]
+            columns[ORIGINAL_ID] = [_json(v) for v in original]
+            columns[SOURCE_RECORD] = [f"annotation {v}" for v in columns[ORIGINAL_ID]]
+            columns["annotation_id"] = annotation_base + np.arange(len(original))
+        if not keep.all():
+            columns = _take(columns, keep)
+        frame = annotations_from_columns(columns)
+        annotations.append(frame.assign(**{SOURCE_FILE: part.source}))
+        image_base += len(rows)
+        annotation_base += len(keep)
+    ds = Dataset(categories=categories)
+    if images:
+        ds.images = _concat(images)
+        ds.annotations = _concat(annotations)
+    return ds
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _annotation_record(columns: dict[str, Any], n: int) -> str:
+    return f"annotation {_json(columns['annotation_id'][n])}"
+
+
+def _must_number(ids: list[Any]) -> bool:
+    """Whether ids must be numbered: some are not integers, or two files share one."""
+    if not all(_int_array(np.asarray(column)) or not len(column) for column in ids):
+        return True
+    together = np.concatenate([np.asarray(c, dtype=np.int64) for c in ids] or [[]])
+    return len(ids) > 1 and len(np.unique(together)) < len(together)
+
+
+def _references(values: Any, index: pd.Index | None, base: int) -> np.ndarray:
+    """Our ids for the ids ``values`` refer to; -1 where none. ``index`` holds the keys of the
+    numbered records (position + ``base`` is our id), or is None when ids were kept."""
+    if index is not None:
+        keys = values if _int_array(values) else np.array([_key(v) for v in values], dtype=object)
+        found = index.get_indexer(keys)
+        return np.where(found < 0, -1, found + base)
+    if _int_array(values):
+        return values
+    keys = [_key(v) for v in values]
+    return np.array([k if isinstance(k, int) and 0 <= k < 2**63 else -1 for k in keys], np.int64)
+
+
+def _number_categories(parts: list[_Part], issues: Issues) -> tuple[pd.DataFrame, pd.Index | None]:
+    """Categories of all files merged by id, and the index of their id keys when numbered."""
+    rows = [row for part in parts for row in part.categories]
+    if not rows:
+        return categories_from_columns({"category_id": [], "name": []}), None
+    keys = [_key(row["category_id"]) for row in rows]
+    frame = records_frame(rows, ["category_id", "name"]).assign(key=pd.Series(keys, dtype=object))
+    names = frame.groupby("key", sort=False)["name"].nunique()
+    for key in names[names > 1].index:
+        issues.error(
+            "category-conflict", ".", f"category {_json(key)}", "named differently in two files"
+        )
+    frame = frame.drop_duplicates("key").reset_index(drop=True)
+    if all(type(v) is int and 0 <= v < 2**63 for v in frame["category_id"]):
+        return categories_from_columns(frame.drop(columns="key")), None
+    index = pd.Index(frame["key"], dtype=object)
+    frame[ORIGINAL_ID] = [_json(v) for v in frame["category_id"]]
+    frame["category_id"] = np.arange(len(frame))
+    return categories_from_columns(frame.drop(columns="key")), index
+
+
+def _without_placeholder(
+    categories: pd.DataFrame, annotations: pd.DataFrame
+) -> tuple[pd.DataFrame, list[str]]:
+    """Roboflow's categories without its placeholder: the unused category named after the
+    project, which every other category names as its supercategory."""
+    if "supercategory" not in categories.columns or len(categories) < 2:
+        return categories, []
+    used = set(annotations["category_id"].tolist())
+    placeholder = [
+        (i, name)
+        for i, (category_id, name) in enumerate(
+            zip(categories["category_id"], categories["name"], strict=True)
+        )
+        if category_id not in used and (categories["supercategory"].drop(index=i) == name).all()
+    ]
+    if len(placeholder) != 1:
+        return categories, []
+    i, name = placeholder[0]
+    return categories.drop(index=i).reset_index(drop=True), [name]
+
+
 def _uniform(values: list[Any], kinds: str, shape: tuple[int, ...]) -> np.ndarray | None:
     """``values`` as the array numpy infers, when it is of one of ``kinds`` and ``shape``."""
     try:
@@ -363,13 +603,6 @@ def _uniform(values: list[Any], kinds: str, shape: tuple[int, ...]) -> np.ndarra
     except ValueError:  # ragged
         return None
     return found if found.dtype.kind in kinds and found.shape == shape else None
-
-
-def _are_ints(values: list[Any]) -> np.ndarray:
-    """Which values are integers that fit 64 bits (numpy's inferred type answers for most)."""
-    if _uniform(values, "ib", (len(values),)) is not None:
-        return np.ones(len(values), dtype=bool)
-    return np.array([isinstance(v, int) and -(2**63) <= v < 2**63 for v in values], dtype=bool)
 
 
 def _numbers(values: list[Any]) -> np.ndarray:
@@ -434,20 +667,30 @@ def mask_box(segmentation: Any) -> list[float] | None:
 
 
 def write_coco(ds: Dataset, dst: Path, overwrite: bool = False) -> Path:
-    """Write ``ds`` as a COCO folder at ``dst`` atomically; images are hard-linked where possible."""
+    """Write ``ds`` as a COCO folder at ``dst`` atomically; images are hard-linked where possible.
+
+    Ids found in a ``coco_id`` column (the reader keeps them when it numbered ids) are written
+    back, per file, where every record of the table has one and no two are the same.
+    """
     dst = Path(dst)
     names = splits(ds.images)
     several = names.nunique() > 1
+    category_ids = original_ids(ds.categories, "category_id")
     with atomic_dir(dst, overwrite) as tmp:
         for split, images in ds.images.groupby(names, sort=True):
             split = str(split) or UNASSIGNED
             folder = f"images/{split}" if several else "images"
             keys = [image_key(f, split) for f in images["file_name"]]
             annotations = ds.annotations[ds.annotations["image_id"].isin(images["image_id"])]
+            ids = {
+                "image_id": original_ids(images, "image_id"),
+                "annotation_id": original_ids(annotations, "annotation_id"),
+                "category_id": category_ids,
+            }
             document = {
-                "images": _image_records(images, keys),
-                "annotations": _annotation_records(annotations),
-                "categories": _records(ds.categories, {"category_id": "id"}),
+                "images": _image_records(images, keys, ids),
+                "annotations": _annotation_records(annotations, ids),
+                "categories": _records(_with_ids(ds.categories, ids), {"category_id": "id"}),
             }
             target = f"annotations/instances_{split}.json" if several else ANNOTATION_FILE
             write_bytes(tmp / target, orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY))
@@ -457,15 +700,40 @@ def write_coco(ds: Dataset, dst: Path, overwrite: bool = False) -> Path:
     return dst
 
 
-def _image_records(images: pd.DataFrame, keys: list[str]) -> list[dict[str, Any]]:
-    frame = images.drop(columns=["split", *PROVENANCE], errors="ignore").assign(file_name=keys)
+def original_ids(frame: pd.DataFrame, column: str) -> dict[int, Any] | None:
+    """{our id: the id as found} from the ``coco_id`` column, or None where it cannot be used
+    (absent, missing for a row, or naming two rows alike)."""
+    if ORIGINAL_ID not in frame.columns:
+        return None
+    found = frame[ORIGINAL_ID]
+    if found.isna().any():
+        return None
+    values = [orjson.loads(v) for v in found]
+    if pd.Series([_key(v) for v in values], dtype=object).duplicated().any():
+        return None
+    return dict(zip(frame[column].tolist(), values, strict=True))
+
+
+def _with_ids(frame: pd.DataFrame, ids: dict[str, dict[int, Any] | None]) -> pd.DataFrame:
+    """``frame`` without ``coco_id``, its id columns replaced by the original ids where known."""
+    frame = frame.drop(columns=[ORIGINAL_ID, "split", *PROVENANCE], errors="ignore")
+    changes = {c: frame[c].map(found) for c, found in ids.items() if found and c in frame}
+    return frame.assign(**changes) if changes else frame
+
+
+def _image_records(
+    images: pd.DataFrame, keys: list[str], ids: dict[str, dict[int, Any] | None]
+) -> list[dict[str, Any]]:
+    frame = _with_ids(images, ids).assign(file_name=keys)
     if (frame["sha256"].fillna("") == "").all():
         frame = frame.drop(columns=["sha256"])
     return _records(frame, {"image_id": "id"})
 
 
-def _annotation_records(annotations: pd.DataFrame) -> list[dict[str, Any]]:
-    frame = annotations.drop(columns=["x", "y", "w", "h", *PROVENANCE], errors="ignore")
+def _annotation_records(
+    annotations: pd.DataFrame, ids: dict[str, dict[int, Any] | None]
+) -> list[dict[str, Any]]:
+    frame = _with_ids(annotations.drop(columns=["x", "y", "w", "h"]), ids)
     frame["bbox"] = annotations[["x", "y", "w", "h"]].to_numpy().tolist()
     return _records(frame, {"annotation_id": "id"})
 

@@ -6,21 +6,32 @@ folder is only ever read. Writes are atomic: a failed conversion leaves nothing 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 from ml_assets.data import coco, imagefolder, voc, yolo
+from ml_assets.data.layouts import (
+    FORMATS,
+    READERS,
+    detect_format,
+    detect_layout,
+    read_source,
+    resolve_format,
+)
 from ml_assets.data.tables import Dataset, DatasetError, Issues
+from ml_assets.data.validate import validate_dataset
 
-FORMATS = ("coco", "voc", "yolo", "imagefolder")
-Reader = Callable[[Path, Issues | None], Dataset]
-READERS: dict[str, Reader] = {
-    "coco": coco.read_coco,
-    "voc": voc.read_voc,
-    "yolo": yolo.read_yolo,
-    "imagefolder": imagefolder.read_imagefolder,
-}
-WRITERS: dict[str, Callable[[Dataset, Path, bool], Path]] = {
+__all__ = [
+    "FORMATS",
+    "READERS",
+    "WRITERS",
+    "convert",
+    "detect_format",
+    "detect_layout",
+    "read_dataset",
+    "resolve_format",
+    "write_dataset",
+]
+WRITERS = {
     "coco": coco.write_coco,
     "voc": voc.write_voc,
     "yolo": yolo.write_yolo,
@@ -28,44 +39,16 @@ WRITERS: dict[str, Callable[[Dataset, Path, bool], Path]] = {
 }
 
 
-def detect_format(src: Path) -> str:
-    """The format of the dataset folder ``src``: "coco", "voc", "yolo" or "imagefolder"."""
-    src = Path(src)
-    if not src.is_dir():
-        raise FileNotFoundError(f"{src} is not a folder")
-    if coco.coco_files(src):
-        return "coco"
-    if (src / "Annotations").is_dir():
-        return "voc"
-    if yolo.find_yaml(src) is not None:
-        return "yolo"
-    if imagefolder.class_folders(src):
-        return "imagefolder"
-    raise ValueError(
-        f"{src}: no known dataset format (expected annotations.json or annotations/instances_*.json "
-        "for COCO, Annotations/ for VOC, data.yaml for YOLO, or <class>/<image> folders)"
-    )
-
-
-def resolve_format(src: Path, fmt: str) -> str:
-    if fmt == "auto":
-        return detect_format(src)
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
-    return fmt
-
-
 def read_dataset(src: Path, fmt: str = "auto", strict: bool = True) -> Dataset:
-    """Read ``src``; raises ``DatasetError`` (a ``ValueError``) naming the file and record at fault.
+    """Read ``src`` in its detected layout (see ``layouts``; ``fmt`` chooses the format).
 
-    Unreadable files always raise. With ``strict`` the tables must also pass ``validate_dataset``
-    without errors; without it, questionable records are kept for a later validation to report
-    in full (as the ``annotations_findings`` asset check does).
+    Raises ``DatasetError`` (a ``ValueError``) naming the file and record at fault. Unreadable
+    files always raise. With ``strict`` the tables must also pass ``validate_dataset`` without
+    errors; without it, questionable records are kept for a later validation to report in full
+    (as the ``annotations_findings`` asset check does). Warnings are in ``attrs["warnings"]``.
     """
-    from ml_assets.data.validate import validate_dataset
-
     src = Path(src)
-    ds = READERS[resolve_format(src, fmt)](src, Issues(root=src))
+    ds = read_source(src, fmt, Issues(root=src))
     for finding in validate_dataset(ds) if strict else []:
         if finding.severity == "error":
             raise DatasetError(finding.code, finding.file, finding.record, finding.message, src)

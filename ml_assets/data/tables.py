@@ -23,8 +23,9 @@ Every reader sets ``Dataset.root`` to the folder it was given, so ``root / file_
 image. Images may carry an optional ``split`` column ("" for none: YOLO's ``images/<split>``,
 COCO's ``instances_<split>.json``, VOC's ``ImageSets/Main/<split>.txt``). A writer places an
 image at ``<its image folder>/[<split>/]<image_key(file_name, split)>``: the key is the file name
-without a leading ``images/`` or ``JPEGImages/`` folder and without a leading folder named like
-its split, so a dataset read from any of our layouts lands at the same relative place again.
+without a leading ``images/``, ``JPEGImages/`` or ``obj_<subset>_data/`` folder and without a
+leading folder named like its split (before or after the image folder: ``images/train/``,
+``train/images/``), so a dataset read from any layout lands at the same relative place again.
 """
 
 from __future__ import annotations
@@ -266,11 +267,18 @@ def is_inside(file_name: str) -> bool:
 def image_key(file_name: str, split: str = "") -> str:
     """The image's path below its format's image folder and split folder (see module docstring)."""
     parts = PurePosixPath(file_name).parts
-    if len(parts) > 1 and parts[0] in IMAGE_DIRS:
+    if split and len(parts) > 2 and parts[0] == split and parts[1] in IMAGE_DIRS:
+        parts = parts[1:]  # Roboflow's <split>/images/
+    if len(parts) > 1 and (parts[0] in IMAGE_DIRS or _is_darknet_folder(parts[0])):
         parts = parts[1:]
     if split and len(parts) > 1 and parts[0] == split:
         parts = parts[1:]
     return "/".join(parts)
+
+
+def _is_darknet_folder(name: str) -> bool:
+    """CVAT's YOLO 1.1 image folders: ``obj_<subset>_data``."""
+    return name.startswith("obj_") and name.endswith("_data")
 
 
 def image_size(path: Path) -> tuple[int, int]:

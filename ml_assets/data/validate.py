@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from ml_assets.data.formats import READERS, resolve_format
+from ml_assets.data.layouts import detect_layout, read_source
 from ml_assets.data.tables import (
     SOURCE_FILE,
     SOURCE_RECORD,
@@ -64,14 +64,14 @@ def findings_frame(findings: Iterable[Finding]) -> pd.DataFrame:
 
 
 def validate_source(src: Path, fmt: str = "auto") -> list[Finding]:
-    """Every problem found in the dataset folder ``src``, read with its format's reader."""
+    """Every problem found in the dataset folder ``src``, read in its detected layout."""
     src = Path(src)
+    issues = Issues(root=src, collect=True)
     try:
-        fmt = resolve_format(src, fmt)
+        fmt = detect_layout(src, fmt).format
     except (ValueError, FileNotFoundError) as error:
         return [Finding("error", "format-unknown", ".", "", str(error))]
-    issues = Issues(root=src, collect=True)
-    ds = READERS[fmt](src, issues)
+    ds = read_source(src, fmt, issues)
     findings = [_finding("error", e) for e in issues.errors]
     findings += [_finding("warning", e) for e in issues.warnings]
     return findings + validate_dataset(ds, check_files=True)

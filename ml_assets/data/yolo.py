@@ -37,6 +37,7 @@ import yaml
 from ml_assets.data.atomic import atomic_dir, write_text
 from ml_assets.data.tables import (
     ANNOTATION_COLUMNS,
+    IMAGE_DIRS,
     IMAGE_SUFFIXES,
     PROVENANCE,
     SOURCE_FILE,
@@ -58,16 +59,52 @@ from ml_assets.data.tables import (
 
 YAML_FILE = "data.yaml"
 SPLIT_KEYS = ("train", "val", "test")
+VAL_SPLITS = ("val", "valid", "validation")  # split names written as the yaml's val
+CLASSES_FILE = "classes.txt"
+DARKNET_DATA, DARKNET_NAMES = "obj.data", "obj.names"
 _CHUNK = 16384  # annotations turned into label lines at a time
 _BOX_LINE = "%d %.8g %.8g %.8g %.8g\n"  # the class is a float here: %d writes it as an integer
 
 
 def find_yaml(src: Path) -> Path | None:
-    """``data.yaml`` in ``src``, else the only ``*.yaml``/``*.yml`` file there."""
+    """``data.yaml`` in ``src``, else the only ``*.yaml``/``*.yml`` file there that has ``names``."""
     if (Path(src) / YAML_FILE).is_file():
         return Path(src) / YAML_FILE
-    found = sorted([*Path(src).glob("*.yaml"), *Path(src).glob("*.yml")])
+    found = [
+        p for p in sorted([*Path(src).glob("*.yaml"), *Path(src).glob("*.yml")]) if _has_names(p)
+    ]
     return found[0] if len(found) == 1 else None
+
+
+def _has_names(path: Path) -> bool:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return False
+    return isinstance(data, dict) and "names" in data
+
+
+def yolo_layout(src: Path) -> str | None:
+    """The name of the YOLO layout in ``src`` (first match in this order), or None.
+
+    ``roboflow-yolo``/``yolo``: a data.yaml (Roboflow's has a ``roboflow`` key or ``../`` paths);
+    ``cvat-yolo``: ``obj.data`` or ``obj.names``; ``label-studio-yolo``: ``classes.txt`` beside
+    ``images/`` and ``labels/``; ``labelimg-yolo``: ``labels/classes.txt`` beside ``images/``.
+    """
+    src = Path(src)
+    path = find_yaml(src)
+    if path is not None:
+        text = path.read_text(encoding="utf-8", errors="replace")
+        roboflow = "roboflow:" in text or "../" in text
+        return "roboflow-yolo" if roboflow else "yolo"
+    if (src / DARKNET_DATA).is_file() or (src / DARKNET_NAMES).is_file():
+        return "cvat-yolo"
+    if (src / "images").is_dir():
+        if (src / CLASSES_FILE).is_file():
+            return "label-studio-yolo"
+        if (src / "labels" / CLASSES_FILE).is_file():
+            return "labelimg-yolo"
+    return None
 
 
 def label_path(file_name: str) -> str:
@@ -119,12 +156,34 @@ def read_yolo(src: Path, issues: Issues | None = None) -> Dataset:
     return ds
 
 
-def _config(src: Path, issues: Issues) -> tuple[list[str], list[int], dict[str, str]] | None:
+Config = tuple[list[str], list[int], dict[str, str]]
+
+
+def _config(src: Path, issues: Issues) -> Config | None:
     """(names, category id per class index, {image file name: split}) or None when unusable."""
-    path = find_yaml(src)
-    if path is None:
-        issues.error("yaml-missing", ".", "", f"no {YAML_FILE} (or single *.yaml) in the folder")
+    layout = yolo_layout(src)
+    if layout in ("yolo", "roboflow-yolo"):
+        found = _yaml_config(src, find_yaml(src), issues)
+    elif layout == "cvat-yolo":
+        found = _darknet_config(src, issues)
+    elif layout in ("label-studio-yolo", "labelimg-yolo"):
+        found = _classes_config(src, issues)
+    else:
+        issues.error(
+            "yaml-missing",
+            ".",
+            "",
+            f"no {YAML_FILE} (or single *.yaml with names), {DARKNET_DATA}, or {CLASSES_FILE} "
+            "beside images/ and labels/",
+        )
         return None
+    if found is not None and not found[2]:
+        issues.error("images-missing", ".", "", "no images found in any split")
+    return found
+
+
+def _yaml_config(src: Path, path: Path, issues: Issues) -> Config | None:
+    """data.yaml read as ultralytics' ``check_det_dataset`` does (Roboflow's ``../`` included)."""
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as error:
@@ -145,6 +204,9 @@ def _config(src: Path, issues: Issues) -> tuple[list[str], list[int], dict[str, 
             "yaml-field", path, "names", "names must be a list or a {0..K-1: name} mapping"
         )
         return None
+    if "nc" in data and data["nc"] != len(names):
+        issues.error("yaml-field", path, "nc", f"nc is {data['nc']} but names has {len(names)}")
+        return None
     ids = data.get("category_ids")
     valid_ids = (
         isinstance(ids, list) and len(ids) == len(names) and all(isinstance(i, int) for i in ids)
@@ -156,8 +218,65 @@ def _config(src: Path, issues: Issues) -> tuple[list[str], list[int], dict[str, 
     for key in SPLIT_KEYS:
         value = data.get(key)
         for item in value if isinstance(value, list) else [value] if value else []:
-            _add_images(src, base / str(item), key, entries, path, issues)
+            target = base / str(item)
+            if isinstance(value, str) and not target.exists() and value.startswith("../"):
+                target = base / value[3:]  # ultralytics' rule for Roboflow's exports
+            _add_images(src, target, key, entries, path, issues)
     return [str(n) for n in names], ids if valid_ids else list(range(len(names))), entries
+
+
+def _darknet_config(src: Path, issues: Issues) -> Config | None:
+    """CVAT's YOLO 1.1: ``obj.names``, ``obj.data`` naming one image list per subset.
+
+    Paths in the lists start with ``data/`` (darknet runs from the folder above the export):
+    they are read relative to the export, with or without that prefix.
+    """
+    names_file = src / DARKNET_NAMES
+    settings: dict[str, str] = {}
+    if (src / DARKNET_DATA).is_file():
+        for line in (src / DARKNET_DATA).read_text(encoding="utf-8").splitlines():
+            key, sep, value = line.partition("=")
+            if sep:
+                settings[key.strip()] = value.strip()
+    if "names" in settings:
+        names_file = src / _darknet_path(src, settings["names"])
+    if not names_file.is_file():
+        issues.error("yaml-missing", DARKNET_DATA, "names", f"{names_file.name} not found")
+        return None
+    names = _lines(names_file)
+    entries: dict[str, str] = {}
+    lists = {k: v for k, v in settings.items() if v.endswith(".txt")}
+    if not settings:
+        lists = {p.stem: p.name for p in sorted(src.glob("*.txt"))}
+    for split, value in lists.items():
+        target = src / _darknet_path(src, value)
+        if not target.is_file():
+            issues.warning("split-missing", DARKNET_DATA, split, f"{value} does not exist")
+            continue
+        files = [src / _darknet_path(src, line) for line in _lines(target)]
+        _add_files(src, files, split, entries, target, issues)
+    return names, list(range(len(names))), entries
+
+
+def _darknet_path(src: Path, value: str) -> str:
+    value = value.strip().replace("\\", "/")
+    if not (src / value).exists() and value.startswith("data/"):
+        return value.removeprefix("data/")
+    return value
+
+
+def _classes_config(src: Path, issues: Issues) -> Config | None:
+    """``classes.txt`` (Label Studio: beside images/; LabelImg: in labels/) and every image below
+    ``images/``; an image's split is its folder below ``images/`` ("" directly in it)."""
+    path = src / CLASSES_FILE
+    names = _lines(path if path.is_file() else src / "labels" / CLASSES_FILE)
+    entries: dict[str, str] = {}
+    _add_images(src, src / "images", "", entries, path, issues)
+    return names, list(range(len(names))), entries
+
+
+def _lines(path: Path) -> list[str]:
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def _add_images(
@@ -165,20 +284,41 @@ def _add_images(
 ) -> None:
     if target.is_dir():
         files = sorted(p for p in target.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if target.resolve() == (src / "images").resolve():  # split: the folder below images/
+            for file in files:
+                below = file.relative_to(target).parts
+                split = below[0] if len(below) > 1 else key
+                _add_files(src, [file], split, entries, yaml_path, issues)
+            return
         under_images = target.parent.resolve() == (src / "images").resolve()
-        split = target.name if under_images else key
+        roboflow = target.name in IMAGE_DIRS and target.parent.resolve() != src.resolve()
+        split = target.name if under_images else target.parent.name if roboflow else key
     elif target.suffix == ".txt" and target.is_file():
         lines = [line.strip() for line in target.read_text(encoding="utf-8").splitlines()]
         files = [target.parent / line for line in lines if line]
         split = key
+    elif not target.exists():
+        issues.warning("split-missing", yaml_path, key, f"{target} does not exist: no {key} images")
+        return
     else:
         issues.error("yaml-field", yaml_path, key, f"{target} is neither a folder nor a .txt list")
         return
+    _add_files(src, files, split, entries, yaml_path, issues)
+
+
+def _add_files(
+    src: Path,
+    files: list[Path],
+    split: str,
+    entries: dict[str, str],
+    listed_in: Path,
+    issues: Issues,
+) -> None:
     root = os.path.abspath(src)
     for file in files:
         relative = os.path.relpath(os.path.abspath(file), root)  # lexical: no system call
         if not is_inside(relative):
-            issues.error("path-escape", yaml_path, key, f"{file} is outside the dataset folder")
+            issues.error("path-escape", listed_in, split, f"{file} is outside the dataset folder")
             continue
         entries.setdefault(Path(relative).as_posix(), split)
 
@@ -246,6 +386,8 @@ def _orphan_labels(src: Path, entries: dict[str, str], issues: Issues) -> None:
     folders = {str(Path(label).parent) for label in expected}
     for folder in sorted(folders):
         for label in sorted((src / folder).glob("*.txt")):
+            if label.name == CLASSES_FILE or (src / folder).resolve() == src.resolve():
+                continue
             relative = label.relative_to(src).as_posix()
             if relative not in expected:
                 issues.warning("label-orphan", relative, "", "label file without an image")
@@ -366,10 +508,11 @@ def _line(
 
 
 def _yaml(categories: pd.DataFrame, split_names: list[str]) -> str:
-    others = [f"images/{s}" for s in split_names if s not in ("val", "test")]
+    others = [f"images/{s}" for s in split_names if s not in (*VAL_SPLITS, "test")]
     train = others if others else [f"images/{s}" for s in split_names]
     config: dict[str, Any] = {"train": train[0] if len(train) == 1 else train}
-    config["val"] = "images/val" if "val" in split_names else config["train"]
+    val = [f"images/{s}" for s in split_names if s in VAL_SPLITS]
+    config["val"] = val[0] if len(val) == 1 else val or config["train"]
     if "test" in split_names:
         config["test"] = "images/test"
     config["names"] = dict(enumerate(categories["name"].tolist()))

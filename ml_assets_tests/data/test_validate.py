@@ -192,7 +192,7 @@ CASES = {
         edit_coco(set_image(1, id=7)),
         "image-id-duplicate",
         "annotations.json",
-        "image 7",
+        "images[1]",
         "error",
     ),
     "annotation-id": (
@@ -200,7 +200,7 @@ CASES = {
         edit_coco(set_ann(1, id=1)),
         "annotation-id-duplicate",
         "annotations.json",
-        "annotation 1",
+        "annotations[1]",
         "error",
     ),
     "orphan": (
