@@ -26,6 +26,7 @@ needs no more training: ``fit`` publishes it and reports ``resumed_from`` = epoc
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import shutil
 import tempfile
@@ -62,7 +63,7 @@ _METRIC_NAMES = {
     "metrics/mAP50(B)": "map50",
     "metrics/mAP50-95(B)": "map50_95",
 }
-SUMMARY_METRICS = ("map50", "map50_95", "precision", "recall")
+_log = logging.getLogger(__name__)
 
 Optimizer = Literal["auto", "SGD", "MuSGD", "Adam", "Adamax", "AdamW", "NAdam", "RAdam", "RMSProp"]
 
@@ -184,6 +185,11 @@ class YoloDetector:
         save_dir = run_dir / TRAIN_DIR
         last = save_dir / "weights" / "last.pt"
         state, saved_epoch = checkpoint_state(last, config.epochs, config.patience)
+        if state == "unreadable":  # a crash while ultralytics wrote it (it writes in place)
+            _log.warning("%s is unreadable: training %s from the first epoch", last, run_dir)
+            shutil.rmtree(save_dir)
+            (run_dir / SECONDS_FILE).unlink(missing_ok=True)
+            state = "fresh"
         resumed_from = None
         if state == "finished":
             model, metrics = None, None
@@ -455,12 +461,16 @@ def _link(src: Path, dst: Path) -> None:
 def checkpoint_state(last: Path, epochs: int, patience: int) -> tuple[str, int]:
     """(state, saved 0-based epoch) of ultralytics' ``last.pt``: ``"fresh"`` without one,
     ``"resumable"`` when training stopped after that epoch, ``"finished"`` when training is
-    complete (final epoch, early stop, or optimizer already stripped by the final validation)."""
+    complete (final epoch, early stop, or optimizer already stripped by the final validation),
+    ``"unreadable"`` when the file cannot be loaded."""
     if not last.exists():
         return "fresh", -1
     import torch
 
-    ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    try:
+        ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    except Exception:  # a truncated file fails in pickle, zipfile or torch, each its own way
+        return "unreadable", -1
     epoch = int(ckpt.get("epoch", -1))
     if ckpt.get("optimizer") is None or epoch < 0 or epoch + 1 >= epochs:
         return "finished", epoch
@@ -513,9 +523,10 @@ def _column(name: str) -> str:
 
 def read_history(run_dir: Path) -> pd.DataFrame:
     """One row per epoch from ultralytics' ``results.csv`` (our column names) with the measured
-    ``seconds`` of each epoch."""
+    ``seconds`` of each epoch (its ``time`` column restarts at every resume, so it is dropped)."""
     history = pd.read_csv(Path(run_dir) / TRAIN_DIR / RESULTS_FILE)
     history.columns = [_column(c) for c in history.columns]
+    history = history.drop(columns=["time"], errors="ignore")
     history = history.drop_duplicates("epoch", keep="last").reset_index(drop=True)
     history["epoch"] = history["epoch"].astype(int)
     path = Path(run_dir) / SECONDS_FILE
@@ -548,6 +559,8 @@ def publish(
     }
     with atomic_dir(Path(run_dir) / MODEL_DIR, overwrite=True) as tmp:
         strip_optimizer(source, s=str(tmp / WEIGHTS_FILE))
+        if not (tmp / WEIGHTS_FILE).exists():  # strip_optimizer only warns about a bad file
+            raise RuntimeError(f"{source}: not a readable ultralytics checkpoint")
         shutil.copyfile(Path(run_dir) / TRAIN_DIR / RESULTS_FILE, tmp / RESULTS_FILE)
         (tmp / META_FILE).write_bytes(orjson.dumps(meta, option=orjson.OPT_INDENT_2))
     return Path(run_dir) / MODEL_DIR

@@ -247,3 +247,26 @@ def test_device_argument(device, expected):
     import torch
 
     assert device_argument(torch.device(device)) == expected
+
+
+def test_an_unreadable_checkpoint_starts_afresh(sample, tmp_path):
+    import torch
+
+    ds, train_ids, val_ids = sample
+    run_dir = tmp_path / "run"
+    prepare_run_dir(run_dir, "k")
+    last = run_dir / "train" / "weights" / "last.pt"
+    last.parent.mkdir(parents=True)
+    last.write_bytes(b"PK\x03\x04 cut short by a crash")
+    epochs_seen = []
+    result = YOLO_DETECTOR.fit(
+        ds,
+        train_ids,
+        val_ids,
+        CONFIG.model_copy(update={"epochs": 1}),
+        torch.device("cpu"),
+        run_dir,
+        lambda e, n, r: epochs_seen.append(e),
+    )
+    assert result.resumed_from is None and epochs_seen == [1]
+    assert "time" not in result.history.columns
