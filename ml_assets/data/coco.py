@@ -419,10 +419,14 @@ def _annotations(records: Iterable[Any], path: Path, issues: Issues) -> tuple[di
 
 def _take(columns: dict[str, Any], keep: np.ndarray) -> dict[str, Any]:
     """The rows of every column where ``keep`` is true, with a fresh index."""
-    return {
-        k: v[keep] if isinstance(v, np.ndarray) else v[keep].reset_index(drop=True)
-        for k, v in columns.items()
-    }
+    def take(values: Any) -> Any:
+        if isinstance(values, np.ndarray):
+            return values[keep]
+        if isinstance(values, pd.Series):
+            return values[keep].reset_index(drop=True)
+        return [v for v, k in zip(values, keep.tolist(), strict=True) if k]
+
+    return {k: take(v) for k, v in columns.items()}
 
 
 def _annotation_chunk(chunk: list[Any], start: int, path: Path, issues: Issues) -> dict[str, Any]:
@@ -526,7 +530,7 @@ def _assemble(parts: list[_Part], issues: Issues) -> Dataset:
 
 
 def _json(value: Any) -> str:
-    return orjson.dumps(value).decode()
+    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY).decode()
 
 
 def _annotation_record(columns: dict[str, Any], n: int) -> str:
