@@ -15,8 +15,34 @@ SOURCES = ["auto", "coco", "voc", "yolo", "imagefolder"]
 existing_dir = click.Path(exists=True, file_okay=False, path_type=Path)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def main() -> None:
+class ErrorsAsMessages(click.Group):
+    """Every command's error about the user's input or files (a ``ValueError`` such as
+    ``DatasetError``, or an ``OSError`` such as ``FileNotFoundError``) becomes one ``error:`` line
+    naming the file and record, and exit status 1. Anything else is a bug: one line asking for a
+    report. ``ml-assets --debug ...`` shows the traceback instead."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as error:
+            if ctx.params.get("debug"):
+                raise
+            if isinstance(error, ValueError | OSError):
+                click.echo(f"error: {error}", err=True)
+            else:
+                click.echo(
+                    f"error: unexpected {type(error).__name__}: {error} (a bug in ml_assets: "
+                    "run again with --debug for the traceback and report it)",
+                    err=True,
+                )
+            ctx.exit(1)
+
+
+@click.group(cls=ErrorsAsMessages, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show the Python traceback of an error.")
+def main(debug: bool) -> None:
     """ml_assets: labelled image data to trained, evaluated, promotable models."""
 
 
@@ -29,10 +55,7 @@ def sample_data(dst: Path, seed: int, images: int, size: int) -> None:
     """Write a synthetic shapes detection dataset in COCO layout to DST (must not exist)."""
     from ml_assets.data.sample import write_sample
 
-    try:
-        write_sample(dst, images=images, seed=seed, size=size)
-    except (FileExistsError, ValueError) as err:
-        raise click.ClickException(str(err)) from err
+    write_sample(dst, images=images, seed=seed, size=size)
     click.echo(f"wrote {images} images and {dst / 'annotations.json'}")
 
 
@@ -82,10 +105,7 @@ def convert(src: Path, dst: Path, to: str, from_: str, overwrite: bool) -> None:
     """Convert the dataset in SRC to another format at DST (atomic: all or nothing)."""
     from ml_assets.data.formats import convert as convert_dataset
 
-    try:
-        ds = convert_dataset(src, dst, to=to, from_=from_, overwrite=overwrite)
-    except (FileExistsError, ValueError) as err:
-        raise click.ClickException(str(err)) from err
+    ds = convert_dataset(src, dst, to=to, from_=from_, overwrite=overwrite)
     click.echo(f"wrote {len(ds.images)} images, {len(ds.annotations)} boxes as {to} to {dst}")
 
 
@@ -93,8 +113,9 @@ def convert(src: Path, dst: Path, to: str, from_: str, overwrite: bool) -> None:
 @click.argument("src", type=existing_dir)
 @click.option("--from", "from_", type=click.Choice(SOURCES), default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print findings as JSON lines.")
-def validate(src: Path, from_: str, as_json: bool) -> None:
-    """Check SRC; exit 0 when clean, 1 when anything is found."""
+@click.option("--strict", is_flag=True, help="Fail on warnings too.")
+def validate(src: Path, from_: str, as_json: bool, strict: bool) -> None:
+    """Check SRC; exit 1 on any error (on warnings too with --strict), else 0."""
     import orjson
 
     from ml_assets.data.validate import validate_source
@@ -105,22 +126,31 @@ def validate(src: Path, from_: str, as_json: bool) -> None:
             click.echo(orjson.dumps(f.__dict__).decode())
         else:
             click.echo(f"{f.severity}: {f.file} [{f.record}] {f.code}: {f.message}")
+    errors = sum(f.severity == "error" for f in findings)
+    warnings = len(findings) - errors
     if not as_json:
-        click.echo(f"{len(findings)} finding(s) in {src}", err=True)
-    sys.exit(1 if findings else 0)
+        click.echo(f"{errors} error(s), {warnings} warning(s) in {src}", err=True)
+    sys.exit(1 if errors or (strict and warnings) else 0)
 
 
 @main.command()
 @click.argument("src", type=existing_dir)
 @click.option("--from", "from_", type=click.Choice(SOURCES), default="auto", show_default=True)
 def inspect(src: Path, from_: str) -> None:
-    """Print class histogram, boxes per image, box and image sizes of SRC."""
+    """Print the detected format and layout, then class histogram, boxes per image, box and
+    image sizes of SRC (JSON); warnings go to stderr."""
     import orjson
 
     from ml_assets.data.formats import read_dataset
     from ml_assets.data.inspect import summarize
+    from ml_assets.data.layouts import BY_NAME
 
-    summary = summarize(read_dataset(src, from_))
+    ds = read_dataset(src, from_)
+    layout = BY_NAME[ds.attrs["layout"]]
+    for warning in ds.attrs["warnings"]:
+        click.echo(f"warning: {warning}", err=True)
+    found = {"format": layout.format, "layout": layout.name, "layout_files": layout.files}
+    summary = found | summarize(ds)
     click.echo(
         orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY).decode()
     )
