@@ -155,6 +155,7 @@ class YoloDetector:
     gate_name = "detector_promotable"
     config_class = YoloConfig
     primary_metric = "map50_95"  # ultralytics' box mAP at IoU 0.50:0.95
+    promotion_floor = 0.25  # a useful single-domain detector; launchpad-configurable per run
     inputs = (INPUT,)
     tags = frozenset({"pytorch", "ultralytics", "mlflow"})
     description = "An ultralytics YOLO detector, trained on every fold but this one."

@@ -270,3 +270,12 @@ def test_an_unreadable_checkpoint_starts_afresh(sample, tmp_path):
     )
     assert result.resumed_from is None and epochs_seen == [1]
     assert "time" not in result.history.columns
+
+
+def test_the_detector_is_a_complete_model_kind():
+    from ml_assets.train.kinds import ModelKind
+
+    assert all(hasattr(YOLO_DETECTOR, name) for name in ModelKind.__annotations__)
+    assert YOLO_DETECTOR.config_class is YoloConfig
+    assert YOLO_DETECTOR.inputs == ("yolo_dataset",)
+    assert YOLO_DETECTOR.primary_metric in METRICS
