@@ -7,6 +7,7 @@ never for quality (the slow tier checks learning).
 from __future__ import annotations
 
 import copy
+import os
 
 import numpy as np
 import orjson
@@ -16,7 +17,13 @@ from pydantic import ValidationError
 from ml_assets.data.formats import read_dataset
 from ml_assets.data.sample import write_sample
 from ml_assets.train.kinds import prepare_run_dir
-from ml_assets.train.yolo import YOLO_DETECTOR, YoloConfig, device_argument
+from ml_assets.train.yolo import (
+    YOLO_DETECTOR,
+    YoloConfig,
+    class_list,
+    device_argument,
+    link_folds,
+)
 
 CONFIG = YoloConfig(epochs=2, imgsz=64, batch=8, workers=0)
 METRICS = ["map50", "map50_95", "precision", "recall"]
@@ -142,14 +149,26 @@ def test_score_refuses_a_dataset_with_other_classes(trained, sample):
         YOLO_DETECTOR.score(run_dir / "model", renamed, val_ids, torch.device("cpu"))
 
 
-def test_score_reads_a_given_export(trained, sample):
+def test_score_reads_a_given_export_through_symlinks_where_hard_links_fail(
+    trained, sample, tmp_path, monkeypatch
+):
     import torch
 
     ds, _, val_ids = sample
     run_dir, _, _ = trained
-    inputs = {"yolo_dataset": run_dir / "yolo"}
+    export = run_dir / "yolo"
+
+    def cross_device(src, dst, **kwargs):
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", cross_device)
+    data = link_folds(ds, export, {"val": val_ids[:2]}, tmp_path / "data", class_list(ds))
+    linked = sorted((data.parent / "images" / "val").iterdir())
+    assert all(p.is_symlink() and p.resolve().parent.parent == export / "images" for p in linked)
+    inputs = {"yolo_dataset": export}
     scores = YOLO_DETECTOR.score(run_dir / "model", ds, val_ids[:2], torch.device("cpu"), inputs)
     assert scores.metrics["images"] == 2
+    assert scores.metrics["instances"] > 0  # the labels were found through the links
     assert set(scores.predictions["image_id"]) <= set(val_ids[:2])
 
 
