@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from formats_helpers import BOX_FORMATS, boxes_by_image, tree_hash
@@ -229,3 +230,9 @@ def test_label_studio_task_export_gets_a_hint(tmp_path):
     (tmp_path / "result.json").write_text('[{"id": 1, "annotations": []}]')
     with pytest.raises(ValueError, match="Label Studio's JSON task export"):
         detect_layout(tmp_path)
+
+
+def test_readme_lists_every_layout():
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    for layout in LAYOUTS:
+        assert f"| `{layout.name}` | {layout.format} |" in readme
