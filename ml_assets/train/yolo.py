@@ -7,13 +7,14 @@ Training reads the version's YOLO export (``inputs["yolo_dataset"]``, made by
       data/data.yaml                   train: images/train, val: images/val
       data/images/{train,val}/<image id><suffix>   hard links (symlinks across file systems)
       data/labels/{train,val}/<image id>.txt       links to the export's label files
+      yolo/                            an export of ``ds``, only when ``inputs`` is not given
       train/                           ultralytics' save_dir: weights/last.pt, best.pt, results.csv
       epochs.json                      measured seconds per epoch, across attempts
       model/                           the published model: best.pt, detector.json, results.csv
 
-Files are named by image id, so ultralytics' label cache lands in this run's own ``data/labels``
-(folds training at once never share one) and its predictions map back to our image ids. No image
-is copied. Every ultralytics integration is off (:func:`ml_assets.runtime.ultralytics_ready`),
+The links live in the run's own folder, so ultralytics' label cache lands in its ``data/labels``
+(folds training at once never share one, and the export is never written); they are named by
+image id, so ultralytics' predictions map back to our image ids. No image is copied. Every ultralytics integration is off (:func:`ml_assets.runtime.ultralytics_ready`),
 ``amp=False`` (the AMP check downloads weights) and the folders are fixed (``exist_ok=True``).
 
 Resume: ultralytics writes ``last.pt`` after every epoch. A later ``fit`` in the same run folder
