@@ -74,22 +74,40 @@ def register(landing: Path) -> None:
     "--images", default=600, show_default=True, help="Sample images, if landing is empty."
 )
 @click.option("--folds", default=3, show_default=True, help="k of k-fold cross-validation.")
-@click.option("--epochs", default=12, show_default=True, help="Training epochs per fold.")
+@click.option(
+    "--epochs", type=int, default=None, help="Training epochs per fold (default: per kind)."
+)
+@click.option(
+    "--models",
+    default="classifier,yolo",
+    show_default=True,
+    help="Model kinds to train, comma-separated (names or short names: classifier, yolo).",
+)
 @click.option("--seed", default=0, show_default=True)
-def demo(images: int, folds: int, epochs: int, seed: int) -> None:
+def demo(images: int, folds: int, epochs: int | None, models: str, seed: int) -> None:
     """Run the whole pipeline on the landing folder (sample data if empty) and print results."""
     from ml_assets import runtime
     from ml_assets.demo import report_table, run_demo
+    from ml_assets.train.registry import kind
 
-    report = run_demo(images=images, folds=folds, epochs=epochs, seed=seed, echo=click.echo)
-    click.echo(f"\nimage_classifier, version {report['version']}, {folds}-fold cross-validation:\n")
-    whole = {"samples": lambda v: str(int(v))}  # mean and std have none: na_rep leaves them blank
-    click.echo(report_table(report).round(4).to_string(formatters=whole, na_rep=""))
-    gate = "passed" if report["promotable"] else "FAILED (below the bar or the majority baseline)"
+    names = tuple(kind(m.strip()).name for m in models.split(",") if m.strip())
+    reports = run_demo(
+        images=images, folds=folds, epochs=epochs, seed=seed, models=names, echo=click.echo
+    )
+    for name, report in reports.items():
+        click.echo(f"\n{name}, version {report['version']}, {folds}-fold cross-validation:\n")
+        whole = {c: (lambda v: str(int(v))) for c in ("samples", "images", "instances")}
+        table = report_table(report).round(4)
+        formatters = {c: f for c, f in whole.items() if c in table}
+        click.echo(table.to_string(formatters=formatters, na_rep=""))
+        gate = "passed" if report["promotable"] else "FAILED (below the floor or the baseline)"
+        click.echo(
+            f"promotion gate: {gate} (mean {report['primary_metric']} "
+            f"{report['mean'][report['primary_metric']]:.4f}, baseline {report['baseline']:.4f})\n"
+            f"report: {report['path']}/report.md"
+        )
     click.echo(
-        f"\npromotion gate: {gate}\n"
-        f"report:  {report['path']}/report.md\n"
-        f"state:   {runtime.home()}\n"
+        f"\nstate:   {runtime.home()}\n"
         "next:    make ui      (dagster dev on this instance: assets, runs, metadata, checks)\n"
         "         make mlflow  (MLflow UI on the training runs)"
     )
@@ -162,19 +180,19 @@ def inspect(src: Path, from_: str) -> None:
 @click.option("--from", "from_", type=click.Choice(SOURCES), default="auto", show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N")
 def evaluate(model_dir: Path, src: Path, from_: str, device: str) -> None:
-    """Score the classifier saved in MODEL_DIR on every object of the dataset in SRC."""
+    """Score the model saved in MODEL_DIR (any kind) on every image of the dataset in SRC."""
     from ml_assets.data.formats import read_dataset
-    from ml_assets.evaluate.classification import score_classifier
     from ml_assets.train.device import select_device
+    from ml_assets.train.registry import kind
+    from ml_assets.train.runs import read_lineage
 
+    found = kind(read_lineage(model_dir)["kind"])
     ds = read_dataset(src, from_)
-    try:
-        metrics, _ = score_classifier(model_dir, ds, ds.images["image_id"], select_device(device))
-    except (FileNotFoundError, ValueError) as err:
-        raise click.ClickException(str(err)) from err
-    for name in ("accuracy", "balanced_accuracy", "macro_f1", "samples"):
-        click.echo(f"{name:>18}: {round(metrics[name], 4)}")
-    click.echo("\n" + metrics["per_class"].round(4).to_string())
+    scores = found.score(model_dir, ds, ds.images["image_id"].tolist(), select_device(device))
+    click.echo(f"{found.name} on {src}:")
+    for name, value in scores.metrics.items():
+        click.echo(f"{name:>24}: {round(value, 4)}")
+    click.echo("\n" + scores.per_class.round(4).to_string())
 
 
 @main.command("coco-eval")

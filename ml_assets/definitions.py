@@ -1,20 +1,35 @@
-"""The one place that assembles the code location: what `dagster dev` and every run load."""
+"""The one place that assembles the code location: what `dagster dev` and every run load.
+
+Data assets come from their modules; each registered model kind adds its own pipeline (model,
+evaluation, report, checks and jobs) through one factory, like Dagster's rss_pipeline_factory
+example merges one pipeline per feed.
+"""
 
 from __future__ import annotations
 
 import dagster as dg
 
-from ml_assets.defs import automation, datasets, evaluation, exports, training
-from ml_assets.defs.resources import MLAssetsHome, TrainingDevice
+from ml_assets.defs import automation, datasets, exports
+from ml_assets.defs.models import build_pipeline
+from ml_assets.defs.resources import MLAssetsHome, MLflowTracking, TrainingDevice
+from ml_assets.train.registry import KINDS
 
-defs = dg.Definitions(
-    assets=dg.load_assets_from_modules([datasets, exports, training, evaluation]),
-    asset_checks=dg.load_asset_checks_from_modules([datasets, evaluation]),
-    jobs=[automation.ingest_job, automation.training_job, automation.report_job],
-    sensors=[automation.landing_sensor, automation.automation_sensor],
-    schedules=[automation.weekly_retraining],
-    resources={
-        "home": MLAssetsHome(),
-        "training_device": TrainingDevice(device=dg.EnvVar("ML_ASSETS_DEVICE").get_value("auto")),
-    },
+pipelines = [build_pipeline(kind) for kind in KINDS.values()]
+
+defs = dg.Definitions.merge(
+    dg.Definitions(
+        assets=dg.load_assets_from_modules([datasets, exports]),
+        asset_checks=dg.load_asset_checks_from_modules([datasets]),
+        jobs=[automation.ingest_job, automation.training_job, automation.report_job],
+        sensors=[automation.landing_sensor, automation.automation_sensor],
+        schedules=[automation.weekly_retraining],
+        resources={
+            "home": MLAssetsHome(),
+            "training_device": TrainingDevice(
+                device=dg.EnvVar("ML_ASSETS_DEVICE").get_value("auto")
+            ),
+            "mlflow_tracking": MLflowTracking(),
+        },
+    ),
+    *(dg.Definitions(assets=p.assets, asset_checks=p.checks, jobs=p.jobs) for p in pipelines),
 )

@@ -6,6 +6,7 @@ from pathlib import Path
 import dagster as dg
 
 from ml_assets.definitions import defs
+from ml_assets.train.registry import KINDS
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ["torch", "ultralytics", "timm", "transformers", "peft", "mlflow"]
@@ -33,34 +34,45 @@ def test_code_location_loads_as_dagster_dev_loads_it(tmp_path):
     assert "Validation successful for code location ml_assets" in done.stdout + done.stderr
 
 
-def test_graph_has_the_expected_assets_checks_and_automation():
+def test_graph_has_the_data_assets_and_one_pipeline_per_model_kind():
     dg.Definitions.validate_loadable(defs)
     graph = defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
-    assert keys == {
-        "raw_dataset",
-        "annotations",
-        "folds",
-        "coco_dataset",
-        "voc_dataset",
-        "yolo_dataset",
-        "image_classifier",
-        "classifier_evaluation",
-        "classifier_report",
+    data = {"raw_dataset", "annotations", "folds", "coco_dataset", "voc_dataset", "yolo_dataset"}
+    assert "image_classifier" in KINDS and "yolo_detector" in KINDS
+    per_kind = {n for k in KINDS.values() for n in (k.name, k.evaluation_name, k.report_name)}
+    assert keys == data | per_kind
+    checks = {(c.asset_key.to_user_string(), c.name) for c in graph.asset_check_keys}
+    assert {
+        ("annotations", "annotations_schema"),
+        ("annotations", "annotations_findings"),
+        ("folds", "folds_are_disjoint"),
+    } <= checks
+    jobs = {j.name for j in defs.resolve_all_job_defs()}
+    assert {"ingest_job", "training_job", "report_job"} <= jobs
+    for kind in KINDS.values():
+        model = graph.get(dg.AssetKey(kind.name))
+        assert model.pools == {"gpu"}
+        assert "dagster-k8s/config" in defs.resolve_assets_def(kind.name).op.tags
+        assert dg.AssetKey("folds") in model.parent_keys
+        assert {dg.AssetKey(name) for name in kind.inputs} <= model.parent_keys
+        evaluation = graph.get(dg.AssetKey(kind.evaluation_name))
+        assert evaluation.parent_keys == {dg.AssetKey(kind.name)} and evaluation.pools == {"gpu"}
+        assert graph.get(dg.AssetKey(kind.report_name)).parent_keys == {
+            dg.AssetKey(kind.evaluation_name)
+        }
+        assert {
+            (kind.name, "weights_finite"),
+            (kind.name, "reloads_identically"),
+            (kind.report_name, kind.gate_name),
+        } <= checks
+        assert {f"{kind.name}_job", f"{kind.report_name}_job"} <= jobs
+        trains = defs.resolve_job_def(f"{kind.name}_job").asset_layer.selected_asset_keys
+        assert trains == {dg.AssetKey(kind.name), dg.AssetKey(kind.evaluation_name)}
+    everything = defs.resolve_job_def("training_job").asset_layer.selected_asset_keys
+    assert everything == {
+        dg.AssetKey(n) for k in KINDS.values() for n in (k.name, k.evaluation_name)
     }
-    checks = {c.name for c in graph.asset_check_keys}
-    assert checks == {
-        "annotations_schema",
-        "annotations_findings",
-        "folds_are_disjoint",
-        "classifier_promotable",
-    }
-    classifier = graph.get(dg.AssetKey("image_classifier"))
-    assert classifier.pools == {"gpu"}
-    assert graph.get(dg.AssetKey("classifier_evaluation")).parent_keys == {
-        dg.AssetKey("image_classifier")
-    }
-    assert {j.name for j in defs.jobs} == {"ingest_job", "training_job", "report_job"}
 
 
 def test_importing_the_definitions_and_the_cli_pulls_no_heavy_library():

@@ -1,9 +1,10 @@
 import numpy as np
-import pandas as pd
 import pytest
 
-from ml_assets.evaluate.classification import classification_metrics, summarize_folds
+from ml_assets.evaluate.classification import classification_metrics
 from ml_assets.evaluate.plots import confusion_png, markdown_image
+from ml_assets.evaluate.report import summarize
+from ml_assets.train.classifier import IMAGE_CLASSIFIER
 
 
 def test_metrics_match_hand_computed_values():
@@ -27,13 +28,15 @@ def test_absent_classes_count_as_zero_and_empty_input_is_refused():
 
 
 def test_fold_summary_is_mean_and_sample_std():
-    per_fold = pd.DataFrame(
-        {"accuracy": [0.5, 0.7], "balanced_accuracy": [0.4, 0.4], "macro_f1": [0.2, 0.6]}
-    )
-    stats = summarize_folds(per_fold)
-    assert stats.loc["accuracy", "mean"] == pytest.approx(0.6)
-    assert stats.loc["macro_f1", "std"] == pytest.approx(np.std([0.2, 0.6], ddof=1))
-    assert stats.loc["balanced_accuracy", "std"] == 0
+    records = [
+        {"fold": 0, "metrics": {"accuracy": 0.5, "macro_f1": 0.2}, "extra": {"confusion": [[1]]}},
+        {"fold": 1, "metrics": {"accuracy": 0.7, "macro_f1": 0.6}, "extra": {"confusion": [[1]]}},
+    ]
+    summary = summarize(IMAGE_CLASSIFIER, "v", records)
+    assert summary["mean"]["accuracy"] == pytest.approx(0.6)
+    assert summary["std"]["macro_f1"] == pytest.approx(np.std([0.2, 0.6], ddof=1))
+    one = summarize(IMAGE_CLASSIFIER, "v", records[:1])
+    assert one["std"]["accuracy"] == 0 and one["primary_metric"] == "macro_f1"
 
 
 def test_confusion_png_is_an_embeddable_png():

@@ -9,6 +9,10 @@ evenly too. Deterministic for a seed.
 
 from __future__ import annotations
 
+import hashlib
+import io
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
@@ -97,3 +101,30 @@ def fold_problems(images: pd.DataFrame, folds: pd.DataFrame) -> dict[str, int]:
         "images_in_several_folds": int(folds["image_id"].duplicated().sum()),
         "contents_in_several_folds": int((hashed.groupby("sha256")["fold"].nunique() > 1).sum()),
     }
+
+
+def read_folds(path: Path, k: int) -> tuple[pd.DataFrame, str]:
+    """The fold assignment stored at ``path`` and its digest (models, evaluations and reports
+    record it, so a report never mixes folds of different assignments); refuses an assignment
+    made for another ``k``."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no fold assignment at {path}: materialize folds first")
+    data = path.read_bytes()
+    assignment = pd.read_parquet(io.BytesIO(data))
+    made = sorted(set(assignment["fold"].tolist()) - {TEST_FOLD})
+    if made != list(range(k)):
+        raise ValueError(
+            f"{path}: folds {made} do not match k={k} (ML_ASSETS_FOLDS); rematerialize folds"
+        )
+    return assignment, hashlib.sha256(data).hexdigest()[:12]
+
+
+def training_ids(assignment: pd.DataFrame, fold: int) -> list[int]:
+    """Images a fold's model trains on: every fold but ``fold`` (never the test split)."""
+    return assignment.loc[~assignment["fold"].isin([fold, TEST_FOLD]), "image_id"].tolist()
+
+
+def held_out_ids(assignment: pd.DataFrame, fold: int) -> list[int]:
+    """Images a fold's model is validated and evaluated on."""
+    return assignment.loc[assignment["fold"] == fold, "image_id"].tolist()

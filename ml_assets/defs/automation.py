@@ -4,36 +4,31 @@ New data: ``landing_sensor`` scans the landing folder (stat-only when nothing ch
 two scans agree, registers the new dataset version as a dynamic partition and runs
 ``ingest_job`` for it. Training, evaluation and the report run when an upstream partition is new
 or updated and its blocking checks passed (``eager() & all_deps_blocking_checks_passed()``), so
-``automation_sensor`` requests every fold of a new version once its folds exist and pass their
-check, and the report once every fold is evaluated. On schedule: ``weekly_retraining`` retrains
+``automation_sensor`` requests every fold of every model kind for a new version once its folds
+exist and pass their check, and each kind's report once its folds are evaluated. On schedule: ``weekly_retraining`` retrains
 every fold of the newest version whose ingest went through.
 """
 
 import dagster as dg
 
-from ml_assets.defs.datasets import annotations, folds, raw_dataset
-from ml_assets.defs.evaluation import classifier_evaluation, classifier_report
-from ml_assets.defs.exports import coco_dataset, voc_dataset, yolo_dataset
+from ml_assets.defs.datasets import folds
 from ml_assets.defs.partitions import dataset_versions, fold_partitions
 from ml_assets.defs.resources import MLAssetsHome
-from ml_assets.defs.training import image_classifier
 
 ingest_job = dg.define_asset_job(
     "ingest_job",
-    selection=dg.AssetSelection.assets(
-        raw_dataset, annotations, folds, coco_dataset, voc_dataset, yolo_dataset
-    ),
+    selection=dg.AssetSelection.groups("data"),
     description="Store, read, validate, split and export one dataset version.",
 )
 training_job = dg.define_asset_job(
     "training_job",
-    selection=dg.AssetSelection.assets(image_classifier, classifier_evaluation),
-    description="Train and evaluate the classifier of one (version, fold).",
+    selection=dg.AssetSelection.groups("training", "evaluation"),
+    description="Train and evaluate every model kind for one (version, fold).",
 )
 report_job = dg.define_asset_job(
     "report_job",
-    selection=dg.AssetSelection.assets(classifier_report),
-    description="Summarize every fold of one version and apply the promotion gate.",
+    selection=dg.AssetSelection.groups("reports"),
+    description="Summarize every fold of one version per model kind and apply the gates.",
 )
 
 
@@ -107,7 +102,7 @@ def weekly_retraining(context: dg.ScheduleEvaluationContext):
 
 automation_sensor = dg.AutomationConditionSensorDefinition(
     "automation_sensor",
-    target=dg.AssetSelection.assets(image_classifier, classifier_evaluation, classifier_report),
+    target=dg.AssetSelection.groups("training", "evaluation", "reports"),
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=30,
     description="Trains, evaluates and reports whatever a new dataset version made stale.",

@@ -1,14 +1,18 @@
 """Data assets per dataset version: the stored files, the canonical tables, the folds."""
 
-import hashlib
-import io
 from pathlib import Path
 
 import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from ml_assets.data.folds import TEST_FOLD, assign_folds, fold_histograms, fold_problems
+from ml_assets.data.folds import (
+    TEST_FOLD,
+    assign_folds,
+    fold_histograms,
+    fold_problems,
+    read_folds,
+)
 from ml_assets.data.tables import Dataset, load_tables, save_tables
 from ml_assets.defs.partitions import dataset_versions, fold_partitions
 from ml_assets.defs.resources import MLAssetsHome
@@ -193,21 +197,8 @@ def folds(
 
 
 def load_folds(home: MLAssetsHome, version: str) -> tuple[pd.DataFrame, str]:
-    """The fold assignment of ``version`` and its digest, which models and evaluations record
-    so that a report never mixes folds of different assignments."""
-    path = home.folds_path(version)
-    if not path.exists():
-        raise FileNotFoundError(f"no folds for version {version} at {path}: materialize folds")
-    data = path.read_bytes()
-    assignment = pd.read_parquet(io.BytesIO(data))
-    made = sorted(set(assignment["fold"]) - {TEST_FOLD})
-    expected = [int(k) for k in fold_partitions.get_partition_keys()]
-    if made != expected:
-        raise ValueError(
-            f"{path}: folds {made} of version {version} do not match this code location's "
-            f"k={len(expected)} (ML_ASSETS_FOLDS); rematerialize folds for {version}"
-        )
-    return assignment, hashlib.sha256(data).hexdigest()[:12]
+    """The fold assignment of ``version`` and its digest, for this code location's k."""
+    return read_folds(home.folds_path(version), len(fold_partitions.get_partition_keys()))
 
 
 @dg.asset_check(

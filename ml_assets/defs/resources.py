@@ -43,6 +43,10 @@ class MLAssetsHome(dg.ConfigurableResource):
     def model_dir(self, kind: str, version: str, fold: int) -> Path:
         return self.path / "models" / kind / version / f"fold-{fold}"
 
+    def run_dir(self, kind: str, version: str, fold: int) -> Path:
+        """Where a training run checkpoints; it survives a crash so the next attempt resumes."""
+        return self.path / "runs" / kind / version / f"fold-{fold}"
+
     def evaluation_dir(self, kind: str, version: str, fold: int) -> Path:
         return self.path / "evaluations" / kind / version / f"fold-{fold}"
 
@@ -55,15 +59,56 @@ class MLAssetsHome(dg.ConfigurableResource):
 
 
 class TrainingDevice(dg.ConfigurableResource):
-    """The accelerator training and evaluation use: CUDA when present, else the CPU."""
+    """The accelerator training and evaluation use, and how the data loaders and seeds run."""
 
-    device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N")
+    device: str = Field(
+        default="auto", description="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps"
+    )
     threads: int = Field(
         default=0, description="CPU threads for torch; 0 means all this process may use"
     )
+    workers: int | None = Field(
+        default=None, description="Data loader workers for every kind; empty keeps each config's"
+    )
+    seed: int | None = Field(
+        default=None, description="Seed for every kind; empty keeps each config's own seed"
+    )
+    deterministic: bool = Field(
+        default=False, description="Deterministic algorithms (slower on GPUs, same results)"
+    )
 
     def torch_device(self):
-        from ml_assets.train.device import configure_threads, select_device
+        """The torch device; sets torch's thread count and deterministic mode for this process."""
+        from ml_assets.train.device import configure_threads, select_device, set_deterministic
 
         configure_threads(self.threads or None)
+        set_deterministic(self.deterministic)
         return select_device(self.device)
+
+    def overrides(self, config: dg.Config) -> dict:
+        """The settings of this resource that replace a training config's own."""
+        wanted = {"workers": self.workers, "seed": self.seed}
+        return {k: v for k, v in wanted.items() if v is not None and k in type(config).model_fields}
+
+
+class MLflowTracking(dg.ConfigurableResource):
+    """MLflow for training runs (field names as in dagster-mlflow's resource). One MLflow run per
+    model materialization, tagged with the Dagster run, asset, version and fold; one registered
+    model per kind."""
+
+    mlflow_tracking_uri: str = Field(
+        default="",
+        description="A tracking server's URI; empty means $MLFLOW_TRACKING_URI when set, else a "
+        "sqlite store with an artifact folder in <home>/mlflow",
+    )
+    enabled: bool = Field(default=True, description="Track training runs in MLflow")
+
+    def tracking(self, local_folder: Path):
+        import os
+
+        from ml_assets.train.tracking import Tracking
+
+        if not self.enabled:
+            return None
+        uri = self.mlflow_tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+        return Tracking(uri) if uri else Tracking.local(local_folder)

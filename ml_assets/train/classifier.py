@@ -1,33 +1,102 @@
-"""A timm image classifier trained on object crops cut from detection data.
+"""A timm image classifier: object crops of detection data, or whole images of image folders.
 
-Small factories (crops, model, loader, optimizer) and a training loop that reads like prose.
-The model is built from timm's config (``pretrained=False``): nothing is downloaded. A run folder
-holds ``model.safetensors`` (weights, no pickle) and ``classifier.json`` (everything needed to
-rebuild and use it).
+Small factories (crops, model, loader, loss, optimizer, schedule) and a training loop that reads
+like prose, built from timm's, albumentations' and torch's own parts: ``timm.create_model``
+(any architecture, from its config or a local weights file: nothing is downloaded),
+``timm.optim.create_optimizer_v2``, ``timm.scheduler.create_scheduler_v2`` (cosine, step or
+plateau, with warmup), ``timm.data.Mixup`` (mixup and cutmix), albumentations for the basic
+augmentation policy and timm's RandAugment for the stronger one, and torch's cross-entropy
+(class weights, label smoothing and soft targets in one call). Focal loss is the one piece
+written here: torchvision only ships the sigmoid (binary) form.
+
+A published model folder holds ``model.safetensors`` (weights, no pickle) and
+``classifier.json`` (everything needed to rebuild and use it). While training, the run folder
+holds ``checkpoint.pt`` (model, optimizer, schedule, scaler, early-stopping state and history),
+rewritten atomically after every epoch; a run that finds one resumes after its epoch. Every
+epoch reseeds its shuffling and augmentation from (seed, epoch), so a resumed run draws the same
+batches as one that never stopped.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import orjson
 import pandas as pd
 from PIL import Image
+from pydantic import Field
 
-from ml_assets.data.atomic import atomic_dir
+from ml_assets.data.atomic import atomic_dir, write_bytes
 from ml_assets.data.tables import Dataset
+from ml_assets.train.kinds import EpochCallback, FitResult, KindConfig, Scores, class_list
 
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+CHECKPOINT = "checkpoint.pt"
+
+
+class ClassifierConfig(KindConfig):
+    model_name: str = Field(
+        default="resnet10t", description="Any timm architecture, built from its config"
+    )
+    checkpoint: str = Field(
+        default="",
+        description="Local weights file to start from (transfer learning: a different head is "
+        "replaced); empty trains from random initialization. Never downloaded.",
+    )
+    img_size: int = Field(default=48, gt=0, description="Side of the square inputs, in pixels")
+    epochs: int = Field(default=12, gt=0, description="Passes over the training images")
+    batch_size: int = Field(default=32, gt=1, description="Samples per forward pass")
+    accumulation_steps: int = Field(
+        default=1, gt=0, description="Batches whose gradients add up before an optimizer step"
+    )
+    optimizer: Literal["adamw", "sgd"] = Field(default="adamw", description="adamw or sgd")
+    lr: float = Field(default=3e-3, gt=0, description="Peak learning rate after warmup")
+    weight_decay: float = Field(default=0.05, ge=0, description="Weight decay")
+    momentum: float = Field(default=0.9, ge=0, description="SGD momentum")
+    schedule: Literal["cosine", "step", "plateau"] = Field(
+        default="cosine", description="Learning-rate schedule (per epoch)"
+    )
+    warmup_epochs: int = Field(default=1, ge=0, description="Linear warmup epochs")
+    loss: Literal["cross_entropy", "weighted_cross_entropy", "focal"] = Field(
+        default="cross_entropy",
+        description="weighted_cross_entropy weighs classes by inverse frequency in the "
+        "training folds",
+    )
+    focal_gamma: float = Field(default=2.0, ge=0, description="Focal loss focusing parameter")
+    focal_alpha: float = Field(default=0.25, gt=0, description="Focal loss scale (alpha)")
+    label_smoothing: float = Field(default=0.1, ge=0, lt=1, description="Label smoothing")
+    mixup_alpha: float = Field(default=0.0, ge=0, description="Mixup Beta alpha; 0 is off")
+    cutmix_alpha: float = Field(default=0.0, ge=0, description="CutMix Beta alpha; 0 is off")
+    augment: Literal["none", "basic", "randaugment"] = Field(
+        default="basic",
+        description="basic: flips, affine and colour jitter; randaugment: timm's RandAugment "
+        "(rand-m9-mstd0.5) plus flips",
+    )
+    early_stopping_patience: int = Field(
+        default=0,
+        ge=0,
+        description="Stop after this many epochs without a better validation macro F1 (0: off); "
+        "the best epoch's weights are kept",
+    )
+    grad_clip: float = Field(default=0.0, ge=0, description="Gradient norm clip; 0 is off")
+    amp: bool = Field(default=True, description="Mixed precision on CUDA (ignored on CPU)")
+    channels_last: bool = Field(default=True, description="Channels-last memory on CUDA")
+    tta: bool = Field(
+        default=True, description="Also score with horizontal-flip test-time augmentation"
+    )
+    workers: int = Field(default=0, ge=0, description="Data loader worker processes")
+    seed: int = Field(default=0, description="Seed for weights init, shuffling and augmentation")
 
 
 @dataclass(frozen=True)
 class Crops:
-    """Object crops as uint8 ``images`` (N, S, S, 3) with class indices and their origin."""
+    """Inputs as uint8 ``images`` (N, S, S, 3) with class indices and their annotation ids."""
 
     images: np.ndarray
     labels: np.ndarray
@@ -37,7 +106,8 @@ class Crops:
 def extract_crops(
     ds: Dataset, image_ids, class_ids: list[int], size: int = 48, pad: float = 0.15
 ) -> Crops:
-    """Cut a square crop around every non-crowd box of the given images, resized to ``size``."""
+    """A square input per non-crowd box of the given images, resized to ``size``: a padded crop
+    around an object, or the whole image when the box is the whole image (image folders)."""
     index = {cid: i for i, cid in enumerate(class_ids)}
     ann = ds.annotations[ds.annotations["image_id"].isin(set(image_ids))]
     ann = ann[ann["iscrowd"] == 0]
@@ -49,172 +119,521 @@ def extract_crops(
             image = Image.open(path).convert("RGB")
         except OSError as err:
             raise ValueError(f"{path}: cannot read image {image_id}: {err}") from err
+        width, height = image.size
         for row in group.itertuples():
-            side = max(row.w, row.h) * (1 + 2 * pad)
-            cx, cy = row.x + row.w / 2, row.y + row.h / 2
-            box = (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)
-            # Beyond the image border, crop() pads with black.
-            crop = image.crop(tuple(round(v) for v in box)).resize(
-                (size, size), Image.Resampling.BILINEAR
-            )
-            crops.append(np.asarray(crop))
+            if row.x <= 0 and row.y <= 0 and row.x + row.w >= width and row.y + row.h >= height:
+                crop = image
+            else:
+                side = max(row.w, row.h) * (1 + 2 * pad)
+                cx, cy = row.x + row.w / 2, row.y + row.h / 2
+                box = (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)
+                crop = image.crop(tuple(round(v) for v in box))  # pads with black outside
+            crops.append(np.asarray(crop.resize((size, size), Image.Resampling.BILINEAR)))
             labels.append(index[row.category_id])
             ids.append(row.annotation_id)
-    shape = (0, size, size, 3)
     return Crops(
-        np.stack(crops) if crops else np.zeros(shape, np.uint8),
+        np.stack(crops) if crops else np.zeros((0, size, size, 3), np.uint8),
         np.asarray(labels, dtype=np.int64),
         np.asarray(ids, dtype=np.int64),
     )
 
 
-@dataclass(frozen=True)
-class ClassifierConfig:
-    model_name: str = "resnet10t"
-    img_size: int = 48
-    epochs: int = 12
-    batch_size: int = 32
-    lr: float = 3e-3
-    weight_decay: float = 0.05
-    label_smoothing: float = 0.1
-    seed: int = 0
+def build_model(config: ClassifierConfig, num_classes: int, initial: bool = False):
+    """The timm model; ``initial`` loads ``config.checkpoint`` (a local file) when one is set."""
+    model = _create(config, num_classes, initial)
+    model.ml_assets_img_size = config.img_size  # the input side it was trained for
+    return model
 
 
-def build_model(model_name: str, num_classes: int):
+def _create(config: ClassifierConfig, num_classes: int, initial: bool):
     import timm
 
-    return timm.create_model(model_name, pretrained=False, num_classes=num_classes)
+    if initial and config.checkpoint:
+        path = Path(config.checkpoint)
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint {path} does not exist (only local files load)")
+        # timm's own transfer-learning path: loads the file and re-initializes a head whose
+        # class count differs.
+        return timm.create_model(
+            config.model_name,
+            pretrained=True,
+            pretrained_cfg_overlay={"file": str(path)},
+            num_classes=num_classes,
+        )
+    return timm.create_model(config.model_name, pretrained=False, num_classes=num_classes)
 
 
-def _augment(seed: int):
+def augmentation(policy: str):
+    """A function uint8 HWC image -> uint8 HWC image, and a reseeding function."""
     import albumentations as A
 
-    return A.Compose(
-        [
-            A.HorizontalFlip(p=0.5),
-            A.VerticalFlip(p=0.5),
-            A.Affine(scale=(0.85, 1.15), rotate=(-30, 30), translate_percent=0.05, p=0.7),
-            A.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.1, p=0.7),
-        ],
-        seed=seed,
+    flips = [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)]
+    if policy == "basic":
+        basic = A.Compose(
+            [
+                *flips,
+                A.Affine(scale=(0.85, 1.15), rotate=(-30, 30), translate_percent=0.05, p=0.7),
+                A.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.1, p=0.7),
+            ]
+        )
+        return (lambda image: basic(image=image)["image"]), basic.set_random_seed
+    if policy == "randaugment":
+        import random
+
+        from timm.data.auto_augment import rand_augment_transform
+
+        rand = rand_augment_transform("rand-m9-mstd0.5", {"img_mean": (124, 116, 104)})
+        flip = A.Compose(flips)
+
+        def apply(image):
+            return flip(image=np.asarray(rand(Image.fromarray(image))))["image"]
+
+        def reseed(seed: int) -> None:
+            random.seed(seed)  # timm's RandAugment draws from Python's random module
+            flip.set_random_seed(seed)
+
+        return apply, reseed
+    return None, lambda seed: None
+
+
+def build_loader(crops: Crops, config: ClassifierConfig, augment: bool, generator=None):
+    """Batches of uint8 (B, 3, S, S) tensors and labels; normalization happens on the device."""
+    import torch
+    from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+    transform, reseed = augmentation(config.augment if augment else "none")
+    if transform is None:
+        data = TensorDataset(torch.from_numpy(crops.images).permute(0, 3, 1, 2).contiguous())
+        data.tensors += (torch.from_numpy(crops.labels),)
+    else:
+
+        class Augmented(Dataset):
+            def __len__(self) -> int:
+                return len(crops.labels)
+
+            def __getitem__(self, i: int):
+                image = np.array(transform(crops.images[i]))  # a writable copy
+                return torch.from_numpy(image).permute(2, 0, 1), int(crops.labels[i])
+
+        data = Augmented()
+    mixing = augment and (config.mixup_alpha > 0 or config.cutmix_alpha > 0)
+    loader = DataLoader(
+        data,
+        batch_size=config.batch_size,
+        shuffle=augment,
+        generator=generator,
+        num_workers=config.workers,
+        # timm's Mixup pairs samples (batches must be full), and batch norm cannot train on a
+        # last batch of one sample.
+        drop_last=augment and (mixing or len(crops.labels) % config.batch_size == 1),
+        worker_init_fn=(lambda worker: reseed(torch.initial_seed() % 2**31)),
+        pin_memory=False,
     )
+    return loader, reseed
 
 
-def to_tensor(images: np.ndarray):
-    """uint8 (N, S, S, 3) to a normalized float tensor (N, 3, S, S)."""
+def normalize(x, device, channels_last: bool = False):
+    """uint8 (B, 3, S, S) on any device to a normalized float tensor on ``device``."""
     import torch
 
-    x = (images.astype(np.float32) / 255.0 - MEAN) / STD
-    return torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+    x = x.to(device, non_blocking=True).float().div_(255)
+    mean = torch.as_tensor(MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.as_tensor(STD, device=device).view(1, 3, 1, 1)
+    x = (x - mean) / std
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
-def build_loader(crops: Crops, batch_size: int, seed: int, augment: bool):
+def class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """scikit-learn's "balanced" weights (n_samples / (n_present_classes * count)) for the
+    classes present in the training folds; absent classes weigh 1."""
+    from sklearn.utils.class_weight import compute_class_weight
+
+    weights = np.ones(num_classes, dtype=np.float32)
+    present = np.unique(labels)
+    weights[present] = compute_class_weight("balanced", classes=present, y=labels)
+    return weights
+
+
+def focal_loss(logits, targets, gamma: float, alpha: float, weight=None):
+    """Softmax focal loss (Lin et al. 2017) for class indices or soft targets (N, K)."""
     import torch
-    from torch.utils.data import DataLoader, Dataset
 
-    transform = _augment(seed) if augment else None
-
-    class CropDataset(Dataset):
-        def __len__(self) -> int:
-            return len(crops.labels)
-
-        def __getitem__(self, i: int):
-            image = crops.images[i]
-            if transform is not None:
-                image = transform(image=image)["image"]
-            return to_tensor(image[None])[0], int(crops.labels[i])
-
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(
-        CropDataset(), batch_size=batch_size, shuffle=augment, generator=generator, num_workers=0
-    )
+    log_p = torch.log_softmax(logits.float(), dim=1)
+    if targets.ndim == 1:
+        targets = torch.nn.functional.one_hot(targets, logits.shape[1]).float()
+    terms = -targets * (1 - log_p.exp()).pow(gamma) * log_p
+    if weight is not None:
+        terms = terms * weight
+    return alpha * terms.sum(dim=1).mean()
 
 
-def train_classifier(
-    crops: Crops,
-    class_names: list[str],
-    config: ClassifierConfig,
-    device,
-    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
-):
-    """Train a fresh model on ``crops``; return it (in eval mode) and its per-epoch history."""
+def build_loss(config: ClassifierConfig, labels: np.ndarray, num_classes: int, device):
+    """loss(logits, targets) for class indices or soft (mixed) targets."""
     import torch
-    from timm.optim import create_optimizer_v2
 
-    if len(crops.labels) == 0:
-        raise ValueError("no training crops: the training folds hold no labelled objects")
-    torch.manual_seed(config.seed)
-    model = build_model(config.model_name, len(class_names)).to(device)
-    loader = build_loader(crops, config.batch_size, config.seed, augment=True)
-    optimizer = create_optimizer_v2(
-        model, opt="adamw", lr=config.lr, weight_decay=config.weight_decay
+    weight = None
+    if config.loss == "weighted_cross_entropy":
+        weight = torch.as_tensor(class_weights(labels, num_classes), device=device)
+    if config.loss == "focal":
+        smoothing = config.label_smoothing
+
+        def focal(logits, targets):
+            if targets.ndim == 1 and smoothing:
+                targets = torch.nn.functional.one_hot(targets, num_classes).float()
+                targets = targets * (1 - smoothing) + smoothing / num_classes
+            return focal_loss(logits, targets, config.focal_gamma, config.focal_alpha)
+
+        return focal
+
+    def cross_entropy(logits, targets):
+        # Mixed targets arrive smoothed already (timm's Mixup applies the smoothing).
+        smoothing = config.label_smoothing if targets.ndim == 1 else 0.0
+        return torch.nn.functional.cross_entropy(
+            logits.float(), targets, weight=weight, label_smoothing=smoothing
+        )
+
+    return cross_entropy
+
+
+def build_schedule(optimizer, config: ClassifierConfig, updates_per_epoch: int):
+    """timm's schedule, stepped per optimizer update (warmup and decay are smooth within an
+    epoch), except plateau, which reacts to the validation metric once per epoch."""
+    from timm.scheduler import create_scheduler_v2
+
+    scheduler, _ = create_scheduler_v2(
+        optimizer,
+        sched=config.schedule,
+        num_epochs=config.epochs,
+        step_on_epochs=config.schedule == "plateau",
+        updates_per_epoch=updates_per_epoch,
+        warmup_epochs=min(config.warmup_epochs, max(config.epochs - 1, 0)),
+        warmup_lr=config.lr * 0.01,
+        min_lr=config.lr * 0.01,
+        decay_epochs=max(1, config.epochs // 3),
+        decay_rate=0.1,
+        patience_epochs=2,
+        plateau_mode="max",
     )
-    steps = config.epochs * len(loader)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=steps)
-    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    history = []
-    for epoch in range(config.epochs):
-        model.train()
-        started, total, correct, seen = time.perf_counter(), 0.0, 0, 0
-        for x, y in loader:
-            x, y = x.to(device), y.to(device)
-            logits = model(x)
-            loss = loss_fn(logits, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            total += loss.item() * len(y)
-            correct += (logits.argmax(1) == y).sum().item()
-            seen += len(y)
-        row = {
-            "epoch": epoch + 1,
-            "train_loss": total / seen,
-            "train_accuracy": correct / seen,
-            "seconds": time.perf_counter() - started,
-        }
-        history.append(row)
-        if on_epoch:
-            on_epoch(epoch + 1, row)
-    return model.eval(), pd.DataFrame(history)
+    return scheduler
 
 
-def predict(model, images: np.ndarray, device, batch_size: int = 128) -> np.ndarray:
-    """Class probabilities (N, K) for uint8 crops (N, S, S, 3)."""
+def predict(model, images: np.ndarray, device, batch_size: int = 128, tta: bool = False):
+    """Class probabilities (N, K) for uint8 inputs (N, S, S, 3); ``tta`` averages them with
+    those of the horizontally flipped inputs."""
     import torch
 
     out = []
     with torch.inference_mode():
         for start in range(0, len(images), batch_size):
-            x = to_tensor(images[start : start + batch_size]).to(device)
-            out.append(torch.softmax(model(x), dim=1).cpu().numpy())
+            batch = torch.from_numpy(images[start : start + batch_size]).permute(0, 3, 1, 2)
+            x = normalize(batch, device)
+            p = torch.softmax(model(x).float(), dim=1)
+            if tta:
+                p = (p + torch.softmax(model(torch.flip(x, dims=[3])).float(), dim=1)) / 2
+            out.append(p.cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
-def save_classifier(
-    model, run_dir: Path, config: ClassifierConfig, classes: list[dict], extra: dict
-) -> Path:
-    """Write weights and metadata to ``run_dir`` atomically (replacing an earlier run)."""
+def macro_f1(model, crops: Crops, num_classes: int, device) -> float:
+    from sklearn.metrics import f1_score
+
+    predicted = predict(model, crops.images, device).argmax(axis=1)
+    labels = list(range(num_classes))
+    return float(f1_score(crops.labels, predicted, labels=labels, average="macro", zero_division=0))
+
+
+def train_classifier(
+    crops: Crops,
+    num_classes: int,
+    config: ClassifierConfig,
+    device,
+    run_dir: Path | None = None,
+    on_epoch: EpochCallback | None = None,
+    validation: Crops | None = None,
+):
+    """Train on ``crops``, checkpointing into ``run_dir`` after every epoch and resuming from a
+    checkpoint found there. Returns the model (eval mode, best epoch's weights when validating),
+    the per-epoch history and the epoch it resumed at (None for a fresh start)."""
+    import torch
+    from timm.data import Mixup
+    from timm.optim import create_optimizer_v2
+
+    if len(crops.labels) == 0:
+        raise ValueError("no training samples: the training folds hold no labelled objects")
+    torch.manual_seed(config.seed)
+    model = build_model(config, num_classes, initial=True).to(device)
+    on_cuda = device.type == "cuda"
+    if on_cuda and config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = create_optimizer_v2(
+        model,
+        opt=config.optimizer,
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        **({"momentum": config.momentum} if config.optimizer == "sgd" else {}),
+    )
+    amp_dtype = torch.bfloat16 if on_cuda and torch.cuda.is_bf16_supported() else torch.float16
+    use_amp = on_cuda and config.amp
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    loss_fn = build_loss(config, crops.labels, num_classes, device)
+    mixup = None
+    if config.mixup_alpha > 0 or config.cutmix_alpha > 0:
+        mixup = Mixup(
+            mixup_alpha=config.mixup_alpha,
+            cutmix_alpha=config.cutmix_alpha,
+            label_smoothing=config.label_smoothing,
+            num_classes=num_classes,
+        )
+    generator = torch.Generator()
+    loader, reseed = build_loader(crops, config, augment=True, generator=generator)
+    steps = config.accumulation_steps
+    scheduler = build_schedule(optimizer, config, max(1, -(-len(loader) // steps)))
+    state = {
+        "epoch": 0,
+        "updates": 0,
+        "history": [],
+        "best_f1": -1.0,
+        "best_state": None,
+        "bad_epochs": 0,
+    }
+    checkpoint = Path(run_dir) / CHECKPOINT if run_dir is not None else None
+    resumed_from = None
+    if checkpoint is not None and checkpoint.exists():
+        saved = torch.load(checkpoint, map_location=device, weights_only=False)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        if "plateau" in saved:  # timm does not save the plateau's own counters: we do
+            scheduler.lr_scheduler.load_state_dict(saved["plateau"])
+        scaler.load_state_dict(saved["scaler"])
+        state = saved["state"]
+        resumed_from = state["epoch"] + 1
+    while state["epoch"] < config.epochs and not stopped_early(state, config):
+        epoch = state["epoch"]
+        seed = config.seed * 100_003 + epoch
+        generator.manual_seed(seed)
+        reseed(seed)
+        np.random.seed(seed % 2**32)  # timm's Mixup draws from numpy's global generator
+        torch.manual_seed(seed)
+        model.train()
+        started, total, correct, seen = time.perf_counter(), 0.0, 0, 0
+        optimizer.zero_grad(set_to_none=True)
+        for i, (x, y) in enumerate(loader):
+            x, y = normalize(x, device, on_cuda and config.channels_last), y.to(device)
+            targets = y
+            if mixup is not None:
+                x, targets = mixup(x, y)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                logits = model(x)
+            loss = loss_fn(logits, targets)
+            scaler.scale(loss / steps).backward()
+            if (i + 1) % steps == 0 or i + 1 == len(loader):
+                if config.grad_clip:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                state["updates"] += 1
+                scheduler.step_update(state["updates"])
+            total += loss.item() * len(y)
+            correct += (logits.argmax(1) == y).sum().item()
+            seen += len(y)
+        row = {
+            "train_loss": total / seen,
+            "train_accuracy": correct / seen,
+            "lr": optimizer.param_groups[0]["lr"],
+        }
+        metric = None
+        if validation is not None and len(validation.labels):
+            model.eval()
+            metric = row["val_macro_f1"] = macro_f1(model, validation, num_classes, device)
+            if metric > state["best_f1"]:
+                state["best_f1"], state["bad_epochs"] = metric, 0
+                state["best_state"] = {
+                    k: v.detach().cpu().clone() for k, v in model.state_dict().items()
+                }
+            else:
+                state["bad_epochs"] += 1
+        scheduler.step(epoch + 1, metric)
+        row["seconds"] = time.perf_counter() - started
+        state["epoch"] = epoch + 1
+        state["history"].append({"epoch": epoch + 1, **row})
+        if checkpoint is not None:
+            save_checkpoint(checkpoint, model, optimizer, scheduler, scaler, state)
+        if on_epoch:
+            on_epoch(epoch + 1, config.epochs, row)
+    if state["best_state"] is not None:
+        model.load_state_dict(state["best_state"])
+    return model.eval(), pd.DataFrame(state["history"]), resumed_from
+
+
+def stopped_early(state: dict, config: ClassifierConfig) -> bool:
+    patience = config.early_stopping_patience
+    return bool(patience) and state["bad_epochs"] >= patience
+
+
+def save_checkpoint(path: Path, model, optimizer, scheduler, scaler, state: dict) -> None:
+    import io
+
+    import torch
+
+    inner = getattr(scheduler, "lr_scheduler", None)  # torch's ReduceLROnPlateau inside timm's
+    plateau = {"plateau": inner.state_dict()} if inner is not None else {}
+    buffer = io.BytesIO()
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            "state": state,
+            **plateau,
+        },
+        buffer,
+    )
+    write_bytes(path, buffer.getvalue())
+
+
+def save_classifier(model, folder: Path, config: ClassifierConfig, classes: list[dict]) -> Path:
+    """Write weights and metadata to ``folder`` atomically (replacing an earlier one)."""
     from safetensors.torch import save_file
 
-    with atomic_dir(run_dir, overwrite=True) as tmp:
+    with atomic_dir(folder, overwrite=True) as tmp:
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / "model.safetensors"))
-        meta = {"config": asdict(config), "classes": classes, **extra}
+        meta = {"kind": "image_classifier", "config": config.model_dump(), "classes": classes}
         (tmp / "classifier.json").write_bytes(orjson.dumps(meta, option=orjson.OPT_INDENT_2))
-    return Path(run_dir)
+    return Path(folder)
 
 
-def load_classifier(run_dir: Path, device):
+def load_classifier(folder: Path, device):
     """Rebuild a saved classifier; return the model (eval mode) and its metadata."""
     from safetensors.torch import load_file
 
-    run_dir = Path(run_dir)
-    meta_path = run_dir / "classifier.json"
+    folder = Path(folder)
+    meta_path = folder / "classifier.json"
     if not meta_path.exists():
-        raise FileNotFoundError(f"no trained classifier at {run_dir} (missing classifier.json)")
+        raise FileNotFoundError(f"no trained classifier at {folder} (missing classifier.json)")
     meta = orjson.loads(meta_path.read_bytes())
     config = ClassifierConfig(**meta["config"])
-    model = build_model(config.model_name, len(meta["classes"]))
-    model.load_state_dict(load_file(str(run_dir / "model.safetensors")))
+    model = build_model(config, len(meta["classes"]))
+    model.load_state_dict(load_file(str(folder / "model.safetensors")))
     return model.to(device).eval(), meta
+
+
+class ImageClassifier:
+    """The timm classifier as a model kind (see ``ml_assets.train.kinds``)."""
+
+    name = "image_classifier"
+    evaluation_name = "classifier_evaluation"
+    report_name = "classifier_report"
+    gate_name = "classifier_promotable"
+    config_class = ClassifierConfig
+    primary_metric = "macro_f1"
+    promotion_floor = 0.5
+    inputs: tuple[str, ...] = ()
+    tags = frozenset({"pytorch", "mlflow"})
+    description = (
+        "A timm classifier of object crops (whole images for image-folder data), trained on "
+        "every fold but this one."
+    )
+
+    def fit(
+        self,
+        ds: Dataset,
+        train_ids: Sequence[int],
+        val_ids: Sequence[int],
+        config: ClassifierConfig,
+        device,
+        run_dir: Path,
+        on_epoch: EpochCallback | None = None,
+        inputs: dict[str, Path] | None = None,
+    ) -> FitResult:
+        classes = class_list(ds)
+        ids = [c["id"] for c in classes]
+        crops = extract_crops(ds, train_ids, ids, size=config.img_size)
+        validation = extract_crops(ds, val_ids, ids, size=config.img_size)
+        model, history, resumed_from = train_classifier(
+            crops, len(classes), config, device, run_dir, on_epoch, validation
+        )
+        save_classifier(model, Path(run_dir) / "model", config, classes)
+        last = history.iloc[-1]
+        summary = {
+            "train_samples": len(crops.labels),
+            "final_train_loss": float(last["train_loss"]),
+            "final_train_accuracy": float(last["train_accuracy"]),
+        }
+        if "val_macro_f1" in history:
+            summary["best_val_macro_f1"] = float(history["val_macro_f1"].max())
+        return FitResult(model, history, resumed_from, summary)
+
+    def score(
+        self,
+        model_dir: Path,
+        ds: Dataset,
+        image_ids: Sequence[int],
+        device,
+        inputs: dict[str, Path] | None = None,
+    ) -> Scores:
+        from ml_assets.evaluate.classification import classification_metrics
+        from ml_assets.evaluate.plots import confusion_png
+
+        model, meta = load_classifier(model_dir, device)
+        names = [c["name"] for c in meta["classes"]]
+        known = {c["id"] for c in meta["classes"]}
+        unknown = set(ds.annotations["category_id"]) - known
+        if unknown:
+            raise ValueError(f"{model_dir}: the model does not know category ids {sorted(unknown)}")
+        config = ClassifierConfig(**meta["config"])
+        crops = extract_crops(ds, image_ids, [c["id"] for c in meta["classes"]], config.img_size)
+        probabilities = predict(model, crops.images, device)
+        predicted = probabilities.argmax(axis=1) if len(probabilities) else np.zeros(0, int)
+        found = classification_metrics(crops.labels, predicted, names)
+        metrics = {k: found[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "samples")}
+        if config.tta:
+            flipped = predict(model, crops.images, device, tta=True)
+            with_tta = classification_metrics(crops.labels, flipped.argmax(axis=1), names)
+            for k in ("accuracy", "balanced_accuracy", "macro_f1"):
+                metrics[f"{k}_tta"] = with_tta[k]
+        predictions = pd.DataFrame(
+            {
+                "annotation_id": crops.annotation_ids,
+                "true": np.asarray(names)[crops.labels],
+                "predicted": np.asarray(names)[predicted],
+                "confidence": probabilities.max(axis=1) if len(probabilities) else np.zeros(0),
+            }
+        )
+        return Scores(
+            metrics=metrics,
+            per_class=found["per_class"],
+            predictions=predictions,
+            extra={"classes": names, "confusion": found["confusion"].tolist()},
+            plots={"confusion_matrix": confusion_png(found["confusion"], names, "held out")},
+        )
+
+    def baseline(self, folds: list[dict]) -> float:
+        """Macro F1 of always answering the most common class of the held-out folds."""
+        from ml_assets.evaluate.classification import majority_baseline_macro_f1
+
+        return majority_baseline_macro_f1(np.sum([f["extra"]["confusion"] for f in folds], axis=0))
+
+    def load(self, model_dir: Path, device):
+        return load_classifier(model_dir, device)[0]
+
+    def module(self, model):
+        return model
+
+    def outputs(self, model, ds: Dataset, image_ids: Sequence[int], device) -> np.ndarray:
+        """Logits of the first crops of ``image_ids`` at the model's own input size."""
+        import torch
+
+        crops = extract_crops(
+            ds, image_ids, sorted(ds.categories["category_id"]), size=model.ml_assets_img_size
+        )
+        with torch.inference_mode():
+            x = normalize(torch.from_numpy(crops.images[:8]).permute(0, 3, 1, 2), device)
+            return model(x).float().cpu().numpy()
+
+
+IMAGE_CLASSIFIER = ImageClassifier()

@@ -79,6 +79,7 @@ class ModelKind(Protocol):
     gate_name: str  # the report's blocking promotion check, e.g. "classifier_promotable"
     config_class: type[KindConfig]
     primary_metric: str  # a key of Scores.metrics, higher is better
+    promotion_floor: float  # default least mean primary metric the promotion gate asks for
     # Dataset exports the kind trains from (asset names such as "yolo_dataset"), besides folds.
     inputs: tuple[str, ...]
     tags: frozenset[str]  # Dagster kinds shown on the assets: "pytorch", "ultralytics", ...
@@ -122,6 +123,15 @@ class ModelKind(Protocol):
         """Raw numeric outputs for a few images, to compare a reloaded model with the trained
         one (same order and shape for the same inputs)."""
         ...
+
+
+def class_list(ds: Dataset) -> list[dict]:
+    """Classes in category-id order: class index i of the model is ``classes[i]``."""
+    cats = ds.categories.sort_values("category_id")
+    return [
+        {"id": int(c), "name": str(n)}
+        for c, n in zip(cats["category_id"], cats["name"], strict=True)
+    ]
 
 
 def fingerprint(**parts: Any) -> str:

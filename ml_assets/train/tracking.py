@@ -1,13 +1,16 @@
-"""MLflow tracking in our home: a sqlite backend and a local artifact folder, no server needed.
+"""MLflow tracking: by default a sqlite store and an artifact folder in our home (no server);
+a tracking server when one is configured.
 
-Browse with ``make mlflow`` (``mlflow ui`` on the same store); each run's address is
-:func:`run_url`.
+Browse the local store with ``make mlflow`` (``mlflow ui`` on the same store); each run's address
+is :meth:`Tracking.url`. Every model kind registers its trained models under one registered
+model named after the kind.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 UI_ADDRESS = "http://127.0.0.1:5000"
@@ -17,26 +20,53 @@ def tracking_uri(folder: Path) -> str:
     return f"sqlite:///{Path(folder).resolve() / 'mlflow.db'}"
 
 
-@contextlib.contextmanager
-def mlflow_run(folder: Path, experiment: str, run_name: str, tags: dict[str, str]) -> Iterator:
-    """Start an MLflow run in ``folder``'s store; ends it (failed if the block raised)."""
-    import mlflow
+@dataclass(frozen=True)
+class Tracking:
+    """Where runs go: ``uri`` is an MLflow tracking URI; ``artifacts`` the folder that holds the
+    artifacts of a local store (None: the server decides); ``ui`` the address links point to."""
 
-    folder = Path(folder).resolve()
-    folder.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(tracking_uri(folder))
-    found = mlflow.get_experiment_by_name(experiment)
-    if found is None:
-        # Another run may create it first: then it is simply looked up below.
-        with contextlib.suppress(mlflow.exceptions.MlflowException):
-            mlflow.create_experiment(
-                experiment, artifact_location=(folder / "artifacts" / experiment).as_uri()
-            )
+    uri: str
+    artifacts: Path | None = None
+    ui: str = UI_ADDRESS
+
+    @classmethod
+    def local(cls, folder: Path) -> Tracking:
+        folder = Path(folder).resolve()
+        folder.mkdir(parents=True, exist_ok=True)
+        return cls(tracking_uri(folder), folder / "artifacts")
+
+    @contextlib.contextmanager
+    def run(self, experiment: str, run_name: str, tags: dict[str, str]) -> Iterator:
+        """Start an MLflow run (setting MLflow's process-wide tracking URI to ours); it ends
+        when the block does, marked failed if the block raised."""
+        import mlflow
+
+        mlflow.set_tracking_uri(self.uri)
         found = mlflow.get_experiment_by_name(experiment)
-    experiment_id = found.experiment_id
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
-        yield run
+        if found is None:
+            location = (self.artifacts / experiment).as_uri() if self.artifacts else None
+            # Another run may create it first: then it is simply looked up below.
+            with contextlib.suppress(mlflow.exceptions.MlflowException):
+                mlflow.create_experiment(experiment, artifact_location=location)
+            found = mlflow.get_experiment_by_name(experiment)
+        with mlflow.start_run(
+            experiment_id=found.experiment_id, run_name=run_name, tags=tags
+        ) as run:
+            yield run
 
+    def url(self, run) -> str:
+        base = self.uri if self.uri.startswith("http") else self.ui
+        return f"{base.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
 
-def run_url(run) -> str:
-    return f"{UI_ADDRESS}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+    def register(self, name: str, run, artifact_path: str = "model") -> str:
+        """Register the run's ``artifact_path`` as a new version of the model ``name``."""
+        from mlflow.exceptions import MlflowException
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(self.uri)
+        with contextlib.suppress(MlflowException):  # it exists already
+            client.create_registered_model(name)
+        version = client.create_model_version(
+            name, source=f"{run.info.artifact_uri}/{artifact_path}", run_id=run.info.run_id
+        )
+        return str(version.version)

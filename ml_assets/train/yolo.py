@@ -45,7 +45,7 @@ from pydantic import Field, field_validator
 from ml_assets.data.atomic import atomic_dir, write_bytes
 from ml_assets.data.tables import Dataset, image_key, splits
 from ml_assets.data.yolo import YAML_FILE, label_path, write_yolo
-from ml_assets.train.kinds import EpochCallback, FitResult, KindConfig, Scores
+from ml_assets.train.kinds import EpochCallback, FitResult, KindConfig, Scores, class_list
 
 META_FILE = "detector.json"
 WEIGHTS_FILE = "best.pt"
@@ -343,15 +343,6 @@ class YoloDetector:
 
 
 YOLO_DETECTOR = YoloDetector()
-
-
-def class_list(ds: Dataset) -> list[dict]:
-    """Classes in category-id order: class index i of the model is ``classes[i]``."""
-    cats = ds.categories.sort_values("category_id")
-    return [
-        {"id": int(c), "name": str(n)}
-        for c, n in zip(cats["category_id"], cats["name"], strict=True)
-    ]
 
 
 def device_argument(device: Any) -> str:

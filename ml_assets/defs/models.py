@@ -1,0 +1,320 @@
+"""One pipeline per model kind, built by one factory (like Dagster's ``rss_pipeline_factory``).
+
+For each kind in ``ml_assets.train.registry.KINDS``:
+
+    <kind>[version, fold]            trained on every fold but this one, in the gpu pool
+      checks: weights_finite, reloads_identically (blocking)
+    <evaluation>[version, fold]      the model of this very partition on its held-out fold
+    <report>[version]                every fold, mean and std, baseline
+      check: <gate> (blocking)       the promotion gate
+    jobs: <kind>_job (model and evaluation of one partition), <report>_job
+
+Asset bodies call one pure function (``train.runs.train_fold``, ``evaluate.report``) and turn
+its result into metadata.
+"""
+
+from dataclasses import dataclass
+
+import dagster as dg
+import pandas as pd
+from pydantic import Field
+
+from ml_assets.defs.datasets import folds, load_folds, load_version
+from ml_assets.defs.partitions import dataset_versions, fold_partitions, version_fold, version_folds
+from ml_assets.defs.resources import MLAssetsHome, MLflowTracking, TrainingDevice
+from ml_assets.evaluate.plots import markdown_image
+from ml_assets.train.kinds import ModelKind
+
+# On Kubernetes (dagster-k8s run launcher), each training step asks for one GPU.
+GPU_OP_TAGS = {
+    "dagster-k8s/config": {"container_config": {"resources": {"limits": {"nvidia.com/gpu": "1"}}}}
+}
+# Run when an upstream partition is new or updated, but only once its blocking checks passed:
+# a failed gate in another run (ingest_job's checks) must stop automation too.
+ON_NEW_UPSTREAM = (
+    dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed()
+)
+KIND_TAG = "ml_assets/kind"
+
+
+def numbers(values: dict) -> dict[str, float | int]:
+    """Metadata numbers as numbers (the UI plots them), rounded to what a person reads."""
+    return {
+        k: (round(float(v), 4) if isinstance(v, float) else int(v))
+        for k, v in values.items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    }
+
+
+def md_frame(frame: pd.DataFrame, index: bool = True) -> dg.MetadataValue:
+    return dg.MetadataValue.md(frame.round(4).to_markdown(index=index))
+
+
+def md_plots(plots: dict[str, bytes]) -> dict[str, dg.MetadataValue]:
+    return {name: dg.MetadataValue.md(markdown_image(png, name)) for name, png in plots.items()}
+
+
+def inputs_of(kind: ModelKind, home: MLAssetsHome, version: str) -> dict:
+    """The folders of the dataset exports a kind trains from (``yolo_dataset`` -> its folder)."""
+    return {name: home.export_dir(name.removesuffix("_dataset"), version) for name in kind.inputs}
+
+
+@dataclass
+class KindPipeline:
+    assets: list[dg.AssetsDefinition]
+    checks: list[dg.AssetChecksDefinition]
+    jobs: list  # asset jobs, resolved when the Definitions load
+
+
+def promotion_config(kind: ModelKind) -> type[dg.Config]:
+    """The gate's launchpad config, with the kind's own default floor."""
+    return type(
+        f"{kind.name.title().replace('_', '')}PromotionConfig",
+        (dg.Config,),
+        {
+            "__annotations__": {"floor": float},
+            "floor": Field(
+                default=kind.promotion_floor,
+                description=f"Least mean {kind.primary_metric} across folds to promote",
+            ),
+        },
+    )
+
+
+def build_pipeline(kind: ModelKind) -> KindPipeline:
+    """The assets, checks and jobs of one model kind."""
+    config_class = type(kind.config_class.__name__, (dg.Config, kind.config_class), {})
+    gate_config = promotion_config(kind)
+    tags = {KIND_TAG: kind.name}
+
+    @dg.asset(
+        name=kind.name,
+        partitions_def=version_folds,
+        deps=[folds, *kind.inputs],
+        group_name="training",
+        kinds=set(kind.tags),
+        tags=tags,
+        pool="gpu",
+        op_tags=GPU_OP_TAGS,
+        automation_condition=ON_NEW_UPSTREAM,
+        description=kind.description,
+    )
+    def model(
+        context: dg.AssetExecutionContext,
+        config: config_class,
+        home: MLAssetsHome,
+        training_device: TrainingDevice,
+        mlflow_tracking: MLflowTracking,
+    ) -> dg.MaterializeResult:
+        from ml_assets.train.runs import train_fold
+
+        version, fold = version_fold(context)
+        assignment, folds_digest = load_folds(home, version)
+        device = training_device.torch_device()
+        settings = config.model_copy(update=training_device.overrides(config))
+        context.log.info(f"training {kind.name} for version {version} fold {fold} on {device}")
+        trained = train_fold(
+            kind,
+            load_version(home, version),
+            assignment,
+            folds_digest,
+            fold,
+            settings,
+            device,
+            run_dir=home.run_dir(kind.name, version, fold),
+            model_dir=home.model_dir(kind.name, version, fold),
+            tracking=mlflow_tracking.tracking(home.mlflow_dir),
+            log=context.log.info,
+            inputs=inputs_of(kind, home, version),
+            tags={
+                "dagster_run_id": context.run_id,
+                "asset_key": kind.name,
+                "version": version,
+                "fold": str(fold),
+            },
+        )
+        fit = trained.fit
+        metadata = {
+            "train_images": trained.train_images,
+            "epochs_run": len(fit.history),
+            "train_seconds": round(trained.seconds, 1),
+            "resumed": fit.resumed_from is not None,
+            "resumed_from_epoch": fit.resumed_from or 0,
+            **numbers(fit.summary),
+            "device": str(device),
+            "history": md_frame(fit.history, index=False),
+            "path": dg.MetadataValue.path(str(trained.model_dir)),
+        }
+        if trained.mlflow_url:
+            metadata["mlflow_run"] = dg.MetadataValue.url(trained.mlflow_url)
+            metadata["registered_model"] = f"{kind.name} version {trained.registered_version}"
+        return dg.MaterializeResult(metadata=metadata)
+
+    @dg.asset_check(
+        asset=model,
+        name="weights_finite",
+        blocking=True,
+        description="Every weight of the saved model is a finite number.",
+    )
+    def weights_finite(
+        context: dg.AssetCheckExecutionContext,
+        home: MLAssetsHome,
+        training_device: TrainingDevice,
+    ) -> dg.AssetCheckResult:
+        from ml_assets.train.runs import nonfinite_weights
+
+        version, fold = version_fold(context)
+        model_dir = home.model_dir(kind.name, version, fold)
+        bad = nonfinite_weights(kind, model_dir, training_device.torch_device())
+        return dg.AssetCheckResult(
+            passed=not bad,
+            metadata={"tensors_with_nonfinite_values": len(bad), **dict(list(bad.items())[:20])},
+        )
+
+    @dg.asset_check(
+        asset=model,
+        name="reloads_identically",
+        blocking=True,
+        description="The saved model, rebuilt from disk, predicts what the trained model "
+        "predicted on a few held-out images.",
+    )
+    def reloads_identically(
+        context: dg.AssetCheckExecutionContext,
+        home: MLAssetsHome,
+        training_device: TrainingDevice,
+    ) -> dg.AssetCheckResult:
+        from ml_assets.train.runs import reload_difference
+
+        version, fold = version_fold(context)
+        found = reload_difference(
+            kind,
+            home.model_dir(kind.name, version, fold),
+            load_version(home, version),
+            training_device.torch_device(),
+        )
+        return dg.AssetCheckResult(
+            passed=found["max_abs_difference"] <= 1e-4,
+            metadata={**numbers(found), "tolerance": 1e-4},
+        )
+
+    @dg.asset(
+        name=kind.evaluation_name,
+        partitions_def=version_folds,
+        deps=[model],
+        group_name="evaluation",
+        kinds={"pytorch"},
+        tags=tags,
+        pool="gpu",
+        op_tags=GPU_OP_TAGS,
+        automation_condition=ON_NEW_UPSTREAM,
+        description=f"The {kind.name} of this (version, fold) scored on its held-out fold.",
+    )
+    def evaluation(
+        context: dg.AssetExecutionContext, home: MLAssetsHome, training_device: TrainingDevice
+    ) -> dg.MaterializeResult:
+        from ml_assets.data.folds import held_out_ids
+        from ml_assets.evaluate.report import evaluate_fold
+
+        version, fold = version_fold(context)
+        assignment, folds_digest = load_folds(home, version)
+        out = home.evaluation_dir(kind.name, version, fold)
+        # The model of this very partition, as lineage says: never "the latest".
+        record, scores = evaluate_fold(
+            kind,
+            home.model_dir(kind.name, version, fold),
+            load_version(home, version),
+            held_out_ids(assignment, fold),
+            training_device.torch_device(),
+            folds_digest,
+            out,
+            inputs_of(kind, home, version),
+        )
+        return dg.MaterializeResult(
+            metadata={
+                **numbers(scores.metrics),
+                "per_class": md_frame(scores.per_class),
+                **md_plots(scores.plots),
+                "model": dg.MetadataValue.path(record["model"]),
+                "path": dg.MetadataValue.path(str(out)),
+            }
+        )
+
+    @dg.asset(
+        name=kind.report_name,
+        partitions_def=dataset_versions,
+        deps=[evaluation],
+        group_name="reports",
+        kinds={"pandas"},
+        tags=tags,
+        automation_condition=ON_NEW_UPSTREAM,
+        description=f"Cross-validated quality of {kind.name} on a dataset version: every fold, "
+        "mean and standard deviation, and the baseline of the primary metric.",
+    )
+    def report(context: dg.AssetExecutionContext, home: MLAssetsHome) -> dg.MaterializeResult:
+        from ml_assets.evaluate.plots import confusion_png
+        from ml_assets.evaluate.report import (
+            per_fold_table,
+            read_fold_records,
+            summarize,
+            summed_confusion,
+            write_report,
+        )
+
+        version = context.partition_key
+        _, folds_digest = load_folds(home, version)
+        keys = [int(k) for k in fold_partitions.get_partition_keys()]
+        folders = {f: home.evaluation_dir(kind.name, version, f) for f in keys}
+        records = read_fold_records(folders, folds_digest)
+        summary = summarize(kind, version, records)
+        plots = {}
+        confusion = summed_confusion(records)
+        if confusion is not None:
+            names = records[0]["extra"]["classes"]
+            plots["confusion_matrix"] = confusion_png(confusion, names, f"{version}: all folds")
+        out = write_report(home.report_dir(kind.name, version), summary, plots)
+        return dg.MaterializeResult(
+            metadata={
+                **{f"mean_{k}": round(v, 4) for k, v in summary["mean"].items()},
+                **{f"std_{k}": round(v, 4) for k, v in summary["std"].items()},
+                "baseline": round(summary["baseline"], 4),
+                "folds": len(records),
+                "per_fold": md_frame(per_fold_table(records)),
+                **md_plots(plots),
+                "path": dg.MetadataValue.path(str(out)),
+            }
+        )
+
+    @dg.asset_check(
+        asset=report,
+        name=kind.gate_name,
+        blocking=True,
+        description=f"Promotion gate: mean {kind.primary_metric} over held-out folds reaches "
+        "the floor and beats the kind's baseline.",
+    )
+    def gate(
+        context: dg.AssetCheckExecutionContext, config: gate_config, home: MLAssetsHome
+    ) -> dg.AssetCheckResult:
+        import orjson
+
+        from ml_assets.evaluate.report import promotion_decision
+
+        path = home.report_dir(kind.name, context.partition_key) / "report.json"
+        passed, metadata = promotion_decision(orjson.loads(path.read_bytes()), config.floor)
+        return dg.AssetCheckResult(passed=passed, metadata=numbers(metadata))
+
+    selection = dg.AssetSelection.tag(KIND_TAG, kind.name)
+    jobs = [
+        dg.define_asset_job(
+            f"{kind.name}_job",
+            selection=selection & dg.AssetSelection.groups("training", "evaluation"),
+            description=f"Train and evaluate {kind.name} for one (version, fold).",
+        ),
+        dg.define_asset_job(
+            f"{kind.report_name}_job",
+            selection=selection & dg.AssetSelection.groups("reports"),
+            description=f"Summarize every fold of {kind.name} and apply its promotion gate.",
+        ),
+    ]
+    return KindPipeline(
+        [model, evaluation, report], [weights_finite, reloads_identically, gate], jobs
+    )

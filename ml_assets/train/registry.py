@@ -1,0 +1,20 @@
+"""Every model kind the code location trains, by name: the one place a new kind is registered."""
+
+from __future__ import annotations
+
+from ml_assets.train.classifier import IMAGE_CLASSIFIER
+from ml_assets.train.kinds import ModelKind
+from ml_assets.train.yolo import YOLO_DETECTOR
+
+KINDS: dict[str, ModelKind] = {kind.name: kind for kind in (IMAGE_CLASSIFIER, YOLO_DETECTOR)}
+# Short names the demo and the CLI accept.
+ALIASES = {"classifier": "image_classifier", "yolo": "yolo_detector"}
+
+
+def kind(name: str) -> ModelKind:
+    """The kind called ``name`` (or a short alias); a clear error listing the known ones."""
+    full = ALIASES.get(name, name)
+    if full not in KINDS:
+        known = ", ".join(sorted(set(KINDS) | {a for a, k in ALIASES.items() if k in KINDS}))
+        raise ValueError(f"unknown model kind {name!r}; known: {known}")
+    return KINDS[full]

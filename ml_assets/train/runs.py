@@ -1,0 +1,210 @@
+"""Training one fold of one model kind, the same way for every kind, from an asset or the CLI.
+
+:func:`train_fold` picks the fold's images, keeps or clears the run folder (resume only with
+the same configuration and data), tracks the run in MLflow (parameters, per-epoch metrics,
+final numbers, the model as an artifact and a registered model version), logs one progress line
+per epoch, records what the model was trained on (``lineage.json``) and the trained model's
+outputs on a few held-out images (``reference.npz``, for the reload check), and publishes the
+model folder atomically.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pandas as pd
+
+from ml_assets.data.atomic import atomic_dir
+from ml_assets.data.folds import held_out_ids, training_ids
+from ml_assets.data.tables import Dataset
+from ml_assets.train.kinds import FitResult, KindConfig, ModelKind, fingerprint, prepare_run_dir
+from ml_assets.train.tracking import Tracking
+
+LINEAGE = "lineage.json"
+REFERENCE = "reference.npz"
+REFERENCE_IMAGES = 8
+
+
+@dataclass
+class TrainedFold:
+    model_dir: Path
+    fit: FitResult
+    lineage: dict
+    train_images: int
+    seconds: float
+    mlflow_url: str | None = None
+    registered_version: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Progress:
+    """The per-epoch callback: one line per epoch (epoch i/n, numbers, elapsed, time left) to
+    ``log``, and the epoch's numbers to MLflow when a run is active."""
+
+    def __init__(self, log: Callable[[str], None], name: str, track: bool) -> None:
+        self.log, self.name, self.track = log, name, track
+        self.started = time.perf_counter()
+        self.first: int | None = None
+
+    def __call__(self, epoch: int, epochs: int, row: dict[str, float]) -> None:
+        if self.first is None:
+            self.first = epoch
+        elapsed = time.perf_counter() - self.started
+        done = epoch - self.first + 1
+        left = elapsed / done * (epochs - epoch)
+        numbers = " ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "seconds")
+        self.log(
+            f"{self.name} epoch {epoch}/{epochs}: {numbers}, "
+            f"elapsed {elapsed:.0f}s, about {left:.0f}s left"
+        )
+        if self.track:
+            import mlflow
+
+            mlflow.log_metrics({k: float(v) for k, v in row.items()}, step=epoch)
+
+
+def reference_ids(ds: Dataset, image_ids) -> list[int]:
+    """A few held-out images with objects (every kind has something to predict on them)."""
+    labelled = set(ds.annotations["image_id"].tolist())
+    return [i for i in image_ids if i in labelled][:REFERENCE_IMAGES]
+
+
+def train_fold(
+    kind: ModelKind,
+    ds: Dataset,
+    assignment: pd.DataFrame,
+    folds_digest: str,
+    fold: int,
+    config: KindConfig,
+    device,
+    run_dir: Path,
+    model_dir: Path,
+    tracking: Tracking | None = None,
+    log: Callable[[str], None] = print,
+    inputs: dict[str, Path] | None = None,
+    tags: dict[str, str] | None = None,
+) -> TrainedFold:
+    """Train ``kind`` on every fold but ``fold`` and publish it at ``model_dir``."""
+    config = kind.config_class(**config.model_dump())
+    train_ids, val_ids = training_ids(assignment, fold), held_out_ids(assignment, fold)
+    version = (tags or {}).get("version", "")
+    key = fingerprint(kind=kind.name, config=config.model_dump(), folds=folds_digest, fold=fold)
+    if prepare_run_dir(run_dir, key):
+        log(f"{kind.name}: found an interrupted run of the same configuration in {run_dir}")
+    started = time.perf_counter()
+    lineage = {
+        "kind": kind.name,
+        "version": version,
+        "fold": fold,
+        "folds_digest": folds_digest,
+        "config": config.model_dump(),
+        "device": str(device),
+        **(tags or {}),
+    }
+    run_tags = {k: str(v) for k, v in (tags or {}).items()} | {"kind": kind.name}
+    with _tracked(tracking, kind.name, f"{version}-fold{fold}", run_tags) as run:
+        if run is not None:
+            import mlflow
+
+            mlflow.log_params(
+                {**config.model_dump(), "device": str(device), "train_images": len(train_ids)}
+            )
+        progress = Progress(log, kind.name, track=run is not None)
+        fit = kind.fit(ds, train_ids, val_ids, config, device, run_dir, progress, inputs)
+        if fit.resumed_from:
+            log(f"{kind.name}: resumed at epoch {fit.resumed_from} from {run_dir}")
+        seconds = time.perf_counter() - started
+        sample = reference_ids(ds, val_ids)
+        outputs = kind.outputs(fit.model, ds, sample, device)
+        staged = Path(run_dir) / "model"
+        lineage |= {
+            "mlflow_run_id": run.info.run_id if run is not None else None,
+            "resumed_from": fit.resumed_from,
+        }
+        (staged / LINEAGE).write_bytes(orjson.dumps(lineage, option=orjson.OPT_INDENT_2))
+        np.savez(staged / REFERENCE, image_ids=np.asarray(sample, np.int64), outputs=outputs)
+        publish(staged, model_dir)
+        trained = TrainedFold(model_dir, fit, lineage, len(train_ids), seconds)
+        if run is not None:
+            import mlflow
+
+            _log_history(fit)
+            mlflow.log_metrics({k: float(v) for k, v in fit.summary.items()})
+            mlflow.log_artifacts(str(model_dir), artifact_path="model")
+            trained.mlflow_url = tracking.url(run)
+            trained.registered_version = tracking.register(kind.name, run)
+    shutil.rmtree(run_dir, ignore_errors=True)  # done: a new materialization starts afresh
+    return trained
+
+
+def _log_history(fit: FitResult) -> None:
+    """Epochs run before a resume were logged by the run that crashed: log them here too, so
+    this run's charts are whole."""
+    import mlflow
+
+    if not fit.resumed_from:
+        return
+    for row in fit.history.to_dict("records"):
+        if row["epoch"] < fit.resumed_from:
+            numbers = {k: float(v) for k, v in row.items() if k != "epoch" and pd.notna(v)}
+            mlflow.log_metrics(numbers, step=int(row["epoch"]))
+
+
+class _tracked:
+    """``tracking.run(...)`` when tracking is configured, else a block yielding None."""
+
+    def __init__(self, tracking: Tracking | None, *args) -> None:
+        self.context = tracking.run(*args) if tracking is not None else None
+
+    def __enter__(self):
+        return self.context.__enter__() if self.context is not None else None
+
+    def __exit__(self, *exc):
+        return self.context.__exit__(*exc) if self.context is not None else False
+
+
+def publish(staged: Path, model_dir: Path) -> Path:
+    """Copy the staged model folder to ``model_dir`` in one atomic step."""
+    with atomic_dir(model_dir, overwrite=True) as tmp:
+        shutil.copytree(staged, tmp, dirs_exist_ok=True)
+    return model_dir
+
+
+def read_lineage(model_dir: Path) -> dict:
+    path = Path(model_dir) / LINEAGE
+    if not path.exists():
+        raise FileNotFoundError(f"{model_dir}: no trained model here (missing {LINEAGE})")
+    return orjson.loads(path.read_bytes())
+
+
+def reload_difference(kind: ModelKind, model_dir: Path, ds: Dataset, device) -> dict[str, float]:
+    """Reload the published model and compare its outputs with the trained model's."""
+    saved = np.load(Path(model_dir) / REFERENCE)
+    model = kind.load(model_dir, device)
+    outputs = kind.outputs(model, ds, saved["image_ids"].tolist(), device)
+    reference = saved["outputs"]
+    if outputs.shape != reference.shape:
+        return {"images": len(saved["image_ids"]), "max_abs_difference": float("inf")}
+    diff = float(np.abs(outputs - reference).max()) if outputs.size else 0.0
+    return {"images": len(saved["image_ids"]), "max_abs_difference": diff}
+
+
+def nonfinite_weights(kind: ModelKind, model_dir: Path, device) -> dict[str, int]:
+    """Tensors of the published model that hold NaN or infinity, with their counts."""
+    import torch
+
+    module = kind.module(kind.load(model_dir, device))
+    bad = {}
+    for name, tensor in module.state_dict().items():
+        if tensor.is_floating_point():
+            count = int((~torch.isfinite(tensor)).sum())
+            if count:
+                bad[name] = count
+    return bad
