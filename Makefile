@@ -57,6 +57,7 @@ format: setup
 
 bench: setup
 	$(PY) benchmarks/formats.py
+	$(PY) benchmarks/evaluation.py
 
 clean:
 	rm -rf $(ML_ASSETS_HOME)

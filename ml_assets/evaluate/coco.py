@@ -31,6 +31,7 @@ from typing import Any, NoReturn
 import numpy as np
 
 from ml_assets.data.atomic import write_bytes
+from ml_assets.data.coco import _gc_paused
 from ml_assets.data.tables import DatasetError
 
 STAT_NAMES = (
@@ -129,11 +130,12 @@ def coco_metrics(
     that is not a COCO ground truth / results file: missing keys, unknown image or category ids,
     non-finite numbers, boxes of negative size, duplicate ids or category names.
     """
-    gt_file, gt_data = _load(ground_truth, "<ground truth>")
-    dt_file, dt_data = _load(detections, "<detections>")
-    gt = _check_ground_truth(gt_data, gt_file)
-    dt = _check_detections(dt_data, dt_file, gt["image_ids"], gt["names"])
-    return _evaluate(gt, dt)
+    with _gc_paused():  # about 1/6 of the time goes to collections finding no cycles otherwise
+        gt_file, gt_data = _load(ground_truth, "<ground truth>")
+        dt_file, dt_data = _load(detections, "<detections>")
+        gt = _check_ground_truth(gt_data, gt_file)
+        dt = _check_detections(dt_data, dt_file, gt["image_ids"], gt["names"])
+        return _evaluate(gt, dt)
 
 
 def write_results(path: str | Path, detections: Iterable[Mapping[str, Any]]) -> Path:
