@@ -21,6 +21,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from dagster._core.instance.config import dagster_instance_config
 
 from ml_assets.data.sample import write_sample
 from ml_assets.data.store import Store
@@ -242,6 +243,15 @@ def assert_everything_stored(instance: dg.DagsterInstance, answer: dict, partiti
             limit=1,
         ).records
         assert [r.run_id for r in found] == [run.run_id]
+
+
+def test_deploy_file_takes_the_connection_from_dagster_pg_url_only(tmp_path, monkeypatch):
+    shutil.copyfile(DEPLOY, tmp_path / "dagster.yaml")
+    config, _ = dagster_instance_config(str(tmp_path))
+    assert config["storage"] == {"postgres": {"postgres_url": {"env": "DAGSTER_PG_URL"}}}
+    monkeypatch.delenv("DAGSTER_PG_URL", raising=False)
+    with pytest.raises(dg.DagsterInvalidConfigError, match='"DAGSTER_PG_URL" which is not set'):
+        dg.DagsterInstance.from_config(str(tmp_path))
 
 
 @pytest.mark.slow
