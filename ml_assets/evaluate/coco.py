@@ -130,7 +130,7 @@ def coco_metrics(
     that is not a COCO ground truth / results file: missing keys, unknown image or category ids,
     non-finite numbers, boxes of negative size, duplicate ids or category names.
     """
-    with _gc_paused():  # about 1/6 of the time goes to collections finding no cycles otherwise
+    with _gc_paused():  # collections, finding no cycles, took a quarter of the time
         gt_file, gt_data = _load(ground_truth, "<ground truth>")
         dt_file, dt_data = _load(detections, "<detections>")
         gt = _check_ground_truth(gt_data, gt_file)

@@ -43,7 +43,7 @@ def detection(image_id: int, category_id: int, box: list[float], score: float) -
 
 def random_case(rng: np.random.Generator) -> tuple[dict, list]:
     """Random ground truth and results with everything the COCO protocol treats specially: crowd
-    regions, images without boxes, a category without ground truth, boxes of every area range,
+    regions (and "ignore" flags, which pycocotools overrides), images without boxes, a category without ground truth, boxes of every area range,
     often more than 100 detections on an image, often tied scores."""
     images, categories = int(rng.integers(1, 6)), int(rng.integers(1, 4))
     gt = coco_ground_truth([], images=images + 1, categories=categories + 1)  # last ones empty
@@ -58,6 +58,7 @@ def random_case(rng: np.random.Generator) -> tuple[dict, list]:
                 "bbox": [float(x), float(y), float(w), float(h)],
                 "area": float(w * h * rng.uniform(0.6, 1.0)),  # a polygon's area, not the box's
                 "iscrowd": int(rng.random() < 0.15),
+                "ignore": int(rng.random() < 0.1),  # pycocotools overrides it with iscrowd
             }
         )
     tied = rng.random() < 0.5
