@@ -32,15 +32,16 @@ def test_landing_sensor_registers_each_settled_version_once(tmp_path, tiny_sampl
         assert isinstance(evaluate_sensor(instance, home), dg.SkipReason)  # no folder yet
         landing.mkdir()
         (landing / ".DS_Store").write_bytes(b"hidden")
-        assert "no visible files" in evaluate_sensor(instance, home).skip_message
+        assert "no visible files" in evaluate_sensor(instance, home).skip_reason.skip_message
 
         shutil.copytree(tiny_sample, landing, dirs_exist_ok=True)
         first = evaluate_sensor(instance, home)  # changed since the last tick: wait for it
         assert not first.run_requests and "settle" in first.skip_reason.skip_message
+        assert "the landing root: 13 files" in first.skip_reason.skip_message
         assert not list(home.store.root.glob("versions/*"))
         second = evaluate_sensor(instance, home, cursor=first.cursor)
-        key = second.cursor
-        assert key == first.cursor and len(key) == 12
+        key = second.run_requests[0].partition_key
+        assert len(key) == 12 and key == home.store.register(landing)  # the root is the dataset
         assert [(r.partition_key, r.run_key) for r in second.run_requests] == [
             (key, f"ingest-{key}")
         ]
@@ -48,15 +49,49 @@ def test_landing_sensor_registers_each_settled_version_once(tmp_path, tiny_sampl
         assert home.store.manifest_path(key).is_file()
         instance.add_dynamic_partitions(dataset_versions.name, [key])  # what the daemon does
 
-        again = evaluate_sensor(instance, home, cursor=key)
-        assert not again.run_requests and "already registered" in again.skip_reason.skip_message
+        again = evaluate_sensor(instance, home, cursor=second.cursor)
+        assert (
+            not again.run_requests
+            and f"version {key} is registered" in again.skip_reason.skip_message
+        )
+        assert again.cursor == second.cursor
 
         extra = landing / "images" / "late.png"
         extra.write_bytes((landing / "images" / "shapes_000000.png").read_bytes())
-        moving = evaluate_sensor(instance, home, cursor=key)
-        assert not moving.run_requests and moving.cursor != key
+        moving = evaluate_sensor(instance, home, cursor=again.cursor)
+        assert not moving.run_requests and moving.cursor != again.cursor
         settled = evaluate_sensor(instance, home, cursor=moving.cursor)
-        assert [r.partition_key for r in settled.run_requests] == [moving.cursor]
+        [request] = settled.run_requests
+        assert request.partition_key not in (key, None)
+        assert request.partition_key == home.store.register(landing)
+
+
+def test_each_top_level_folder_is_a_dataset_with_its_own_version(tmp_path, tiny_sample):
+    landing = tmp_path / "landing"
+    home = MLAssetsHome(root=str(tmp_path / "home"), landing=str(landing))
+    shutil.copytree(tiny_sample, landing / "shapes")
+    shutil.copytree(tiny_sample, landing / "copy")  # the same content: the same version
+    (landing / "notes.txt").write_text("not a dataset")
+    with dg.instance_for_test() as instance:
+        first = evaluate_sensor(instance, home)
+        message = first.skip_reason.skip_message
+        assert "shapes: 13 files, changed" in message and "copy: 13 files, changed" in message
+        assert "ignored files beside the dataset folders: notes.txt" in message
+        second = evaluate_sensor(instance, home, cursor=first.cursor)
+        key = home.store.register(landing / "shapes")
+        assert [r.run_key for r in second.run_requests] == [f"ingest-{key}"]
+        instance.add_dynamic_partitions(dataset_versions.name, [key])
+
+        extra = landing / "shapes" / "images" / "late.png"
+        extra.write_bytes((landing / "shapes" / "images" / "shapes_000000.png").read_bytes())
+        moving = evaluate_sensor(instance, home, cursor=second.cursor)
+        assert "shapes: 14 files, changed" in moving.skip_reason.skip_message
+        assert "copy: 13 files, unchanged" in moving.skip_reason.skip_message
+        settled = evaluate_sensor(instance, home, cursor=moving.cursor)
+        [request] = settled.run_requests
+        assert request.partition_key == home.store.register(landing / "shapes") != key
+        assert request.tags["ml_assets/dataset"] == "shapes"
+        assert home.store.landing_of(request.partition_key) == str(landing / "shapes")
 
 
 def test_weekly_retraining_requests_every_fold_of_the_newest_ingested_version():

@@ -6,7 +6,9 @@ key and a new drop gets a new one. Files live once in ``objects/<sha[:2]>/<sha>`
 every version is a folder of hard links into it (``versions/<key>/files/``), which readers and
 trainers use as an immutable snapshot. The landing folder is only ever read.
 
-A hash cache keyed by (path, size, mtime) makes re-scanning unchanged data a stat-only walk.
+A hash cache keyed by (path, size, mtime) makes re-scanning unchanged data a stat-only walk;
+for an S3 landing (``ml_assets.data.landing``) it is keyed by (object URL, size, ETag), and an
+object is downloaded, hashed and stored in the same pass, once.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ import hashlib
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import orjson
 
@@ -117,6 +120,16 @@ class HashCache:
             self.dirty = True
         return sha
 
+    def get(self, name: str, stamp: list) -> str | None:
+        """The sha256 remembered for ``name`` (an object URL) listed with ``stamp`` (its size
+        and ETag), or None."""
+        hit = self.entries.get(name)
+        return hit[-1] if hit is not None and hit[:-1] == stamp else None
+
+    def remember(self, name: str, stamp: list, sha256: str) -> None:
+        self.entries[name] = [*stamp, sha256]
+        self.dirty = True
+
     def save(self) -> None:
         if self.path and self.dirty:
             write_bytes(self.path, orjson.dumps(self.entries))
@@ -137,6 +150,17 @@ def scan(root: Path, cache: HashCache | None = None) -> list[Entry]:
             cache.save()  # a scan cut short (a sensor tick's time limit) keeps its progress
     cache.save()
     return sorted(entries, key=lambda e: e.path)
+
+
+Opener = Callable[[], BinaryIO]
+
+
+def is_url(landing: Path | str) -> bool:
+    return str(landing).startswith("s3://")
+
+
+def open_source(source: Path | Opener) -> BinaryIO:
+    return open(source, "rb") if isinstance(source, Path) else source()
 
 
 @dataclass(frozen=True)
@@ -170,17 +194,19 @@ class Store:
     def manifest_path(self, key: str) -> Path:
         return self.version_dir(key) / "manifest.json"
 
-    def register(self, landing: Path, entries: list[Entry] | None = None) -> str:
+    def register(self, landing: Path | str, entries: list[Entry] | None = None) -> str:
         """Record the manifest of ``landing`` as a version; return the version key.
 
-        ``entries`` is a scan of ``landing`` the caller already made; without it, one is made.
+        ``entries`` is a scan of ``landing`` the caller already made (for an ``s3://`` landing,
+        ``ml_assets.data.landing`` makes it); without it, a local folder is scanned.
         """
-        entries = scan(landing, self.cache) if entries is None else entries
+        entries = scan(Path(landing), self.cache) if entries is None else entries
         if not entries:
             raise ValueError(f"landing folder {landing} holds no files")
         key = manifest_key(entries)
         if not self.manifest_path(key).exists():
-            doc = {"landing": str(Path(landing).resolve()), "files": [e.__dict__ for e in entries]}
+            where = landing if is_url(landing) else str(Path(landing).resolve())
+            doc = {"landing": where, "files": [e.__dict__ for e in entries]}
             write_bytes(self.manifest_path(key), orjson.dumps(doc, option=orjson.OPT_INDENT_2))
         return key
 
@@ -190,42 +216,63 @@ class Store:
             raise KeyError(f"dataset version {key} is not registered (no {path})")
         return [Entry(**e) for e in orjson.loads(path.read_bytes())["files"]]
 
-    def landing_of(self, key: str) -> Path:
-        return Path(orjson.loads(self.manifest_path(key).read_bytes())["landing"])
+    def landing_of(self, key: str) -> str:
+        """Where version ``key`` was registered from: a folder or an ``s3://`` URL."""
+        return orjson.loads(self.manifest_path(key).read_bytes())["landing"]
 
-    def put(self, source: Path, sha256: str) -> bool:
+    def add(self, source: Path | Opener, expected: str | None = None) -> tuple[str, bool]:
+        """Copy ``source`` (a file, or a function that opens a stream) into the store, hashing
+        it on the way; return (sha256, whether a new object was written). With ``expected``, a
+        different hash raises :class:`LandingChangedError` and stores nothing."""
+        objects = self.root / "objects"
+        objects.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256()
+        fd, tmp = tempfile.mkstemp(prefix=".put.", dir=objects)
+        try:
+            with open_source(source) as src, os.fdopen(fd, "wb") as dst:
+                while chunk := src.read(CHUNK):
+                    digest.update(chunk)
+                    dst.write(chunk)
+            sha = digest.hexdigest()
+            if expected is not None and sha != expected:
+                raise LandingChangedError(
+                    f"{source} changed after its version was registered "
+                    f"(sha256 {sha[:12]}, manifest says {expected[:12]})"
+                )
+            target = self.object_path(sha)
+            if target.exists():
+                return sha, False
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.chmod(tmp, 0o444)
+            os.replace(tmp, target)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        return sha, True
+
+    def put(self, source: Path | Opener, sha256: str) -> bool:
         """Copy ``source`` into the store unless its object exists; verify the hash on the way.
 
         Returns True when a new object was written.
         """
-        target = self.object_path(sha256)
-        if target.exists():
+        if self.object_path(sha256).exists():
             return False
-        target.parent.mkdir(parents=True, exist_ok=True)
-        digest = hashlib.sha256()
-        fd, tmp = tempfile.mkstemp(prefix=".put.", dir=target.parent)
-        try:
-            with open(source, "rb") as src, os.fdopen(fd, "wb") as dst:
-                while chunk := src.read(CHUNK):
-                    digest.update(chunk)
-                    dst.write(chunk)
-            if digest.hexdigest() != sha256:
-                raise LandingChangedError(
-                    f"{source} changed after its version was registered "
-                    f"(sha256 {digest.hexdigest()[:12]}, manifest says {sha256[:12]})"
-                )
-            os.chmod(tmp, 0o444)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return True
+        return self.add(source, sha256)[1]
 
-    def ingest(self, key: str, landing: Path | None = None) -> IngestStats:
-        """Store every file of version ``key`` and build its snapshot folder of links."""
-        landing = Path(landing) if landing else self.landing_of(key)
+    def ingest(self, key: str, landing: Path | str | None = None) -> IngestStats:
+        """Store every file of version ``key`` and build its snapshot folder of links.
+
+        Objects of an ``s3://`` landing were stored when the version was registered; one missing
+        from the store is downloaded again with the environment's AWS settings.
+        """
+        landing = str(landing) if landing else self.landing_of(key)
         entries = self.manifest(key)
-        new = sum(self.put(landing / e.path, e.sha256) for e in entries)
+        if is_url(landing):
+            from ml_assets.data.landing import S3Folder
+
+            folder = S3Folder.from_url(landing)
+            new = sum(self.put(folder.opener(e.path), e.sha256) for e in entries)
+        else:
+            new = sum(self.put(Path(landing) / e.path, e.sha256) for e in entries)
         files = self.files_dir(key)
         # Another run may build the same snapshot at the same time: either result is the same.
         with contextlib.suppress(FileExistsError), atomic_dir(files) as tmp:

@@ -1,13 +1,15 @@
 """Jobs, the landing sensor, the retraining schedule and the sensor that trains what is stale.
 
-New data: ``landing_sensor`` scans the landing folder (stat-only when nothing changed) and, once
-two scans agree, registers the new dataset version as a dynamic partition and runs
-``ingest_job`` for it. Training, evaluation and the report run when an upstream partition is new
+New data: ``landing_sensor`` lists the landing location (a folder or an S3 prefix; see
+``ml_assets.data.landing`` for which datasets it holds) and, once two listings of a dataset agree,
+registers its version as a dynamic partition and runs ``ingest_job`` for it. Training, evaluation and the report run when an upstream partition is new
 or updated and its blocking checks passed (``eager() & all_deps_blocking_checks_passed()``), so
 ``automation_sensor`` requests every fold of every model kind for a new version once its folds
 exist and pass their check, and each kind's report once its folds are evaluated. On schedule: ``weekly_retraining`` retrains
 every fold of the newest version whose ingest went through.
 """
+
+from functools import partial
 
 import dagster as dg
 
@@ -36,36 +38,38 @@ report_job = dg.define_asset_job(
     job=ingest_job,
     minimum_interval_seconds=30,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Registers what lands in the landing folder as a dataset version and ingests it, "
-    "once two scans 30 s apart agree (a copy in progress is not a version).",
+    description="Registers each dataset in the landing location (a folder or s3://bucket/prefix; "
+    "the root itself or one per top-level folder) as a dataset version and ingests it, once two "
+    "listings 30 s apart agree (a copy in progress is not a version).",
 )
 def landing_sensor(
     context: dg.SensorEvaluationContext, home: MLAssetsHome
 ) -> dg.SensorResult | dg.SkipReason:
-    from ml_assets.data.store import manifest_key, scan
+    import orjson
 
-    landing = home.landing_path
-    if not landing.is_dir():
-        return dg.SkipReason(f"landing folder {landing} does not exist")
-    entries = scan(landing, home.store.cache)
-    if not entries:
-        return dg.SkipReason(f"landing folder {landing} holds no visible files")
-    key = manifest_key(entries)
-    if context.instance.has_dynamic_partition(dataset_versions.name, key):
-        return dg.SensorResult(
-            skip_reason=f"no new data in {landing}: version {key} is already registered",
-            cursor=key,
-        )
-    if key != context.cursor:
-        return dg.SensorResult(
-            skip_reason=f"{landing} changed (now {key}): waiting one tick for it to settle",
-            cursor=key,
-        )
-    home.store.register(landing, entries)
+    from ml_assets.data.landing import check
+
+    landing = home.open_landing()
+    if not landing.exists():
+        return dg.SkipReason(f"landing folder {landing.url} does not exist")
+    cursor = orjson.loads(context.cursor) if context.cursor else {}
+    if not isinstance(cursor, dict):  # a cursor of the one-dataset sensor: look again
+        cursor = {}
+    known = partial(context.instance.has_dynamic_partition, dataset_versions.name)
+    tick = check(landing, home.store, cursor, known)
+    requests, keys = [], []
+    for drop, key in tick.registered:
+        if key not in keys:  # two folders with the same content are one version
+            keys.append(key)
+            tags = {"ml_assets/dataset": drop.label, "ml_assets/landing": drop.url}
+            requests.append(dg.RunRequest(partition_key=key, run_key=f"ingest-{key}", tags=tags))
+    seen = f"{landing.url}: " + "; ".join(tick.seen or ["nothing"])
+    context.log.info(seen)
     return dg.SensorResult(
-        run_requests=[dg.RunRequest(partition_key=key, run_key=f"ingest-{key}")],
-        dynamic_partitions_requests=[dataset_versions.build_add_request([key])],
-        cursor=key,
+        run_requests=requests,
+        dynamic_partitions_requests=[dataset_versions.build_add_request(keys)] if keys else [],
+        skip_reason=None if requests else seen,
+        cursor=orjson.dumps(tick.cursor).decode(),
     )
 
 

@@ -16,7 +16,20 @@ class MLAssetsHome(dg.ConfigurableResource):
         default="", description="Home folder; empty means $ML_ASSETS_HOME or .ml_assets"
     )
     landing: str = Field(
-        default="", description="Landing folder to watch; empty means <home>/landing"
+        default="",
+        description="Landing location to watch: a folder or s3://bucket/prefix; empty means "
+        "$ML_ASSETS_LANDING, else <home>/landing",
+    )
+    s3_endpoint_url: str = Field(
+        default="",
+        description="S3 API address (MinIO, moto...); empty means $AWS_ENDPOINT_URL, else AWS",
+    )
+    s3_region: str = Field(default="", description="S3 region; empty means $AWS_REGION")
+    aws_access_key_id: str = Field(
+        default="", description="S3 key id (use EnvVar); empty means the AWS environment"
+    )
+    aws_secret_access_key: str = Field(
+        default="", description="S3 secret (use EnvVar); empty means the AWS environment"
     )
 
     @property
@@ -24,8 +37,29 @@ class MLAssetsHome(dg.ConfigurableResource):
         return Path(self.root).resolve() if self.root else runtime.home()
 
     @property
-    def landing_path(self) -> Path:
-        return Path(self.landing).resolve() if self.landing else self.path / "landing"
+    def landing_location(self) -> str:
+        """The landing setting, else $ML_ASSETS_LANDING, else <home>/landing."""
+        from ml_assets.data.landing import landing_location
+
+        return landing_location(self.landing, self.path)
+
+    def open_landing(self):
+        """The landing location, listed and read through ``ml_assets.data.landing``; an S3 one
+        through dagster-aws's S3Resource built from the settings above (empty: environment)."""
+        from ml_assets.data.landing import open_landing
+
+        return open_landing(self.landing_location, self.s3_client)
+
+    def s3_client(self):
+        from dagster_aws.s3 import S3Resource
+
+        settings = {
+            "endpoint_url": self.s3_endpoint_url,
+            "region_name": self.s3_region,
+            "aws_access_key_id": self.aws_access_key_id,
+            "aws_secret_access_key": self.aws_secret_access_key,
+        }
+        return S3Resource(**{k: v for k, v in settings.items() if v}).get_client()
 
     @property
     def store(self) -> Store:

@@ -1,0 +1,345 @@
+"""The landing location: a local folder or an ``s3://bucket/prefix``, listed the same way.
+
+Which datasets it holds (one rule for both):
+
+- The landing root **is one dataset** when it looks like an export: it has an annotation file at
+  its top (``annotations.json``, ``data.yaml``, ``result.json``, ``classes.txt``, ``obj.data``...),
+  a top-level folder named like a part or split of an export (``images``, ``labels``,
+  ``annotations``, ``Annotations``, ``JPEGImages``, ``train``, ``val``...), or no folder at all.
+  This is how the demo and older setups drop data straight into the landing root.
+- Otherwise **every visible top-level folder is a dataset of its own**, named after the folder
+  (what ``ml-assets ingest PATH --name NAME`` writes). Stray files beside them are ignored and
+  named in the sensor's skip reason. An image-folder (classification) set therefore lands in a
+  folder of its own: dropped into the root, its class folders would read as datasets.
+
+Hidden names (a leading dot) are never part of a dataset: ``ingest`` writes beside the target
+under a hidden name and renames it (locally), or marks the dataset as being written with a hidden
+``.ml-assets-writing`` object until its upload ends (on S3, which cannot rename a folder).
+
+A listing is a list of :class:`Item` (relative path, size, stamp): the stamp is the stat data of
+a local file, or the ETag of an S3 object. Two equal listings in a row mean a dataset settled;
+only then is its manifest made (local files hashed through the store's hash cache; S3 objects
+downloaded, hashed and stored in one pass, each (URL, size, ETag) once).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ml_assets.data.store import Entry, HashCache, Store, is_url, scan, walk
+
+LANDING_ENV = "ML_ASSETS_LANDING"
+WRITING = ".ml-assets-writing"
+ANNOTATION_FILES = frozenset(
+    {"annotations.json", "result.json", "data.yaml", "data.yml", "classes.txt", "obj.data"}
+)
+EXPORT_FOLDERS = frozenset(
+    {"images", "labels", "annotations", "Annotations", "JPEGImages", "ImageSets"}
+    | {"train", "training", "val", "valid", "validation", "test", "testing"}
+)
+
+
+@dataclass(frozen=True)
+class Item:
+    path: str  # relative to the dataset folder, POSIX
+    size: int
+    stamp: Any  # what changes with the content: local (mtime_ns, ctime_ns, inode), S3 ETag
+
+
+@dataclass
+class Drop:
+    """One dataset in the landing location, as one listing saw it."""
+
+    name: str  # the top-level folder; "" when the landing root is the dataset
+    url: str  # its folder or s3:// URL
+    items: list[Item] = field(default_factory=list)
+    writing: bool = False  # `ml-assets ingest` is uploading it (S3)
+
+    @property
+    def label(self) -> str:
+        return self.name or "the landing root"
+
+    def fingerprint(self) -> str:
+        """A short hash of the listing: equal on two ticks means the dataset settled."""
+        lines = sorted(f"{i.path}\t{i.size}\t{i.stamp}" for i in self.items)
+        return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Listing:
+    drops: list[Drop]
+    ignored: list[str]  # top-level files beside dataset folders
+
+
+def is_single(files: set[str], folders: set[str]) -> bool:
+    """The module's rule: is the landing root itself one dataset?"""
+    return (
+        not folders
+        or bool(files & ANNOTATION_FILES)
+        or any(f in EXPORT_FOLDERS or f.startswith("obj_") for f in folders)
+    )
+
+
+def split(url: str, items: list[Item], writing: set[str]) -> Listing:
+    """Group a listing of the landing root into its datasets by the module's rule."""
+    top = {i.path.split("/", 1)[0]: "/" in i.path for i in items}
+    folders = {name for name, nested in top.items() if nested}
+    files = set(top) - folders
+    if is_single(files, folders):
+        return Listing([Drop("", url, items, "" in writing)], [])
+    groups: dict[str, list[Item]] = {name: [] for name in sorted(folders)}
+    for i in items:
+        name, _, rest = i.path.partition("/")
+        if rest:
+            groups[name].append(Item(rest, i.size, i.stamp))
+    drops = [Drop(n, f"{url.rstrip('/')}/{n}", g, n in writing) for n, g in groups.items()]
+    return Listing(drops, sorted(files))
+
+
+class LocalFolder:
+    """A landing folder on a local (or mounted) file system."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root).resolve()
+        self.url = str(self.root)
+
+    def exists(self) -> bool:
+        return self.root.is_dir()
+
+    def listing(self) -> Listing:
+        items = []
+        for path, entry in walk(self.root):
+            st = entry.stat()
+            items.append(Item(path, st.st_size, (st.st_mtime_ns, st.st_ctime_ns, st.st_ino)))
+        return split(self.url, items, set())
+
+    def manifest(self, drop: Drop, store: Store, cache: HashCache) -> list[Entry]:
+        return scan(Path(drop.url), cache)
+
+    def has(self, name: str) -> bool:
+        return (self.root / name).exists()
+
+    def write(self, src: Path, name: str, replace: bool) -> None:
+        """Copy the folder ``src`` to ``<root>/<name>`` under a hidden name, then rename it."""
+        from ml_assets.data.atomic import atomic_dir
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        with atomic_dir(self.root / name, overwrite=replace) as tmp:
+            shutil.copytree(src, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".*"))
+
+
+class S3Opener:
+    """Opens one S3 object for reading; its text is the object's URL (never a credential)."""
+
+    def __init__(self, folder: S3Folder, path: str):
+        self.folder, self.path = folder, path
+
+    def __call__(self):
+        with s3_errors(f"reading {self}"):
+            obj = self.folder.client.get_object(
+                Bucket=self.folder.bucket, Key=self.folder.key(self.path)
+            )
+        return contextlib.closing(obj["Body"])
+
+    def __str__(self) -> str:
+        return f"s3://{self.folder.bucket}/{self.folder.key(self.path)}"
+
+
+class S3Folder:
+    """A landing prefix in an S3 bucket (AWS, MinIO, any S3 API), read through a boto3 client."""
+
+    def __init__(self, bucket: str, prefix: str, client_factory: Callable[[], Any]):
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self._factory = client_factory
+        self._client = None
+        self.url = f"s3://{bucket}/{self.prefix}".rstrip("/")
+
+    @classmethod
+    def from_url(cls, url: str, client_factory: Callable[[], Any] | None = None) -> S3Folder:
+        """``s3://bucket/prefix``; without a factory the client comes from the environment
+        (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``... as boto3 reads them)."""
+        if not is_url(url):
+            raise ValueError(f"{url} is not an s3://bucket/prefix URL")
+        bucket, _, prefix = url[len("s3://") :].partition("/")
+        if not bucket:
+            raise ValueError(f"{url} names no bucket: write s3://bucket/prefix")
+        return cls(bucket, prefix, client_factory or default_client)
+
+    @property
+    def client(self):
+        if self._client is None:
+            self._client = self._factory()
+        return self._client
+
+    def key(self, path: str) -> str:
+        return f"{self.prefix}/{path}" if self.prefix else path
+
+    def objects(self, under: str = "") -> Iterator[dict]:
+        """Every object below the prefix (or below ``under`` inside it), page by page."""
+        start = self.key(under).rstrip("/") + "/" if (self.prefix or under) else ""
+        with s3_errors(f"listing s3://{self.bucket}/{start}"):
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=start
+            )
+            for page in pages:
+                yield from page.get("Contents", ())
+
+    def exists(self) -> bool:
+        return True  # a prefix exists as soon as an object is written under it
+
+    def listing(self) -> Listing:
+        start = len(self.key("")) if self.prefix else 0
+        items, writing = [], set()
+        for obj in self.objects():
+            path = obj["Key"][start:].lstrip("/")
+            parts = path.split("/")
+            if parts[-1] == WRITING:
+                writing.add("/".join(parts[:-1]))
+            if any(p.startswith(".") for p in parts) or not parts[-1]:
+                continue
+            items.append(Item(path, obj["Size"], obj["ETag"].strip('"')))
+        return split(self.url, items, writing)
+
+    def manifest(self, drop: Drop, store: Store, cache: HashCache) -> list[Entry]:
+        """Hash every object of ``drop``; one not seen before (URL, size, ETag) is downloaded
+        into the store on the way, so registering copies only what is new."""
+        folder = S3Folder.from_url(drop.url, lambda: self.client)
+        entries = []
+        for item in drop.items:
+            url, stamp = f"{drop.url}/{item.path}", [item.size, item.stamp]
+            sha = cache.get(url, stamp)
+            if sha is None or not store.object_path(sha).exists():
+                sha, _ = store.add(folder.opener(item.path))
+                cache.remember(url, stamp, sha)
+            entries.append(Entry(item.path, sha, item.size))
+        cache.save()
+        return sorted(entries, key=lambda e: e.path)
+
+    def opener(self, path: str) -> S3Opener:
+        return S3Opener(self, path)
+
+    def has(self, name: str) -> bool:
+        return next(iter(self.objects(name)), None) is not None
+
+    def write(self, src: Path, name: str, replace: bool) -> None:
+        """Upload the folder ``src`` to ``<prefix>/<name>/``: a hidden marker object says it is
+        being written (the sensor waits), stale objects of a replaced dataset go, then the
+        marker. S3 cannot rename a folder, so this marker is the "write aside"."""
+        marker = self.key(f"{name}/{WRITING}")
+        target = f"{self.url}/{name}"
+        stale = [obj["Key"] for obj in self.objects(name)] if replace else []
+        with s3_errors(f"writing {target}"):
+            self.client.put_object(Bucket=self.bucket, Key=marker, Body=b"")
+            wanted = set()
+            for rel, entry in walk(src):
+                key = self.key(f"{name}/{rel}")
+                wanted.add(key)
+                with open(entry.path, "rb") as body:
+                    self.client.put_object(Bucket=self.bucket, Key=key, Body=body)
+            for key in stale:
+                if key not in wanted and key != marker:
+                    self.client.delete_object(Bucket=self.bucket, Key=key)
+            self.client.delete_object(Bucket=self.bucket, Key=marker)
+
+
+Landing = LocalFolder | S3Folder
+
+
+def landing_location(setting: str, home: Path) -> str:
+    """``setting``, else ``$ML_ASSETS_LANDING``, else ``<home>/landing``; a folder resolved."""
+    location = setting or os.environ.get(LANDING_ENV, "") or str(Path(home) / "landing")
+    return location if is_url(location) else str(Path(location).expanduser().resolve())
+
+
+def open_landing(location: str | Path, client_factory: Callable[[], Any] | None = None) -> Landing:
+    """The landing location ``location``: an ``s3://bucket/prefix`` URL or a folder."""
+    if is_url(location):
+        return S3Folder.from_url(str(location), client_factory)
+    return LocalFolder(Path(location))
+
+
+@dataclass
+class Tick:
+    """What one look at the landing location found: versions registered now (dataset, key),
+    one line per dataset saying what was seen, and the cursor for the next look."""
+
+    registered: list[tuple[Drop, str]]
+    seen: list[str]
+    cursor: dict[str, list]
+
+
+def check(
+    landing: Landing, store: Store, cursor: dict[str, list], known: Callable[[str], bool]
+) -> Tick:
+    """List ``landing`` once and register every dataset whose listing equals the last one's.
+
+    ``cursor`` maps a dataset name to [listing fingerprint, version key or None] as the last
+    look left it; ``known(key)`` says whether a version is registered already. An unchanged,
+    known dataset costs its listing only: nothing is hashed or read.
+    """
+    listing = landing.listing()
+    new_cursor, registered, seen = {}, [], []
+    cache = None
+    for drop in listing.drops:
+        if not drop.items:
+            seen.append(f"{drop.label}: no visible files")
+            continue
+        fingerprint = drop.fingerprint()
+        last = cursor.get(drop.name)
+        size = f"{len(drop.items)} files"
+        if drop.writing:
+            seen.append(f"{drop.label}: {size}, still being written by ml-assets ingest")
+            continue
+        if last and last[0] == fingerprint and last[1] and known(last[1]):
+            new_cursor[drop.name] = last
+            seen.append(f"{drop.label}: {size}, unchanged: version {last[1]} is registered")
+            continue
+        if not last or last[0] != fingerprint:
+            new_cursor[drop.name] = [fingerprint, None]
+            seen.append(f"{drop.label}: {size}, changed: waiting one tick for it to settle")
+            continue
+        cache = cache or store.cache
+        entries = landing.manifest(drop, store, cache)
+        key = store.register(drop.url, entries)
+        new_cursor[drop.name] = [fingerprint, key]
+        if known(key):
+            seen.append(f"{drop.label}: {size}, version {key} is registered already")
+        else:
+            registered.append((drop, key))
+            seen.append(f"{drop.label}: {size}, settled: new version {key}")
+    if listing.ignored:
+        seen.append(f"ignored files beside the dataset folders: {', '.join(listing.ignored)}")
+    return Tick(registered, seen, new_cursor)
+
+
+def default_client():
+    """An S3 client configured by the environment, built the way dagster-aws builds its own."""
+    from dagster_aws.s3.utils import construct_s3_client
+
+    return construct_s3_client(max_attempts=5)
+
+
+@contextlib.contextmanager
+def s3_errors(what: str) -> Iterator[None]:
+    """An S3 or connection error inside the block becomes an ``OSError`` saying ``what`` failed
+    with the server's error code and message, and nothing else: no request details, so no
+    credential can reach a log line or an error message through it."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        yield
+    except ClientError as err:
+        error = err.response.get("Error", {})
+        raise OSError(
+            f"S3 {what} failed: {error.get('Code', '?')} {error.get('Message', '')}".rstrip()
+        ) from None
+    except BotoCoreError as err:
+        raise OSError(f"S3 {what} failed: {type(err).__name__}: {err}") from None
