@@ -132,7 +132,7 @@ class MLflowTracking(dg.ConfigurableResource):
 
     mlflow_tracking_uri: str = Field(
         default="",
-        description="A tracking server's URI; empty means $MLFLOW_TRACKING_URI when set, else a "
+        description="A tracking server's URI; empty means $ML_ASSETS_MLFLOW_URI when set, else a "
         "sqlite store with an artifact folder in <home>/mlflow",
     )
     enabled: bool = Field(default=True, description="Track training runs in MLflow")
@@ -144,5 +144,7 @@ class MLflowTracking(dg.ConfigurableResource):
 
         if not self.enabled:
             return None
-        uri = self.mlflow_tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+        # Not $MLFLOW_TRACKING_URI: mlflow.set_tracking_uri() writes that variable itself, so
+        # it would carry one home's store into the next run of the same process.
+        uri = self.mlflow_tracking_uri or os.environ.get("ML_ASSETS_MLFLOW_URI", "")
         return Tracking(uri) if uri else Tracking.local(local_folder)

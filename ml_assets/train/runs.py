@@ -100,13 +100,13 @@ def train_fold(
         log(f"{kind.name}: found an interrupted run of the same configuration in {run_dir}")
     started = time.perf_counter()
     lineage = {
+        **(tags or {}),
         "kind": kind.name,
         "version": version,
         "fold": fold,
         "folds_digest": folds_digest,
         "config": config.model_dump(),
         "device": str(device),
-        **(tags or {}),
     }
     run_tags = {k: str(v) for k, v in (tags or {}).items()} | {"kind": kind.name}
     with _tracked(tracking, kind.name, f"{version}-fold{fold}", run_tags) as run:
