@@ -70,6 +70,25 @@ def register(landing: Path) -> None:
 
 
 @main.command()
+@click.argument("path", type=existing_dir)
+@click.option("--name", default=None, help="Dataset name in the landing location [PATH's name].")
+@click.option("--replace", is_flag=True, help="Replace a dataset of the same name.")
+@click.option(
+    "--landing",
+    default="",
+    help="Landing folder or s3://bucket/prefix [$ML_ASSETS_LANDING, else <home>/landing].",
+)
+def ingest(path: Path, name: str | None, replace: bool, landing: str) -> None:
+    """Copy the dataset folder PATH into the landing location as NAME/, all at once."""
+    from ml_assets import runtime
+    from ml_assets.data.landing import add_dataset, landing_location, open_landing
+
+    where = open_landing(landing_location(landing, runtime.home()))
+    target = add_dataset(path, where, name, replace)
+    click.echo(f"copied {path} to {target}: the landing sensor registers it once it settles")
+
+
+@main.command()
 @click.option(
     "--images", default=600, show_default=True, help="Sample images, if landing is empty."
 )

@@ -253,6 +253,27 @@ class S3Folder:
 Landing = LocalFolder | S3Folder
 
 
+def add_dataset(src: Path, landing: Landing, name: str | None = None, replace: bool = False) -> str:
+    """Copy the dataset folder ``src`` into ``landing`` as ``name`` (default: the folder's name)
+    so that the sensor never sees it half-written; return its location. An existing ``name`` is
+    refused unless ``replace``."""
+    src = Path(src).resolve()
+    if not src.is_dir():
+        raise FileNotFoundError(f"{src} is not a folder")
+    name = name if name is not None else src.name
+    if not name or "/" in name or "\\" in name or name.startswith(".") or name in ("..",):
+        raise ValueError(f"dataset name {name!r}: use a plain folder name (no '/', no leading '.')")
+    if isinstance(landing, LocalFolder) and landing.root.is_relative_to(src):
+        raise ValueError(f"{src} holds the landing folder {landing.root}: copy a dataset folder")
+    if next(walk(src), None) is None:
+        raise ValueError(f"{src} holds no visible files")
+    target = f"{landing.url.rstrip('/')}/{name}"
+    if not replace and landing.has(name):
+        raise FileExistsError(f"{target} already exists: pass --replace to replace it")
+    landing.write(src, name, replace)
+    return target
+
+
 def landing_location(setting: str, home: Path) -> str:
     """``setting``, else ``$ML_ASSETS_LANDING``, else ``<home>/landing``; a folder resolved."""
     location = setting or os.environ.get(LANDING_ENV, "") or str(Path(home) / "landing")
