@@ -5,10 +5,12 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export ML_ASSETS_HOME ?= $(CURDIR)/.ml_assets
 export DAGSTER_HOME ?= $(ML_ASSETS_HOME)/dagster
-# make demo IMAGES=3000 FOLDS=5 EPOCHS=20 runs it bigger
+# make demo IMAGES=3000 FOLDS=5 EPOCHS=20 MODELS=classifier runs it bigger or narrower;
+# EPOCHS empty: each model kind's own demo setting.
 IMAGES ?= 600
 FOLDS ?= 3
-EPOCHS ?= 12
+EPOCHS ?=
+MODELS ?= classifier,yolo
 # k of the fold partitions, read when the code location loads: demo and ui must agree.
 export ML_ASSETS_FOLDS := $(FOLDS)
 
@@ -33,7 +35,8 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 	cp dagster.yaml $@
 
 demo: setup
-	$(VENV)/bin/ml-assets demo --images $(IMAGES) --folds $(FOLDS) --epochs $(EPOCHS)
+	$(VENV)/bin/ml-assets demo --images $(IMAGES) --folds $(FOLDS) --models $(MODELS) \
+	  $(if $(EPOCHS),--epochs $(EPOCHS))
 
 ui: setup
 	$(VENV)/bin/dagster dev -w workspace.yaml
