@@ -20,11 +20,14 @@ CLASSIFIER = build_pipeline(IMAGE_CLASSIFIER)
 
 
 def write_evaluations(
-    home: MLAssetsHome, predictions: list[tuple[list[int], list[int]]], stale: bool = False
+    home: MLAssetsHome,
+    predictions: list[tuple[list[int], list[int]]],
+    stale: bool = False,
+    version: str = VERSION,
 ):
     folds = pd.DataFrame({"image_id": range(len(predictions)), "fold": range(len(predictions))})
     data = folds.to_parquet(index=False)
-    write_bytes(home.folds_path(VERSION), data)
+    write_bytes(home.folds_path(version), data)
     digest = hashlib.sha256(data).hexdigest()[:12]
     for fold, (truth, guess) in enumerate(predictions):
         m = classification_metrics(np.array(truth), np.array(guess), ["a", "b"])
@@ -32,17 +35,18 @@ def write_evaluations(
             "fold": fold,
             "metrics": {k: m[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "samples")},
             "extra": {"classes": ["a", "b"], "confusion": m["confusion"].tolist()},
+            "per_class": m["per_class"].reset_index().to_dict("records"),
             "folds_digest": "0" * 12 if stale and fold == 1 else digest,
         }
-        path = home.evaluation_dir("image_classifier", VERSION, fold) / "metrics.json"
+        path = home.evaluation_dir("image_classifier", version, fold) / "metrics.json"
         write_bytes(path, orjson.dumps(record))
 
 
-def report(home: MLAssetsHome, instance):
-    instance.add_dynamic_partitions(dataset_versions.name, [VERSION])
+def report(home: MLAssetsHome, instance, version: str = VERSION):
+    instance.add_dynamic_partitions(dataset_versions.name, [version])
     return dg.materialize(
         [CLASSIFIER.assets[2], CLASSIFIER.checks[2]],
-        partition_key=VERSION,
+        partition_key=version,
         resources={"home": home},
         instance=instance,
         raise_on_error=False,
@@ -95,3 +99,34 @@ def test_the_report_refuses_folds_from_another_assignment(tmp_path):
         assert not result.success
         failure = result.failure_data_for_node("classifier_report")
         assert "fold 1 was evaluated on another fold assignment" in failure.error.cause.message
+
+
+def test_a_report_shows_classes_and_what_changed_since_the_previous_version(tmp_path):
+    home = MLAssetsHome(root=str(tmp_path))
+    newer = "fedcba654321"
+    # Version 1 gets class b wrong half the time; version 2 gets it right.
+    write_evaluations(home, [([0, 0, 1, 1], [0, 0, 1, 0]), ([0, 0, 1, 1], [0, 0, 0, 1])])
+    write_evaluations(
+        home, [([0, 0, 1, 1], [0, 0, 1, 1]), ([0, 0, 1, 1], [0, 0, 1, 1])], version=newer
+    )
+    with dg.instance_for_test() as instance:
+        first = report(home, instance)
+        assert (
+            "previous_version"
+            not in first.asset_materializations_for_node("classifier_report")[0].metadata
+        )
+        second = report(home, instance, newer)
+        metadata = second.asset_materializations_for_node("classifier_report")[0].metadata
+        assert metadata["previous_version"].value == VERSION
+        assert metadata["change_macro_f1"].value > 0
+        assert metadata["better_classes"].value == "a, b"
+        assert metadata["worse_classes"].value == "none"
+        assert "| b " in metadata["per_class"].value
+    folder = home.report_dir("image_classifier", newer)
+    saved = orjson.loads((folder / "report.json").read_bytes())
+    assert saved["change"]["previous_version"] == VERSION
+    assert {row["class"] for row in saved["per_class"]} == {"a", "b"}
+    html = (folder / "report.html").read_text()
+    assert html.startswith("<!doctype html>") and "<table>" in html
+    assert '<img src="data:image/png;base64,' in html and "Since version" in html
+    assert "![confusion_matrix](confusion_matrix.png)" in (folder / "report.md").read_text()

@@ -253,7 +253,9 @@ def build_pipeline(kind: ModelKind) -> KindPipeline:
     def report(context: dg.AssetExecutionContext, home: MLAssetsHome) -> dg.MaterializeResult:
         from ml_assets.evaluate.plots import confusion_png
         from ml_assets.evaluate.report import (
+            per_class_means,
             per_fold_table,
+            previous_report,
             read_fold_records,
             summarize,
             summed_confusion,
@@ -265,24 +267,36 @@ def build_pipeline(kind: ModelKind) -> KindPipeline:
         keys = [int(k) for k in fold_partitions.get_partition_keys()]
         folders = {f: home.evaluation_dir(kind.name, version, f) for f in keys}
         records = read_fold_records(folders, folds_digest)
-        summary = summarize(kind, version, records)
+        versions = context.instance.get_dynamic_partitions(dataset_versions.name)
+        earlier = versions[: versions.index(version)] if version in versions else []
+        previous = previous_report([home.report_dir(kind.name, v) for v in earlier])
+        summary = summarize(kind, version, records, previous)
         plots = {}
         confusion = summed_confusion(records)
         if confusion is not None:
             names = records[0]["extra"]["classes"]
             plots["confusion_matrix"] = confusion_png(confusion, names, f"{version}: all folds")
         out = write_report(home.report_dir(kind.name, version), summary, plots)
-        return dg.MaterializeResult(
-            metadata={
-                **{f"mean_{k}": round(v, 4) for k, v in summary["mean"].items()},
-                **{f"std_{k}": round(v, 4) for k, v in summary["std"].items()},
-                "baseline": round(summary["baseline"], 4),
-                "folds": len(records),
-                "per_fold": md_frame(per_fold_table(records)),
-                **md_plots(plots),
-                "path": dg.MetadataValue.path(str(out)),
-            }
-        )
+        metadata = {
+            **{f"mean_{k}": round(v, 4) for k, v in summary["mean"].items()},
+            **{f"std_{k}": round(v, 4) for k, v in summary["std"].items()},
+            "baseline": round(summary["baseline"], 4),
+            "folds": len(records),
+            "per_fold": md_frame(per_fold_table(records)),
+            "per_class": md_frame(per_class_means(records)),
+            **md_plots(plots),
+            "report": dg.MetadataValue.path(str(out / "report.html")),
+            "path": dg.MetadataValue.path(str(out)),
+        }
+        change = summary.get("change")
+        if change:
+            metadata["previous_version"] = change["previous_version"]
+            metadata[f"change_{kind.primary_metric}"] = round(
+                change["metrics"].get(kind.primary_metric, 0.0), 4
+            )
+            metadata["better_classes"] = ", ".join(change["better_classes"]) or "none"
+            metadata["worse_classes"] = ", ".join(change["worse_classes"]) or "none"
+        return dg.MaterializeResult(metadata=metadata)
 
     @dg.asset_check(
         asset=report,

@@ -79,15 +79,34 @@ def read_fold_records(folders: dict[int, Path], folds_digest: str) -> list[dict]
     return records
 
 
+# Per-class numbers that sum a class up, best first: F1 for classifiers, AP for detectors.
+CLASS_METRICS = ("f1", "AP", "ap50_95", "iou")
+
+
 def per_fold_table(records: list[dict]) -> pd.DataFrame:
     return pd.DataFrame([r["metrics"] for r in records], index=[r["fold"] for r in records])
 
 
-def summarize(kind: ModelKind, version: str, records: list[dict]) -> dict:
-    """Mean and standard deviation (ddof=1, 0 for one fold) of every metric across folds."""
+def per_class_means(records: list[dict]) -> pd.DataFrame:
+    """Each class's numbers averaged over the folds (index: class name)."""
+    rows = [row for r in records for row in r.get("per_class", [])]
+    if not rows:
+        return pd.DataFrame()
+    frame = pd.DataFrame(rows)
+    name = frame.columns[0]  # the index column the per-fold table was written with
+    return frame.groupby(name, sort=False).mean(numeric_only=True)
+
+
+def summarize(
+    kind: ModelKind, version: str, records: list[dict], previous: dict | None = None
+) -> dict:
+    """Mean and standard deviation (ddof=1, 0 for one fold) of every metric across folds, each
+    class's means, and the change against ``previous`` (the report of the dataset version before
+    this one) when there is one."""
     table = per_fold_table(records)
     stats = table.agg(["mean", "std"]).T.fillna({"std": 0.0})
-    return {
+    classes = per_class_means(records)
+    report = {
         "kind": kind.name,
         "version": version,
         "primary_metric": kind.primary_metric,
@@ -95,6 +114,43 @@ def summarize(kind: ModelKind, version: str, records: list[dict]) -> dict:
         "folds": records,
         "mean": {k: float(v) for k, v in stats["mean"].items()},
         "std": {k: float(v) for k, v in stats["std"].items()},
+        "per_class": classes.reset_index().to_dict("records"),
+    }
+    if previous is not None:
+        report["change"] = compare(report, previous)
+    return report
+
+
+def compare(current: dict, previous: dict, noise: float = 0.01) -> dict:
+    """What changed since ``previous``: every mean metric's difference, and which classes got
+    better or worse (by more than ``noise``) on the per-class number that sums a class up best
+    (:data:`CLASS_METRICS`, else the first one both reports have)."""
+    metrics = {
+        k: current["mean"][k] - previous["mean"][k]
+        for k in current["mean"]
+        if k in previous.get("mean", {})
+    }
+    now = pd.DataFrame(current.get("per_class", []))
+    before = pd.DataFrame(previous.get("per_class", []))
+    better, worse, column = [], [], None
+    if len(now) and len(before):
+        key = now.columns[0]
+        shared = [c for c in now.columns[1:] if c in before.columns]
+        preferred = [c for c in CLASS_METRICS if c in shared] + shared
+        if preferred:
+            column = preferred[0]
+            joined = now.set_index(key)[[column]].join(
+                before.set_index(key)[[column]], rsuffix="_before", how="inner"
+            )
+            delta = joined[column] - joined[f"{column}_before"]
+            better = sorted(delta[delta > noise].index.tolist())
+            worse = sorted(delta[delta < -noise].index.tolist())
+    return {
+        "previous_version": previous.get("version"),
+        "metrics": metrics,
+        "class_metric": column,
+        "better_classes": better,
+        "worse_classes": worse,
     }
 
 
@@ -105,23 +161,77 @@ def summed_confusion(records: list[dict]) -> np.ndarray | None:
     return np.sum([np.asarray(r["extra"]["confusion"]) for r in records], axis=0)
 
 
-def write_report(folder: Path, report: dict, plots: dict[str, bytes]) -> Path:
-    """``report.json``, ``report.md`` and the plots, as one folder written atomically."""
+def report_markdown(report: dict, images: str = "") -> str:
+    """The report as Markdown: folds, mean and std, classes, the change since the last version."""
     table = per_fold_table(report["folds"]).round(4)
     table.index = [f"fold {i}" for i in table.index]
     stats = pd.DataFrame({"mean": report["mean"], "std": report["std"]}).round(4)
-    images = "".join(f"\n![{name}]({name}.png)\n" for name in plots)
+    parts = [
+        f"# {report['kind']} report, version {report['version']}",
+        f"Primary metric {report['primary_metric']}: mean "
+        f"{report['mean'][report['primary_metric']]:.4f}, baseline {report['baseline']:.4f}",
+        "## Folds\n\n" + table.to_markdown(),
+        "## Across folds\n\n" + stats.to_markdown(),
+    ]
+    if report.get("per_class"):
+        classes = pd.DataFrame(report["per_class"]).set_index(
+            pd.DataFrame(report["per_class"]).columns[0]
+        )
+        parts.append("## Per class (mean over folds)\n\n" + classes.round(4).to_markdown())
+    change = report.get("change")
+    if change:
+        deltas = pd.Series(change["metrics"], name="change").round(4).to_frame()
+        parts.append(
+            f"## Since version {change['previous_version']}\n\n{deltas.to_markdown()}\n\n"
+            f"Better ({change['class_metric']}): {', '.join(change['better_classes']) or 'none'}"
+            f"\n\nWorse ({change['class_metric']}): {', '.join(change['worse_classes']) or 'none'}"
+        )
+    if images:
+        parts.append(images)
+    return "\n\n".join(parts) + "\n"
+
+
+def write_report(folder: Path, report: dict, plots: dict[str, bytes]) -> Path:
+    """``report.json``, ``report.md``, a standalone ``report.html`` (plots embedded) and the
+    plots as PNG files, as one folder written atomically."""
+    import markdown_it
+
+    from ml_assets.evaluate.plots import markdown_image
+
+    files = "".join(f"\n![{name}]({name}.png)\n" for name in plots)
+    embedded = "".join(f"\n{markdown_image(png, name)}\n" for name, png in plots.items())
+    body = (
+        markdown_it.MarkdownIt("commonmark")
+        .enable("table")
+        .render(report_markdown(report, embedded))
+    )
+    title = f"{report['kind']} report, version {report['version']}"
+    html = (
+        f"<!doctype html>\n<html><head><meta charset='utf-8'><title>{title}</title><style>"
+        "body{font-family:sans-serif;max-width:60em;margin:2em auto}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px;"
+        "text-align:right}img{max-width:100%}</style></head><body>\n"
+        f"{body}</body></html>\n"
+    )
     with atomic_dir(folder, overwrite=True) as tmp:
         for name, png in plots.items():
             (tmp / f"{name}.png").write_bytes(png)
-        (tmp / "report.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
-        (tmp / "report.md").write_text(
-            f"# {report['kind']} report, version {report['version']}\n\n"
-            f"{table.to_markdown()}\n\n{stats.to_markdown()}\n\n"
-            f"Primary metric {report['primary_metric']}: baseline {report['baseline']:.4f}\n"
-            f"{images}"
+        (tmp / "report.json").write_bytes(
+            orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
         )
+        (tmp / "report.md").write_text(report_markdown(report, files))
+        (tmp / "report.html").write_text(html)
     return Path(folder)
+
+
+def previous_report(folders: list[Path]) -> dict | None:
+    """The newest existing report among ``folders`` (report folders of earlier versions, oldest
+    first), or None."""
+    for folder in reversed(folders):
+        path = Path(folder) / "report.json"
+        if path.exists():
+            return orjson.loads(path.read_bytes())
+    return None
 
 
 def promotion_decision(report: dict, floor: float) -> tuple[bool, dict[str, float]]:
