@@ -28,7 +28,7 @@ def test_a_roboflow_export_dropped_as_it_is_becomes_tables(tmp_path, layout, fmt
     before = tree_hash(landing)
     home = MLAssetsHome(root=str(tmp_path / "home"), landing=str(landing))
     with dg.instance_for_test() as instance:
-        key = home.store.register(home.landing_path)
+        key = home.store.register(landing)
         instance.add_dynamic_partitions(dataset_versions.name, [key])
         result = dg.materialize(
             ASSETS, partition_key=key, resources={"home": home}, instance=instance

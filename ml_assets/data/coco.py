@@ -1,18 +1,37 @@
 """COCO instances JSON to and from the canonical tables.
 
-Layouts (``ROOT`` is the folder handed to the reader; it becomes ``Dataset.root``):
+Layouts (``ROOT`` is the folder handed to the reader; it becomes ``Dataset.root``), tried in
+this order, the first that matches wins (``coco_layout``):
 
-- ``ROOT/annotations.json`` with images under ``ROOT/images/``. COCO ``file_name`` is relative to
-  ``ROOT/images`` (the COCO convention: relative to the image folder), so the canonical
-  ``file_name`` is ``images/<COCO file_name>``. This is what we write for a dataset with at most
-  one split.
-- ``ROOT/annotations/instances_<split>.json`` (every such file is read; the images get that
-  ``split``) with images under the first of ``ROOT/images/<split>/``, ``ROOT/<split>/`` or
-  ``ROOT/images/`` that exists. This is what we write for a dataset with several splits, using
-  ``images/<split>/``; it is also the layout of the COCO releases and of ultralytics' COCO copy.
+- ``coco``: ``ROOT/annotations.json`` with images under ``ROOT/images/``. COCO ``file_name`` is
+  relative to ``ROOT/images`` (the COCO convention: relative to the image folder), so the
+  canonical ``file_name`` is ``images/<COCO file_name>``. This is what we write for a dataset
+  with at most one split.
+- ``coco-splits``: ``ROOT/annotations/instances_<split>.json`` (every such file is read; the
+  images get that ``split``) with images under the first of ``ROOT/images/<split>/``,
+  ``ROOT/<split>/`` or ``ROOT/images/`` that exists. This is what we write for a dataset with
+  several splits, using ``images/<split>/``; it is also the layout of the COCO releases and of
+  ultralytics' COCO copy. ``cvat-coco`` is the same with one file, ``instances_default.json``
+  (CVAT's "COCO 1.0", images in ``images/default/`` or ``images/``).
+- ``roboflow-coco``: ``ROOT/<split>/_annotations.coco.json`` with the images beside it. Roboflow
+  adds a placeholder category named after the project (every real category names it as its
+  supercategory); when no annotation uses it, it is dropped
+  (``Dataset.attrs["placeholder_categories"]`` names it).
+- ``label-studio-coco``: ``ROOT/result.json`` (a JSON object; Label Studio's task export, a list,
+  is not COCO) whose ``file_name`` is relative to ``ROOT`` (``images/<name>``).
 
-Category ids are kept as they are (1..90 with gaps is fine). ``iscrowd`` is kept; polygon and RLE
-segmentations are kept unchanged. Where an annotation has a segmentation but no usable box
+Ids: COCO tools write integer ids, strings of digits (CVAT: ``"id": "1"``) or other strings.
+Ids are kept as they are when they are integers and no two files share one; otherwise a table's
+ids are numbered 0..n-1 and the ids as found are kept as JSON text in a ``coco_id`` column, which
+``write_coco`` writes back. Image and annotation ids are scoped per file (two split files may
+both start at 0); category ids are shared by the files. A string of an integer's digits and that
+integer are the same id (``"7"`` refers to image ``7``). Two records of one file with the same id
+are an error naming both (``images[3]``, ``images[7]``); an annotation that refers to an image or
+category that does not exist is an error naming it (for numbered ids; kept ids are left to
+``validate``).
+
+Category ids are otherwise kept as they are (1..90 with gaps is fine). ``iscrowd`` is kept; polygon
+and RLE segmentations are kept unchanged. Where an annotation has a segmentation but no usable box
 (missing, not four numbers, or of zero size) the box is the mask's extent (pycocotools for RLE);
 ``Dataset.attrs["boxes_from_masks"]`` counts them. Keys outside the COCO core fields (``info``,
 ``licenses``, an image's ``license``, an annotation's VOC ``difficult``...) are tolerated; those of
@@ -419,6 +438,7 @@ def _annotations(records: Iterable[Any], path: Path, issues: Issues) -> tuple[di
 
 def _take(columns: dict[str, Any], keep: np.ndarray) -> dict[str, Any]:
     """The rows of every column where ``keep`` is true, with a fresh index."""
+
     def take(values: Any) -> Any:
         if isinstance(values, np.ndarray):
             return values[keep]
@@ -490,7 +510,8 @@ def _assemble(parts: list[_Part], issues: Issues) -> Dataset:
                 row["image_id"] = image_base + n
                 row[SOURCE_RECORD] = f"image {row['coco_id']}"
         frame = images_from_columns(records_frame(rows, [*_IMAGE_KEYS.values(), "split"]))
-        images.append(frame.assign(**{SOURCE_FILE: part.source}))
+        frame[SOURCE_FILE] = part.source  # in place: assign would copy the table
+        images.append(frame)
         columns = part.annotations
         keep = np.ones(len(columns["annotation_id"]), dtype=bool)
         image_ids = _references(
@@ -519,7 +540,8 @@ def _assemble(parts: list[_Part], issues: Issues) -> Dataset:
         if not keep.all():
             columns = _take(columns, keep)
         frame = annotations_from_columns(columns)
-        annotations.append(frame.assign(**{SOURCE_FILE: part.source}))
+        frame[SOURCE_FILE] = part.source
+        annotations.append(frame)
         image_base += len(rows)
         annotation_base += len(keep)
     ds = Dataset(categories=categories)

@@ -1,14 +1,28 @@
-"""YOLO (ultralytics layout) to and from the canonical tables.
+"""YOLO to and from the canonical tables: ultralytics' layout and those labelling tools export.
 
-Layout: ``ROOT/data.yaml``, images under ``ROOT/images/<split>/<key>`` and one label file per image
-at ``ROOT/labels/<split>/<key without suffix>.txt`` (ultralytics finds a label by replacing the
-last ``/images/`` of the image path with ``/labels/``). The reader takes ``train``, ``val`` and
-``test`` from the yaml as a folder, a ``.txt`` list of images, or a list of these, relative to the
-yaml (or to its ``path``); the split of an image is its folder below ``images/`` (or the yaml key
-for a list or another folder). An image without a label file, or with an empty one, has no
-boxes. Each line is ``class cx cy w h`` (a box, normalized to the image size) or ``class x1 y1 x2
-y2 ...`` (a polygon, at least three points); the box of a polygon line is the polygon's extent,
-which is what ultralytics trains on. Image sizes come from the image headers.
+Layouts (``yolo_layout``, first match wins):
+
+- ``yolo``: ``ROOT/data.yaml``, images under ``ROOT/images/<split>/<key>`` and one label file per
+  image at ``ROOT/labels/<split>/<key without suffix>.txt`` (ultralytics finds a label by
+  replacing the last ``/images/`` of the image path with ``/labels/``). The reader takes
+  ``train``, ``val`` and ``test`` from the yaml as a folder, a ``.txt`` list of images, or a list
+  of these, relative to the yaml (or to its ``path``); the split of an image is its folder below
+  ``images/`` (or the yaml key for a list or another folder). A split the yaml names but the
+  folder lacks is a warning (``split-missing``), not an error.
+- ``roboflow-yolo``: the same with Roboflow's ``train: ../train/images`` paths, resolved as
+  ultralytics' ``check_det_dataset`` does (a path starting with ``../`` that does not exist is
+  read without it); the split is the folder above ``images/`` (``train``, ``valid``).
+- ``cvat-yolo``: CVAT's "YOLO 1.1": ``obj.names`` (one class a line), ``obj.data`` naming a
+  ``train.txt`` list (paths under ``data/``, darknet's working folder, read with or without it),
+  images and label files side by side in ``obj_train_data/``.
+- ``label-studio-yolo``: ``classes.txt`` beside ``images/`` and ``labels/`` (Label Studio, which
+  adds ``notes.json``); ``labelimg-yolo``: ``labels/classes.txt`` beside ``images/`` (LabelImg).
+  Every image below ``images/`` is read; its split is its folder below ``images/``, if any.
+
+An image without a label file, or with an empty one, has no boxes. Each line is ``class cx cy w
+h`` (a box, normalized to the image size) or ``class x1 y1 x2 y2 ...`` (a polygon, at least three
+points); the box of a polygon line is the polygon's extent, which is what ultralytics trains on.
+Image sizes come from the image headers.
 
 Class mapping: YOLO class indices are 0..K-1. The writer numbers the categories in order of
 ``category_id`` and writes ``category_ids: [<id of class 0>, <id of class 1>, ...]`` into
@@ -18,7 +32,8 @@ it, so COCO -> YOLO -> COCO keeps the original ids. Without it, the class index 
 The writer keeps polygon segmentations (one polygon line per object; the parts of a multi-part
 polygon are joined), writes a box line otherwise (RLE masks cannot be held), and leaves out
 ``iscrowd`` annotations, as ultralytics' own COCO converter does. Images without a split go to
-``train``; ``val`` points at ``images/val`` when there is one, else at the training images.
+``train``; ``val`` points at ``images/val`` (or ``valid``, ``validation``) when there is one, else
+at the training images.
 """
 
 from __future__ import annotations
