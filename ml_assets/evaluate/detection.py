@@ -87,7 +87,11 @@ def detection_scores(
         "instances": float((truth["iscrowd"] == 0).sum()),
         "detections": float(len(detections)),
     }
-    curves = {c.name: (RECALL_THRESHOLDS, c.precision) for c in found.classes if c.ground_truth > 0}
+    curves = {
+        f"{c.name} (AP50 {c.ap50:.3f})": (RECALL_THRESHOLDS, c.precision)
+        for c in found.classes
+        if c.ground_truth > 0
+    }
     return Scores(
         metrics=metrics,
         per_class=per_class,
