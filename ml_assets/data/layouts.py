@@ -196,7 +196,8 @@ def _export_part(name: str) -> bool:
 
 
 def _listing() -> str:
-    return ", ".join(f"{layout.name} ({layout.files})" for layout in LAYOUTS)
+    names = ", ".join(layout.name for layout in LAYOUTS)
+    return f"{names} (the README's table says what identifies each)"
 
 
 def _unsupported(src: Path) -> str:
