@@ -1,0 +1,475 @@
+"""A LoRA image classifier: PEFT's LoRA on a transformers vision backbone (ViT, DINOv2, ConvNeXt,
+Swin), trained on the same inputs as the timm classifier (object crops, or whole images).
+
+The base model is a snapshot in the store (``ml_assets.train.base_models``), named by the
+config's ``base_model``. ``AutoModelForImageClassification`` adds a new classification head to
+it; ``peft.get_peft_model`` freezes the base, adds low-rank adapters to the target modules
+(chosen per architecture with transformers 5 module names, overridable) and trains the head in
+full (``modules_to_save``). Data, loss, schedule, augmentation and metrics are the timm
+classifier's own pieces (``ml_assets.train.classifier``).
+
+A published model folder holds only the adapter: ``adapter_model.safetensors`` and
+``adapter_config.json`` (LoRA weights and the trained head, as PEFT saves them) and ``lora.json``
+(classes, config, and the path and hash of the base snapshot it was trained on), so ``score``
+and ``load`` rebuild base + adapter from disk without a training config. While training, the run
+folder holds ``checkpoint.pt`` with the trainable parameters only (never the frozen base), the
+optimizer, the schedule and the history; a run that finds one resumes after its epoch.
+:func:`merged_model` folds the adapter into the base weights (``merge_and_unload``) for export.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from functools import cache
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import orjson
+import pandas as pd
+from pydantic import Field
+
+from ml_assets.data.atomic import atomic_dir
+from ml_assets.data.tables import Dataset
+from ml_assets.train import classifier as timm_recipe
+from ml_assets.train.base_models import describe_base_model, snapshot_hash
+from ml_assets.train.kinds import EpochCallback, FitResult, KindConfig, Scores, class_list
+
+META = "lora.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+HEAD = "classifier"  # the head's name in every AutoModelForImageClassification used here
+# LoRA targets per architecture (transformers 5 names): attention queries and values of the
+# transformers, the pointwise (linear) convolutions of ConvNeXt blocks.
+TARGET_MODULES = {
+    "vit": ["q_proj", "v_proj"],
+    "dinov2": ["q_proj", "v_proj"],
+    "swin": ["q_proj", "v_proj"],
+    "convnext": ["pwconv1", "pwconv2"],
+}
+
+
+class LoraClassifierConfig(KindConfig):
+    base_model: str = Field(
+        default="vit",
+        description="Name of the base model (a materialized base_model) the adapter trains on",
+    )
+    rank: int = Field(default=8, gt=0, description="LoRA rank r")
+    alpha: float = Field(default=16.0, gt=0, description="LoRA scaling alpha (scale alpha / r)")
+    dropout: float = Field(default=0.1, ge=0, lt=1, description="Dropout on the LoRA inputs")
+    target_modules: list[str] = Field(
+        default=[],
+        description="Module names that get adapters; empty: per architecture (q_proj and v_proj "
+        "for ViT, DINOv2 and Swin; pwconv1 and pwconv2 for ConvNeXt)",
+    )
+    img_size: int = Field(
+        default=0, ge=0, description="Side of the square inputs; 0: the base model's own"
+    )
+    epochs: int = Field(default=10, gt=0, description="Passes over the training images")
+    batch_size: int = Field(default=32, gt=1, description="Samples per forward pass")
+    lr: float = Field(default=2e-3, gt=0, description="Peak learning rate after warmup")
+    weight_decay: float = Field(default=0.01, ge=0, description="AdamW weight decay")
+    schedule: Literal["cosine", "step", "plateau"] = Field(
+        default="cosine", description="Learning-rate schedule (as the timm classifier)"
+    )
+    warmup_epochs: int = Field(default=1, ge=0, description="Linear warmup epochs")
+    loss: Literal["cross_entropy", "weighted_cross_entropy"] = Field(
+        default="cross_entropy",
+        description="weighted_cross_entropy weighs classes by inverse frequency in the "
+        "training folds",
+    )
+    label_smoothing: float = Field(default=0.1, ge=0, lt=1, description="Label smoothing")
+    augment: Literal["none", "basic", "randaugment"] = Field(
+        default="basic", description="Augmentation policy (as the timm classifier)"
+    )
+    early_stopping_patience: int = Field(
+        default=0,
+        ge=0,
+        description="Stop after this many epochs without a better validation macro F1 (0: off); "
+        "the best epoch's weights are kept",
+    )
+    amp: bool = Field(default=True, description="Mixed precision on CUDA (ignored on CPU)")
+    workers: int = Field(default=0, ge=0, description="Data loader worker processes")
+    seed: int = Field(default=0, description="Seed for the head, adapters, shuffling, augmentation")
+
+
+def recipe(config: LoraClassifierConfig) -> timm_recipe.ClassifierConfig:
+    """The timm classifier's settings for the shared pieces (loader, loss, schedule): ours where
+    both have the field, the classifier's defaults (no mixup, no accumulation) elsewhere."""
+    shared = set(timm_recipe.ClassifierConfig.model_fields) & set(type(config).model_fields)
+    shared.discard("img_size")  # ours may be 0 (the base model's own); the loader never reads it
+    return timm_recipe.ClassifierConfig(**config.model_dump(include=shared))
+
+
+def target_modules(config: LoraClassifierConfig, model_type: str) -> list[str]:
+    if config.target_modules:
+        return list(config.target_modules)
+    if model_type not in TARGET_MODULES:
+        raise ValueError(
+            f"no default LoRA target modules for a {model_type!r} base model: set target_modules "
+            f"(defaults exist for {', '.join(TARGET_MODULES)})"
+        )
+    return TARGET_MODULES[model_type]
+
+
+@cache
+def _logits_class():
+    import torch
+
+    class ImageLogits(torch.nn.Module):
+        """A transformers classifier as a plain ``images -> logits`` module, taking inputs
+        normalized as the timm classifier does (ImageNet mean and std) and renormalizing them
+        to the base model's own processor statistics, so the classifier's loader, ``predict``
+        and ``outputs`` serve both kinds."""
+
+        def __init__(self, model, mean, std, img_size: int, interpolate: bool) -> None:
+            super().__init__()
+            self.model = model
+            ours = torch.as_tensor(np.asarray(mean, np.float32)).view(1, 3, 1, 1)
+            theirs = torch.as_tensor(np.asarray(std, np.float32)).view(1, 3, 1, 1)
+            imagenet_mean = torch.as_tensor(timm_recipe.MEAN).view(1, 3, 1, 1)
+            imagenet_std = torch.as_tensor(timm_recipe.STD).view(1, 3, 1, 1)
+            self.register_buffer("scale", imagenet_std / theirs, persistent=False)
+            self.register_buffer("shift", (imagenet_mean - ours) / theirs, persistent=False)
+            self.ml_assets_img_size = img_size
+            # ViT keeps the position embeddings of its configured size: other sizes interpolate.
+            self.extra = {"interpolate_pos_encoding": True} if interpolate else {}
+
+        def forward(self, x):
+            return self.model(pixel_values=x * self.scale + self.shift, **self.extra).logits
+
+    return ImageLogits
+
+
+def _backbone(base: Path, classes: list[dict], seed: int):
+    """The base model with a new head of ``len(classes)`` outputs (seeded initialization)."""
+    import torch
+    from transformers import AutoModelForImageClassification
+
+    torch.manual_seed(seed)
+    return AutoModelForImageClassification.from_pretrained(
+        str(base),
+        num_labels=len(classes),
+        id2label={i: c["name"] for i, c in enumerate(classes)},
+        label2id={c["name"]: i for i, c in enumerate(classes)},
+        ignore_mismatched_sizes=True,  # a checkpoint's own head (1000 ImageNet classes) goes
+    )
+
+
+def _wrap(peft_model, base: Path, img_size: int):
+    info = describe_base_model(base)
+    size = img_size or info.image_size
+    interpolate = info.model_type == "vit" and size != peft_model.base_model.config.image_size
+    return _logits_class()(peft_model, info.image_mean, info.image_std, size, interpolate)
+
+
+def build_lora_model(base: Path, classes: list[dict], config: LoraClassifierConfig):
+    """Base + new head + fresh LoRA adapters, as an ``images -> logits`` module."""
+    from peft import LoraConfig, get_peft_model
+
+    model = _backbone(base, classes, config.seed)
+    settings = LoraConfig(
+        r=config.rank,
+        lora_alpha=config.alpha,
+        lora_dropout=config.dropout,
+        target_modules=target_modules(config, model.config.model_type),
+        modules_to_save=[HEAD],
+    )
+    return _wrap(get_peft_model(model, settings), base, config.img_size)
+
+
+def parameter_counts(model) -> dict[str, int]:
+    """Trainable and total parameters of a wrapped PEFT model, as PEFT counts them."""
+    trainable, total = model.model.get_nb_trainable_parameters()
+    return {"trainable_parameters": int(trainable), "total_parameters": int(total)}
+
+
+class TrainableOnly:
+    """What a checkpoint keeps of a PEFT model: adapters and head, never the frozen base."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+
+    def state_dict(self) -> dict:
+        return {n: p.detach() for n, p in self.model.named_parameters() if p.requires_grad}
+
+
+def train_lora(
+    model,
+    crops: timm_recipe.Crops,
+    num_classes: int,
+    config: LoraClassifierConfig,
+    device,
+    run_dir: Path | None = None,
+    on_epoch: EpochCallback | None = None,
+    validation: timm_recipe.Crops | None = None,
+):
+    """Train the adapters and head of ``model`` on ``crops``, checkpointing into ``run_dir``
+    after every epoch and resuming from a checkpoint found there. Returns the model (eval mode,
+    the best epoch's weights when validating), the history and the epoch it resumed at."""
+    import torch
+    from timm.optim import create_optimizer_v2
+
+    if len(crops.labels) == 0:
+        raise ValueError("no training samples: the training folds hold no labelled objects")
+    settings = recipe(config)
+    model = model.to(device)
+    on_cuda = device.type == "cuda"
+    use_amp = on_cuda and config.amp
+    amp_dtype = torch.bfloat16 if on_cuda and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    # timm's AdamW groups skip frozen parameters: only adapters and head get optimizer state.
+    optimizer = create_optimizer_v2(
+        model, opt="adamw", lr=config.lr, weight_decay=config.weight_decay
+    )
+    loss_fn = timm_recipe.build_loss(settings, crops.labels, num_classes, device)
+    generator = torch.Generator()
+    loader, reseed = timm_recipe.build_loader(crops, settings, augment=True, generator=generator)
+    scheduler = timm_recipe.build_schedule(optimizer, settings, max(1, len(loader)))
+    state = {"epoch": 0, "updates": 0, "history": [], "best_f1": -1.0, "best_state": None}
+    state["bad_epochs"] = 0
+    checkpoint = Path(run_dir) / timm_recipe.CHECKPOINT if run_dir is not None else None
+    resumed_from = None
+    if checkpoint is not None and checkpoint.exists():
+        saved = torch.load(checkpoint, map_location=device, weights_only=False)
+        model.load_state_dict(saved["model"], strict=False)
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        if "plateau" in saved:
+            scheduler.lr_scheduler.load_state_dict(saved["plateau"])
+        scaler.load_state_dict(saved["scaler"])
+        state = saved["state"]
+        resumed_from = state["epoch"] + 1
+    while state["epoch"] < config.epochs and not timm_recipe.stopped_early(state, settings):
+        epoch = state["epoch"]
+        seed = config.seed * 100_003 + epoch
+        generator.manual_seed(seed)
+        reseed(seed)
+        torch.manual_seed(seed)
+        model.train()
+        started, total, correct, seen = time.perf_counter(), 0.0, 0, 0
+        for x, y in loader:
+            x, y = timm_recipe.normalize(x, device), y.to(device)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                logits = model(x)
+            loss = loss_fn(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            state["updates"] += 1
+            scheduler.step_update(state["updates"])
+            total += loss.item() * len(y)
+            correct += (logits.argmax(1) == y).sum().item()
+            seen += len(y)
+        row = {
+            "train_loss": total / seen,
+            "train_accuracy": correct / seen,
+            "lr": optimizer.param_groups[0]["lr"],
+        }
+        metric = None
+        if validation is not None and len(validation.labels):
+            model.eval()
+            metric = row["val_macro_f1"] = timm_recipe.macro_f1(
+                model, validation, num_classes, device
+            )
+            if metric > state["best_f1"]:
+                state["best_f1"], state["bad_epochs"] = metric, 0
+                state["best_state"] = {
+                    k: v.cpu().clone() for k, v in TrainableOnly(model).state_dict().items()
+                }
+            else:
+                state["bad_epochs"] += 1
+        scheduler.step(epoch + 1, metric)
+        row["seconds"] = time.perf_counter() - started
+        state["epoch"] = epoch + 1
+        state["history"].append({"epoch": epoch + 1, **row})
+        if checkpoint is not None:
+            timm_recipe.save_checkpoint(
+                checkpoint, TrainableOnly(model), optimizer, scheduler, scaler, state
+            )
+        if on_epoch:
+            on_epoch(epoch + 1, config.epochs, row)
+    if state["best_state"] is not None:
+        model.load_state_dict(state["best_state"], strict=False)
+    return model.eval(), pd.DataFrame(state["history"]), resumed_from
+
+
+def save_adapter(model, folder: Path, meta: dict) -> Path:
+    """Write the adapter (LoRA weights and the trained head, no base weights) and ``lora.json``
+    to ``folder`` atomically, replacing an earlier one."""
+    with atomic_dir(folder, overwrite=True) as tmp:
+        model.model.save_pretrained(str(tmp))
+        (tmp / META).write_bytes(orjson.dumps(meta, option=orjson.OPT_INDENT_2))
+    return Path(folder)
+
+
+def read_meta(folder: Path) -> dict:
+    path = Path(folder) / META
+    if not path.is_file():
+        raise FileNotFoundError(f"no trained LoRA adapter at {folder} (missing {META})")
+    return orjson.loads(path.read_bytes())
+
+
+def base_of(meta: dict, folder: Path) -> Path:
+    """The base snapshot an adapter was trained on, checked against the hash it recorded."""
+    base = Path(meta["base_model"]["folder"])
+    expected = meta["base_model"]["hash"]
+    if not base.is_dir():
+        raise FileNotFoundError(
+            f"{folder}: its base model snapshot {base} (hash {expected}) is gone from the store"
+        )
+    found = snapshot_hash(base)
+    if found != expected:
+        raise ValueError(
+            f"{folder}: base snapshot {base} has hash {found}, adapter says {expected}"
+        )
+    return base
+
+
+def load_lora(folder: Path, device):
+    """Base snapshot + saved adapter from disk; return the model (eval mode) and its metadata."""
+    from peft import PeftModel
+
+    folder = Path(folder)
+    meta = read_meta(folder)
+    base = base_of(meta, folder)
+    config = LoraClassifierConfig(**meta["config"])
+    backbone = _backbone(base, meta["classes"], config.seed)
+    peft_model = PeftModel.from_pretrained(backbone, str(folder))
+    return _wrap(peft_model, base, config.img_size).to(device).eval(), meta
+
+
+def merged_model(folder: Path, device):
+    """The adapter folded into the base weights (``merge_and_unload``): a plain transformers
+    ``AutoModelForImageClassification`` for export, and the adapter's metadata."""
+    model, meta = load_lora(folder, device)
+    return model.model.merge_and_unload().eval(), meta
+
+
+def adapter_megabytes(folder: Path) -> float:
+    return (Path(folder) / ADAPTER_WEIGHTS).stat().st_size / 1e6
+
+
+class LoraClassifier:
+    """The LoRA classifier as a model kind (see ``ml_assets.train.kinds``)."""
+
+    name = "lora_classifier"
+    evaluation_name = "lora_classifier_evaluation"
+    report_name = "lora_classifier_report"
+    gate_name = "lora_classifier_promotable"
+    config_class = LoraClassifierConfig
+    primary_metric = "macro_f1"
+    promotion_floor = 0.5
+    inputs: tuple[str, ...] = ("base_model",)
+    tags = frozenset({"pytorch", "mlflow"})
+    description = (
+        "A LoRA adapter (PEFT) and a new head on a transformers vision backbone (the base_model "
+        "named in its config), classifying object crops (whole images for image-folder data); "
+        "trained on every fold but this one. Only the adapter is stored."
+    )
+
+    def fit(
+        self,
+        ds: Dataset,
+        train_ids: Sequence[int],
+        val_ids: Sequence[int],
+        config: LoraClassifierConfig,
+        device,
+        run_dir: Path,
+        on_epoch: EpochCallback | None = None,
+        inputs: dict[str, Path] | None = None,
+    ) -> FitResult:
+        if not inputs or "base_model" not in inputs:
+            raise ValueError("lora_classifier needs the base model's snapshot folder in inputs")
+        base = Path(inputs["base_model"])
+        base_hash = snapshot_hash(base)
+        classes = class_list(ds)
+        ids = [c["id"] for c in classes]
+        model = build_lora_model(base, classes, config)
+        size = model.ml_assets_img_size
+        crops = timm_recipe.extract_crops(ds, train_ids, ids, size=size)
+        validation = timm_recipe.extract_crops(ds, val_ids, ids, size=size)
+        model, history, resumed_from = train_lora(
+            model, crops, len(classes), config, device, run_dir, on_epoch, validation
+        )
+        counts = parameter_counts(model)
+        meta = {
+            "kind": self.name,
+            "config": config.model_dump(),
+            "classes": classes,
+            "img_size": size,
+            "base_model": {"name": config.base_model, "hash": base_hash, "folder": str(base)},
+            **counts,
+        }
+        staged = save_adapter(model, Path(run_dir) / "model", meta)
+        last = history.iloc[-1]
+        summary = {
+            "train_samples": len(crops.labels),
+            "final_train_loss": float(last["train_loss"]),
+            "final_train_accuracy": float(last["train_accuracy"]),
+            **counts,
+            "trainable_ratio": counts["trainable_parameters"] / counts["total_parameters"],
+            "adapter_size_mb": adapter_megabytes(staged),
+        }
+        if "val_macro_f1" in history:
+            summary["best_val_macro_f1"] = float(history["val_macro_f1"].max())
+        return FitResult(model, history, resumed_from, summary)
+
+    def score(
+        self,
+        model_dir: Path,
+        ds: Dataset,
+        image_ids: Sequence[int],
+        device,
+        inputs: dict[str, Path] | None = None,
+    ) -> Scores:
+        """Macro F1 and friends on ``image_ids``; the base model is the one the adapter names
+        (its snapshot and hash in ``lora.json``), whatever ``inputs`` say."""
+        from ml_assets.evaluate.classification import classification_metrics
+        from ml_assets.evaluate.plots import confusion_png
+
+        model, meta = load_lora(model_dir, device)
+        names = [c["name"] for c in meta["classes"]]
+        unknown = set(ds.annotations["category_id"]) - {c["id"] for c in meta["classes"]}
+        if unknown:
+            raise ValueError(f"{model_dir}: the model does not know category ids {sorted(unknown)}")
+        ids = [c["id"] for c in meta["classes"]]
+        crops = timm_recipe.extract_crops(ds, image_ids, ids, model.ml_assets_img_size)
+        probabilities = timm_recipe.predict(model, crops.images, device)
+        predicted = probabilities.argmax(axis=1) if len(probabilities) else np.zeros(0, int)
+        found = classification_metrics(crops.labels, predicted, names)
+        predictions = pd.DataFrame(
+            {
+                "annotation_id": crops.annotation_ids,
+                "true": np.asarray(names)[crops.labels],
+                "predicted": np.asarray(names)[predicted],
+                "confidence": probabilities.max(axis=1) if len(probabilities) else np.zeros(0),
+            }
+        )
+        return Scores(
+            metrics={k: found[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "samples")},
+            per_class=found["per_class"],
+            predictions=predictions,
+            extra={
+                "classes": names,
+                "confusion": found["confusion"].tolist(),
+                "base_model_hash": meta["base_model"]["hash"],
+            },
+            plots={"confusion_matrix": confusion_png(found["confusion"], names, "held out")},
+        )
+
+    def baseline(self, folds: list[dict]) -> float:
+        return timm_recipe.IMAGE_CLASSIFIER.baseline(folds)
+
+    def load(self, model_dir: Path, device):
+        return load_lora(model_dir, device)[0]
+
+    def module(self, model):
+        return model
+
+    def outputs(self, model, ds: Dataset, image_ids: Sequence[int], device) -> np.ndarray:
+        return timm_recipe.IMAGE_CLASSIFIER.outputs(model, ds, image_ids, device)
+
+
+LORA_CLASSIFIER = LoraClassifier()
