@@ -214,6 +214,30 @@ def evaluate(model_dir: Path, src: Path, from_: str, device: str) -> None:
     click.echo("\n" + scores.per_class.round(4).to_string())
 
 
+@main.group("base-model")
+def base_model() -> None:
+    """Base models for LoRA adapters: local transformers folders (nothing is downloaded)."""
+
+
+@base_model.command("init")
+@click.argument("dst", type=click.Path(path_type=Path))
+@click.option(
+    "--arch",
+    type=click.Choice(["vit", "dinov2", "convnext", "swin", "grounding-dino", "sam"]),
+    required=True,
+)
+@click.option("--tiny", is_flag=True, help="A tiny model that trains in seconds (tests, demo).")
+def base_model_init(dst: Path, arch: str, tiny: bool) -> None:
+    """Write a randomly initialized ARCH model with its processor to DST (must not exist).
+    A user with real weights skips this and points the base_model asset at their folder."""
+    from ml_assets.train.base_models import describe_base_model, init_base_model
+
+    init_base_model(dst, arch, tiny=tiny)
+    info = describe_base_model(dst)
+    size = "tiny " if tiny else ""
+    click.echo(f"wrote a {size}{info.model_type} model ({info.parameters:,} parameters) to {dst}")
+
+
 @main.command("coco-eval")
 @click.argument("ground_truth", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("detections", type=click.Path(exists=True, dir_okay=False, path_type=Path))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from ml_assets.defs import automation, datasets, exports
+from ml_assets.defs import automation, base_models, datasets, exports
 from ml_assets.defs.models import build_pipeline
 from ml_assets.defs.resources import MLAssetsHome, MLflowTracking, TrainingDevice
 from ml_assets.train.registry import KINDS
@@ -18,7 +18,7 @@ pipelines = [build_pipeline(kind) for kind in KINDS.values()]
 
 defs = dg.Definitions.merge(
     dg.Definitions(
-        assets=dg.load_assets_from_modules([datasets, exports]),
+        assets=dg.load_assets_from_modules([datasets, exports, base_models]),
         asset_checks=dg.load_asset_checks_from_modules([datasets]),
         jobs=[automation.ingest_job, automation.training_job, automation.report_job],
         sensors=[automation.landing_sensor, automation.automation_sensor],

@@ -54,9 +54,18 @@ def md_plots(plots: dict[str, bytes]) -> dict[str, dg.MetadataValue]:
     return {name: dg.MetadataValue.md(markdown_image(png, name)) for name, png in plots.items()}
 
 
-def inputs_of(kind: ModelKind, home: MLAssetsHome, version: str) -> dict:
-    """The folders of the dataset exports a kind trains from (``yolo_dataset`` -> its folder)."""
-    return {name: home.export_dir(name.removesuffix("_dataset"), version) for name in kind.inputs}
+def inputs_of(kind: ModelKind, home: MLAssetsHome, version: str, config=None) -> dict:
+    """The folders of the dataset exports a kind trains from (``yolo_dataset`` -> its folder),
+    and ``base_model`` -> the snapshot of the base model the training ``config`` names (left out
+    without a config: evaluation finds it through what the model recorded)."""
+    found = {}
+    for name in kind.inputs:
+        if name == "base_model":
+            if config is not None:
+                found[name] = home.base_model_dir(config.base_model)
+        else:
+            found[name] = home.export_dir(name.removesuffix("_dataset"), version)
+    return found
 
 
 @dataclass
@@ -125,7 +134,7 @@ def build_pipeline(kind: ModelKind) -> KindPipeline:
             model_dir=home.model_dir(kind.name, version, fold),
             tracking=mlflow_tracking.tracking(home.mlflow_dir),
             log=context.log.info,
-            inputs=inputs_of(kind, home, version),
+            inputs=inputs_of(kind, home, version, settings),
             tags={
                 "dagster_run_id": context.run_id,
                 "asset_key": kind.name,

@@ -81,6 +81,12 @@ class MLAssetsHome(dg.ConfigurableResource):
         """Where a training run checkpoints; it survives a crash so the next attempt resumes."""
         return self.path / "runs" / kind / version / f"fold-{fold}"
 
+    def base_model_dir(self, name: str) -> Path:
+        """The store snapshot of the base model called ``name`` (the base_model asset's)."""
+        from ml_assets.train.base_models import named_snapshot
+
+        return named_snapshot(self.store, name).folder
+
     def evaluation_dir(self, kind: str, version: str, fold: int) -> Path:
         return self.path / "evaluations" / kind / version / f"fold-{fold}"
 

@@ -137,6 +137,8 @@ def init_base_model(folder: Path, arch: str, tiny: bool = False, seed: int = 0) 
     if arch not in ARCHS:
         raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(ARCHS)}")
     folder = Path(folder)
+    if folder.exists():
+        raise FileExistsError(f"{folder} already exists: a new base model needs a new folder")
     with atomic_dir(folder) as tmp:
         if arch in TEACHER_ARCHS:
             _teacher_init(arch)(tmp, tiny)
@@ -297,3 +299,36 @@ def snapshot_hash(folder: Path) -> str:
     if not manifest.is_file():
         raise FileNotFoundError(f"{folder} is not a base model snapshot (no {manifest})")
     return orjson.loads(manifest.read_bytes())["hash"]
+
+
+def named_folders(root: Path) -> dict[str, Path]:
+    """Every model folder directly under ``root`` (``<home>/base_models``), named by its folder."""
+    root = Path(root)
+    if not root.is_dir():
+        return {}
+    return {p.name: p for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")}
+
+
+def snapshot_base_models(folders: dict[str, Path], store: Store) -> list[dict]:
+    """Snapshot every named folder and record it under its name; one record per name (name,
+    hash, snapshot folder, source, architecture, parameters, size)."""
+    if not folders:
+        raise ValueError(
+            "no base models to snapshot: name a local save_pretrained folder for each (or write "
+            "one with `ml-assets base-model init DIR --arch vit --tiny`)"
+        )
+    records = []
+    for name, src in sorted(folders.items()):
+        snapshot = snapshot_base_model(src, store)
+        info = describe_base_model(snapshot.folder)
+        record_name(store, name, snapshot, info)
+        records.append(
+            {
+                "name": name,
+                "hash": snapshot.hash,
+                "folder": str(snapshot.folder),
+                "source": str(src),
+            }
+            | info.to_dict()
+        )
+    return records

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from ml_assets.train.classifier import IMAGE_CLASSIFIER
 from ml_assets.train.kinds import ModelKind
+from ml_assets.train.lora import LORA_CLASSIFIER
 from ml_assets.train.yolo import YOLO_DETECTOR
 
-KINDS: dict[str, ModelKind] = {kind.name: kind for kind in (IMAGE_CLASSIFIER, YOLO_DETECTOR)}
+KINDS: dict[str, ModelKind] = {
+    kind.name: kind for kind in (IMAGE_CLASSIFIER, YOLO_DETECTOR, LORA_CLASSIFIER)
+}
 # Short names the demo and the CLI accept.
-ALIASES = {"classifier": "image_classifier", "yolo": "yolo_detector"}
+ALIASES = {"classifier": "image_classifier", "yolo": "yolo_detector", "lora": "lora_classifier"}
 
 
 def kind(name: str) -> ModelKind:

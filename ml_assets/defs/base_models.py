@@ -1,0 +1,55 @@
+"""The ``base_model`` asset: local transformers folders snapshotted into the store, by name.
+
+A base model is named by the user (``vit-base``) and lives in a local ``save_pretrained``
+folder: every folder under ``<home>/base_models/`` (named by its folder), plus any named in the
+launchpad's ``folders`` (name -> folder). Each materialization snapshots them all into the
+content-addressed store (unchanged files are not copied again) and records each name's snapshot;
+LoRA kinds train on the snapshot their config's ``base_model`` names, and every adapter records
+its hash. Nothing is ever downloaded.
+"""
+
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+from pydantic import Field
+
+from ml_assets.defs.resources import MLAssetsHome
+
+# A folder of base models by name, beside the landing folder of datasets.
+BASE_MODELS_FOLDER = "base_models"
+
+
+class BaseModelConfig(dg.Config):
+    folders: dict[str, str] = Field(
+        default={},
+        description="Base model name -> local save_pretrained folder (config.json, weights, "
+        "processor). Every folder in <home>/base_models/ is also one, named by its folder.",
+    )
+
+
+@dg.asset(
+    group_name="base_models",
+    kinds={"pytorch"},
+    description="Local transformers models snapshotted into the content-addressed store, by "
+    "name; LoRA adapters train on them and record their hash.",
+)
+def base_model(config: BaseModelConfig, home: MLAssetsHome) -> dg.MaterializeResult:
+    from ml_assets.train.base_models import named_folders, snapshot_base_models
+
+    folders = named_folders(home.path / BASE_MODELS_FOLDER) | {
+        name: Path(folder).expanduser() for name, folder in config.folders.items()
+    }
+    records = snapshot_base_models(folders, home.store)
+    metadata: dict = {"base_models": len(records)}
+    for r in records:
+        metadata |= {
+            f"{r['name']}_hash": r["hash"],
+            f"{r['name']}_architecture": r["model_type"],
+            f"{r['name']}_parameters": r["parameters"],
+            f"{r['name']}_size_mb": round(r["size_bytes"] / 1e6, 3),
+            f"{r['name']}_source": dg.MetadataValue.path(r["source"]),
+        }
+    table = pd.DataFrame(records)[["name", "hash", "model_type", "parameters", "size_bytes"]]
+    metadata["table"] = dg.MetadataValue.md(table.to_markdown(index=False))
+    return dg.MaterializeResult(metadata=metadata)
