@@ -11,10 +11,14 @@ import dagster as dg
 
 from ml_assets.defs import automation, base_models, datasets, exports
 from ml_assets.defs.models import build_pipeline
+from ml_assets.defs.promotion import build_promotion
 from ml_assets.defs.resources import MLAssetsHome, MLflowTracking, TrainingDevice
 from ml_assets.train.registry import KINDS
 
 pipelines = [build_pipeline(kind) for kind in KINDS.values()]
+promotions = [
+    build_promotion(kind, p.assets[2]) for kind, p in zip(KINDS.values(), pipelines, strict=True)
+]
 
 defs = dg.Definitions.merge(
     dg.Definitions(
@@ -32,4 +36,5 @@ defs = dg.Definitions.merge(
         },
     ),
     *(dg.Definitions(assets=p.assets, asset_checks=p.checks, jobs=p.jobs) for p in pipelines),
+    *(dg.Definitions(assets=assets, asset_checks=checks) for assets, checks in promotions),
 )

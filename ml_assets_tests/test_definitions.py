@@ -40,7 +40,11 @@ def test_graph_has_the_data_assets_and_one_pipeline_per_model_kind():
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
     data = {"raw_dataset", "annotations", "folds", "coco_dataset", "voc_dataset", "yolo_dataset"}
     assert "image_classifier" in KINDS and "yolo_detector" in KINDS
-    per_kind = {n for k in KINDS.values() for n in (k.name, k.evaluation_name, k.report_name)}
+    per_kind = {
+        n
+        for k in KINDS.values()
+        for n in (k.name, k.evaluation_name, k.report_name, f"{k.name}_final", f"promoted_{k.name}")
+    }
     assert keys == data | per_kind
     checks = {(c.asset_key.to_user_string(), c.name) for c in graph.asset_check_keys}
     assert {
@@ -65,7 +69,13 @@ def test_graph_has_the_data_assets_and_one_pipeline_per_model_kind():
             (kind.name, "weights_finite"),
             (kind.name, "reloads_identically"),
             (kind.report_name, kind.gate_name),
+            (f"{kind.name}_final", "weights_finite"),
+            (f"{kind.name}_final", "reloads_identically"),
+            (f"{kind.name}_final", "beats_champion"),
         } <= checks
+        assert graph.get(dg.AssetKey(f"promoted_{kind.name}")).parent_keys == {
+            dg.AssetKey(f"{kind.name}_final")
+        }
         assert {f"{kind.name}_job", f"{kind.report_name}_job"} <= jobs
         trains = defs.resolve_job_def(f"{kind.name}_job").asset_layer.selected_asset_keys
         assert trains == {dg.AssetKey(kind.name), dg.AssetKey(kind.evaluation_name)}

@@ -120,11 +120,14 @@ def read_folds(path: Path, k: int) -> tuple[pd.DataFrame, str]:
     return assignment, hashlib.sha256(data).hexdigest()[:12]
 
 
-def training_ids(assignment: pd.DataFrame, fold: int) -> list[int]:
-    """Images a fold's model trains on: every fold but ``fold`` (never the test split)."""
+def training_ids(assignment: pd.DataFrame, fold: int | None) -> list[int]:
+    """Images a fold's model trains on: every fold but ``fold`` (never the test split);
+    ``None``: every fold (the final model)."""
     return assignment.loc[~assignment["fold"].isin([fold, TEST_FOLD]), "image_id"].tolist()
 
 
-def held_out_ids(assignment: pd.DataFrame, fold: int) -> list[int]:
-    """Images a fold's model is validated and evaluated on."""
-    return assignment.loc[assignment["fold"] == fold, "image_id"].tolist()
+def held_out_ids(assignment: pd.DataFrame, fold: int | None) -> list[int]:
+    """Images a fold's model is validated and evaluated on; ``None``: the test split (the
+    final model's, empty when the folds hold none)."""
+    held = TEST_FOLD if fold is None else fold
+    return assignment.loc[assignment["fold"] == held, "image_id"].tolist()

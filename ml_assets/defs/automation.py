@@ -106,7 +106,7 @@ def weekly_retraining(context: dg.ScheduleEvaluationContext):
 
 automation_sensor = dg.AutomationConditionSensorDefinition(
     "automation_sensor",
-    target=dg.AssetSelection.groups("training", "evaluation", "reports"),
+    target=dg.AssetSelection.groups("training", "evaluation", "reports", "promotion"),
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=30,
     description="Trains, evaluates and reports whatever a new dataset version made stale.",

@@ -75,6 +75,87 @@ class KindPipeline:
     jobs: list  # asset jobs, resolved when the Definitions load
 
 
+def model_fold(context) -> tuple[str, int | None]:
+    """(version, fold) of a fold model's partition; (version, None) for a final model's."""
+    if isinstance(context.partition_key, dg.MultiPartitionKey):
+        return version_fold(context)
+    return context.partition_key, None
+
+
+def model_checks(asset: dg.AssetsDefinition, kind: ModelKind) -> list[dg.AssetChecksDefinition]:
+    """Blocking checks of a model asset (fold or final): finite weights, identical reload."""
+
+    @dg.asset_check(
+        asset=asset,
+        name="weights_finite",
+        blocking=True,
+        description="Every weight of the saved model is a finite number.",
+    )
+    def weights_finite(
+        context: dg.AssetCheckExecutionContext,
+        home: MLAssetsHome,
+        training_device: TrainingDevice,
+    ) -> dg.AssetCheckResult:
+        from ml_assets.train.runs import nonfinite_weights
+
+        model_dir = home.model_dir(kind.name, *model_fold(context))
+        bad = nonfinite_weights(kind, model_dir, training_device.torch_device())
+        return dg.AssetCheckResult(
+            passed=not bad,
+            metadata={"tensors_with_nonfinite_values": len(bad), **dict(list(bad.items())[:20])},
+        )
+
+    @dg.asset_check(
+        asset=asset,
+        name="reloads_identically",
+        blocking=True,
+        description="The saved model, rebuilt from disk, predicts what the trained model "
+        "predicted on a few held-out images.",
+    )
+    def reloads_identically(
+        context: dg.AssetCheckExecutionContext,
+        home: MLAssetsHome,
+        training_device: TrainingDevice,
+    ) -> dg.AssetCheckResult:
+        from ml_assets.train.runs import reload_difference
+
+        version, fold = model_fold(context)
+        found = reload_difference(
+            kind,
+            home.model_dir(kind.name, version, fold),
+            load_version(home, version),
+            training_device.torch_device(),
+        )
+        return dg.AssetCheckResult(
+            passed=found["max_abs_difference"] <= 1e-4,
+            metadata={**numbers(found), "tolerance": 1e-4},
+        )
+
+    return [weights_finite, reloads_identically]
+
+
+def trained_metadata(trained, device) -> dict:
+    """The model asset's metadata: how training went, where the model is, its MLflow run."""
+    fit = trained.fit
+    metadata = {
+        "train_images": trained.train_images,
+        "epochs_run": len(fit.history),
+        "train_seconds": round(trained.seconds, 1),
+        "resumed": fit.resumed_from is not None,
+        "resumed_from_epoch": fit.resumed_from or 0,
+        **numbers(fit.summary),
+        "device": str(device),
+        "history": md_frame(fit.history, index=False),
+        "path": dg.MetadataValue.path(str(trained.model_dir)),
+    }
+    if trained.mlflow_url:
+        metadata["mlflow_run"] = dg.MetadataValue.url(trained.mlflow_url)
+        metadata["registered_model"] = (
+            f"{trained.lineage['kind']} version {trained.registered_version}"
+        )
+    return metadata
+
+
 def promotion_config(kind: ModelKind) -> type[dg.Config]:
     """The gate's launchpad config, with the kind's own default floor."""
     return type(
@@ -142,69 +223,8 @@ def build_pipeline(kind: ModelKind) -> KindPipeline:
                 "fold": str(fold),
             },
         )
-        fit = trained.fit
-        metadata = {
-            "train_images": trained.train_images,
-            "epochs_run": len(fit.history),
-            "train_seconds": round(trained.seconds, 1),
-            "resumed": fit.resumed_from is not None,
-            "resumed_from_epoch": fit.resumed_from or 0,
-            **numbers(fit.summary),
-            "device": str(device),
-            "history": md_frame(fit.history, index=False),
-            "path": dg.MetadataValue.path(str(trained.model_dir)),
-        }
-        if trained.mlflow_url:
-            metadata["mlflow_run"] = dg.MetadataValue.url(trained.mlflow_url)
-            metadata["registered_model"] = f"{kind.name} version {trained.registered_version}"
+        metadata = trained_metadata(trained, device)
         return dg.MaterializeResult(metadata=metadata)
-
-    @dg.asset_check(
-        asset=model,
-        name="weights_finite",
-        blocking=True,
-        description="Every weight of the saved model is a finite number.",
-    )
-    def weights_finite(
-        context: dg.AssetCheckExecutionContext,
-        home: MLAssetsHome,
-        training_device: TrainingDevice,
-    ) -> dg.AssetCheckResult:
-        from ml_assets.train.runs import nonfinite_weights
-
-        version, fold = version_fold(context)
-        model_dir = home.model_dir(kind.name, version, fold)
-        bad = nonfinite_weights(kind, model_dir, training_device.torch_device())
-        return dg.AssetCheckResult(
-            passed=not bad,
-            metadata={"tensors_with_nonfinite_values": len(bad), **dict(list(bad.items())[:20])},
-        )
-
-    @dg.asset_check(
-        asset=model,
-        name="reloads_identically",
-        blocking=True,
-        description="The saved model, rebuilt from disk, predicts what the trained model "
-        "predicted on a few held-out images.",
-    )
-    def reloads_identically(
-        context: dg.AssetCheckExecutionContext,
-        home: MLAssetsHome,
-        training_device: TrainingDevice,
-    ) -> dg.AssetCheckResult:
-        from ml_assets.train.runs import reload_difference
-
-        version, fold = version_fold(context)
-        found = reload_difference(
-            kind,
-            home.model_dir(kind.name, version, fold),
-            load_version(home, version),
-            training_device.torch_device(),
-        )
-        return dg.AssetCheckResult(
-            passed=found["max_abs_difference"] <= 1e-4,
-            metadata={**numbers(found), "tolerance": 1e-4},
-        )
 
     @dg.asset(
         name=kind.evaluation_name,
@@ -338,6 +358,4 @@ def build_pipeline(kind: ModelKind) -> KindPipeline:
             description=f"Summarize every fold of {kind.name} and apply its promotion gate.",
         ),
     ]
-    return KindPipeline(
-        [model, evaluation, report], [weights_finite, reloads_identically, gate], jobs
-    )
+    return KindPipeline([model, evaluation, report], [*model_checks(model, kind), gate], jobs)

@@ -74,12 +74,25 @@ class MLAssetsHome(dg.ConfigurableResource):
     def folds_path(self, version: str) -> Path:
         return self.store.version_dir(version) / "folds.parquet"
 
-    def model_dir(self, kind: str, version: str, fold: int) -> Path:
-        return self.path / "models" / kind / version / f"fold-{fold}"
+    def model_dir(self, kind: str, version: str, fold: int | None) -> Path:
+        """A fold's model, or with ``fold=None`` the final model trained on every fold."""
+        return (
+            self.path
+            / "models"
+            / kind
+            / version
+            / (f"fold-{fold}" if fold is not None else "final")
+        )
 
-    def run_dir(self, kind: str, version: str, fold: int) -> Path:
+    def champion_path(self, kind: str) -> Path:
+        """The record of a kind's current champion (the promoted final model)."""
+        return self.path / "models" / kind / "champion.json"
+
+    def run_dir(self, kind: str, version: str, fold: int | None) -> Path:
         """Where a training run checkpoints; it survives a crash so the next attempt resumes."""
-        return self.path / "runs" / kind / version / f"fold-{fold}"
+        return (
+            self.path / "runs" / kind / version / (f"fold-{fold}" if fold is not None else "final")
+        )
 
     def base_model_dir(self, name: str) -> Path:
         """The store snapshot of the base model called ``name`` (the base_model asset's)."""

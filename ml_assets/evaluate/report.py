@@ -234,14 +234,34 @@ def previous_report(folders: list[Path]) -> dict | None:
     return None
 
 
-def promotion_decision(report: dict, floor: float) -> tuple[bool, dict[str, float]]:
-    """The gate's rule: the mean primary metric across folds reaches ``floor`` and beats the
-    kind's baseline (a trivial model on the same held-out folds)."""
+def promotion_decision(
+    report: dict, floor: float, champion: dict | None = None, tolerance: float | None = None
+) -> tuple[bool, dict]:
+    """The gates' rule: the mean primary metric across folds reaches ``floor`` and beats the
+    kind's baseline (a trivial model on the same held-out folds); with a ``champion`` record and
+    a ``tolerance``, it is also not worse than the champion's cross-fold score by more than the
+    tolerance. Returns whether it passes and the numbers, with the reasons it fails."""
     metric = report["primary_metric"]
     score = float(report["mean"][metric])
     baseline = float(report["baseline"])
-    return score >= floor and score > baseline, {
-        f"mean_{metric}": score,
-        "baseline": baseline,
-        "floor": floor,
-    }
+    found: dict = {f"mean_{metric}": score, "baseline": baseline, "floor": floor}
+    reasons = []
+    if score < floor:
+        reasons.append(f"mean {metric} {score:.4f} is below the floor {floor:.4f}")
+    if score <= baseline:
+        reasons.append(f"mean {metric} {score:.4f} does not beat the baseline {baseline:.4f}")
+    if champion is not None and tolerance is not None:
+        best = float(champion["score"])
+        found |= {
+            "champion_version": champion["version"],
+            f"champion_{metric}": best,
+            "tolerance": tolerance,
+        }
+        if score < best - tolerance:
+            reasons.append(
+                f"mean {metric} {score:.4f} is worse than the champion's {best:.4f} "
+                f"(version {champion['version']}) by more than {tolerance:.4f}"
+            )
+    if reasons:
+        found["reasons"] = "; ".join(reasons)
+    return not reasons, found

@@ -81,7 +81,7 @@ def train_fold(
     ds: Dataset,
     assignment: pd.DataFrame,
     folds_digest: str,
-    fold: int,
+    fold: int | None,
     config: KindConfig,
     device,
     run_dir: Path,
@@ -91,7 +91,9 @@ def train_fold(
     inputs: dict[str, Path] | None = None,
     tags: dict[str, str] | None = None,
 ) -> TrainedFold:
-    """Train ``kind`` on every fold but ``fold`` and publish it at ``model_dir``."""
+    """Train ``kind`` on every fold but ``fold`` (validating on ``fold``) and publish it at
+    ``model_dir``; ``fold=None`` trains the final model on every fold (validating on the test
+    split when the folds hold one)."""
     config = kind.config_class(**config.model_dump())
     train_ids, val_ids = training_ids(assignment, fold), held_out_ids(assignment, fold)
     version = (tags or {}).get("version", "")
@@ -109,7 +111,8 @@ def train_fold(
         "device": str(device),
     }
     run_tags = {k: str(v) for k, v in (tags or {}).items()} | {"kind": kind.name}
-    with _tracked(tracking, kind.name, f"{version}-fold{fold}", run_tags) as run:
+    name = f"{version}-fold{fold}" if fold is not None else f"{version}-final"
+    with _tracked(tracking, kind.name, name, run_tags) as run:
         if run is not None:
             import mlflow
 
@@ -121,7 +124,7 @@ def train_fold(
         if fit.resumed_from:
             log(f"{kind.name}: resumed at epoch {fit.resumed_from} from {run_dir}")
         seconds = time.perf_counter() - started
-        sample = reference_ids(ds, val_ids)
+        sample = reference_ids(ds, val_ids or train_ids)
         outputs = kind.outputs(fit.model, ds, sample, device)
         staged = Path(run_dir) / "model"
         lineage |= {
@@ -208,3 +211,49 @@ def nonfinite_weights(kind: ModelKind, model_dir: Path, device) -> dict[str, int
             if count:
                 bad[name] = count
     return bad
+
+
+def cross_validated_config(kind: ModelKind, fold_dirs: list[Path]) -> KindConfig:
+    """The configuration every fold model of a version was trained with (refused if they differ
+    or a fold is missing): what the final model trains with."""
+    configs = [read_lineage(folder)["config"] for folder in fold_dirs]
+    if any(c != configs[0] for c in configs[1:]):
+        raise ValueError(
+            f"the fold models under {Path(fold_dirs[0]).parent} were trained with different "
+            "configurations: retrain the folds with one configuration before the final model"
+        )
+    return kind.config_class(**configs[0])
+
+
+def promote(
+    kind: str,
+    model_dir: Path,
+    record_path: Path,
+    version: str,
+    score: float,
+    tracking: Tracking | None,
+    alias: str = "champion",
+) -> dict:
+    """Make the model at ``model_dir`` the kind's champion: move the registered model's
+    ``alias`` to its MLflow model version (when tracked) and write the champion record, which
+    keeps the champion it replaced."""
+    from ml_assets.data.atomic import write_bytes
+
+    lineage = read_lineage(model_dir)
+    previous = orjson.loads(record_path.read_bytes()) if Path(record_path).exists() else None
+    if previous is not None:
+        previous.pop("previous", None)  # one step of history in the record, all of it in MLflow
+    mlflow_version = None
+    if tracking is not None and lineage.get("mlflow_run_id"):
+        mlflow_version = tracking.set_alias(kind, lineage["mlflow_run_id"], alias)
+    record = {
+        "kind": kind,
+        "version": version,
+        "score": score,
+        "model": str(model_dir),
+        "mlflow_run_id": lineage.get("mlflow_run_id"),
+        "mlflow_version": mlflow_version,
+        "previous": previous,
+    }
+    write_bytes(record_path, orjson.dumps(record, option=orjson.OPT_INDENT_2))
+    return record

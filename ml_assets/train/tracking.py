@@ -70,3 +70,26 @@ class Tracking:
             name, source=f"{run.info.artifact_uri}/{artifact_path}", run_id=run.info.run_id
         )
         return str(version.version)
+
+    def set_alias(self, name: str, run_id: str, alias: str) -> str:
+        """Point the registered model ``name``'s ``alias`` at the version made from ``run_id``;
+        returns that version."""
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(self.uri)
+        found = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+        if not found:
+            raise LookupError(f"no version of registered model {name!r} comes from run {run_id}")
+        version = str(max(int(v.version) for v in found))
+        client.set_registered_model_alias(name, alias, version)
+        return version
+
+    def alias_version(self, name: str, alias: str) -> str | None:
+        """The version the alias points at, or None."""
+        from mlflow.exceptions import MlflowException
+        from mlflow.tracking import MlflowClient
+
+        try:
+            return str(MlflowClient(self.uri).get_model_version_by_alias(name, alias).version)
+        except MlflowException:
+            return None

@@ -181,9 +181,10 @@ class YoloDetector:
         run_dir = Path(run_dir)
         classes = class_list(ds)
         export = _export(ds, inputs, run_dir / EXPORT_DIR)
-        data = link_folds(
-            ds, export, {"train": train_ids, "val": val_ids}, run_dir / DATA_DIR, classes
-        )
+        # Without held-out images (a final model trained on every fold), ultralytics validates
+        # only after the last epoch, on the training images.
+        parts = {"train": train_ids, **({"val": val_ids} if len(val_ids) else {})}
+        data = link_folds(ds, export, parts, run_dir / DATA_DIR, classes)
         save_dir = run_dir / TRAIN_DIR
         last = save_dir / "weights" / "last.pt"
         state, saved_epoch = checkpoint_state(last, config.epochs, config.patience)
@@ -204,7 +205,7 @@ class YoloDetector:
                 arguments = {"resume": True, "save_dir": str(save_dir)}
             else:
                 model = YOLO(config.model)
-                arguments = train_arguments(config)
+                arguments = train_arguments(config) | {"val": bool(len(val_ids))}
             model.add_callback("on_train_epoch_start", seconds.start)
             model.add_callback(
                 "on_model_save", lambda trainer: _epoch_end(trainer, seconds, on_epoch)

@@ -1,0 +1,203 @@
+"""From a cross-validated version to the champion, per model kind.
+
+    <report>[v] -> <kind>_final[v]               trained on every fold with the CV configuration
+                     checks: weights_finite, reloads_identically,
+                             beats_champion (blocking: floor, baseline, and the champion)
+                -> promoted_<kind>[v]            moves the MLflow alias "champion" to it
+
+The champion is recorded in ``models/<kind>/champion.json`` (version, cross-fold score, MLflow
+model version, the champion it replaced) and, when tracking is on, as the registered model's
+``champion`` alias. A candidate that fails ``beats_champion`` is never promoted: the champion
+stays as it was and the check's metadata says why.
+"""
+
+import dagster as dg
+from pydantic import Field
+
+from ml_assets.defs.datasets import load_folds, load_version
+from ml_assets.defs.models import (
+    GPU_OP_TAGS,
+    KIND_TAG,
+    ON_NEW_UPSTREAM,
+    inputs_of,
+    model_checks,
+    numbers,
+    trained_metadata,
+)
+from ml_assets.defs.partitions import dataset_versions, fold_partitions
+from ml_assets.defs.resources import MLAssetsHome, MLflowTracking, TrainingDevice
+from ml_assets.train.kinds import ModelKind
+
+CHAMPION_ALIAS = "champion"
+
+
+def gate_config(kind: ModelKind) -> type[dg.Config]:
+    """The promotion gate's launchpad config, with the kind's own default floor."""
+    return type(
+        f"{kind.name.title().replace('_', '')}ChampionConfig",
+        (dg.Config,),
+        {
+            "__annotations__": {"floor": float, "tolerance": float},
+            "floor": Field(
+                default=kind.promotion_floor,
+                description=f"Least mean {kind.primary_metric} across folds to promote",
+            ),
+            "tolerance": Field(
+                default=0.01,
+                description=f"How much lower than the champion's mean {kind.primary_metric} a "
+                "candidate may score and still be promoted",
+            ),
+        },
+    )
+
+
+def read_champion(home: MLAssetsHome, kind: ModelKind) -> dict | None:
+    import orjson
+
+    path = home.champion_path(kind.name)
+    return orjson.loads(path.read_bytes()) if path.exists() else None
+
+
+def read_report(home: MLAssetsHome, kind: ModelKind, version: str) -> dict:
+    import orjson
+
+    path = home.report_dir(kind.name, version) / "report.json"
+    if not path.exists():
+        raise FileNotFoundError(f"no {kind.report_name} for version {version} at {path}")
+    return orjson.loads(path.read_bytes())
+
+
+def build_promotion(kind: ModelKind, report: dg.AssetsDefinition):
+    """The final model, its checks and the promoted champion of one kind."""
+    gate = gate_config(kind)
+    tags = {KIND_TAG: kind.name}
+
+    @dg.asset(
+        name=f"{kind.name}_final",
+        partitions_def=dataset_versions,
+        deps=[report, *kind.inputs],
+        group_name="promotion",
+        kinds=set(kind.tags),
+        tags=tags,
+        pool="gpu",
+        op_tags=GPU_OP_TAGS,
+        automation_condition=ON_NEW_UPSTREAM,
+        description=f"{kind.name} trained on every fold of a version (validated on its test "
+        "split when there is one) with the configuration its cross-validation used.",
+    )
+    def final(
+        context: dg.AssetExecutionContext,
+        home: MLAssetsHome,
+        training_device: TrainingDevice,
+        mlflow_tracking: MLflowTracking,
+    ) -> dg.MaterializeResult:
+        from ml_assets.train.runs import cross_validated_config, train_fold
+
+        version = context.partition_key
+        folds = [int(k) for k in fold_partitions.get_partition_keys()]
+        config = cross_validated_config(
+            kind, [home.model_dir(kind.name, version, f) for f in folds]
+        )
+        assignment, folds_digest = load_folds(home, version)
+        device = training_device.torch_device()
+        settings = config.model_copy(update=training_device.overrides(config))
+        trained = train_fold(
+            kind,
+            load_version(home, version),
+            assignment,
+            folds_digest,
+            None,
+            settings,
+            device,
+            run_dir=home.run_dir(kind.name, version, None),
+            model_dir=home.model_dir(kind.name, version, None),
+            tracking=mlflow_tracking.tracking(home.mlflow_dir),
+            log=context.log.info,
+            inputs=inputs_of(kind, home, version),
+            tags={
+                "dagster_run_id": context.run_id,
+                "asset_key": f"{kind.name}_final",
+                "version": version,
+                "fold": "final",
+            },
+        )
+        return dg.MaterializeResult(metadata=trained_metadata(trained, device))
+
+    @dg.asset_check(
+        asset=final,
+        name="beats_champion",
+        blocking=True,
+        description=f"Promotion gate: the version's mean {kind.primary_metric} across folds "
+        "reaches the floor, beats the baseline, and is not worse than the current champion's "
+        "by more than the tolerance.",
+    )
+    def beats_champion(
+        context: dg.AssetCheckExecutionContext, config: gate, home: MLAssetsHome
+    ) -> dg.AssetCheckResult:
+        from ml_assets.evaluate.report import promotion_decision
+
+        version = context.partition_key
+        champion = read_champion(home, kind)
+        if champion is not None and champion["version"] == version:
+            champion = None  # re-promoting the champion itself: compare with floor and baseline
+        passed, found = promotion_decision(
+            read_report(home, kind, version), config.floor, champion, config.tolerance
+        )
+        metadata = {**numbers(found), **{k: v for k, v in found.items() if isinstance(v, str)}}
+        if champion is None:
+            metadata["champion_version"] = "none yet"
+        return dg.AssetCheckResult(passed=passed, metadata=metadata)
+
+    @dg.asset(
+        name=f"promoted_{kind.name}",
+        partitions_def=dataset_versions,
+        deps=[final],
+        group_name="promotion",
+        kinds={"mlflow"},
+        tags=tags,
+        automation_condition=ON_NEW_UPSTREAM,
+        description=f"The champion {kind.name}: this version's final model, promoted because it "
+        "passed beats_champion; the MLflow alias 'champion' points at it.",
+    )
+    def promoted(
+        context: dg.AssetExecutionContext,
+        config: gate,
+        home: MLAssetsHome,
+        mlflow_tracking: MLflowTracking,
+    ) -> dg.MaterializeResult:
+        from ml_assets.evaluate.report import promotion_decision
+        from ml_assets.train.runs import promote
+
+        version = context.partition_key
+        champion = read_champion(home, kind)
+        if champion is not None and champion["version"] == version:
+            champion = None
+        report_json = read_report(home, kind, version)
+        passed, found = promotion_decision(report_json, config.floor, champion, config.tolerance)
+        if not passed:  # a launch by hand past a failed gate: the champion stays
+            raise dg.Failure(
+                f"version {version} is not promoted: {found['reasons']}",
+                metadata=numbers(found),
+            )
+        record = promote(
+            kind.name,
+            home.model_dir(kind.name, version, None),
+            home.champion_path(kind.name),
+            version,
+            float(report_json["mean"][kind.primary_metric]),
+            mlflow_tracking.tracking(home.mlflow_dir),
+            CHAMPION_ALIAS,
+        )
+        previous = record.get("previous") or {}
+        return dg.MaterializeResult(
+            metadata={
+                "version": version,
+                f"mean_{kind.primary_metric}": round(record["score"], 4),
+                "mlflow_model_version": str(record.get("mlflow_version") or "untracked"),
+                "previous_champion": previous.get("version", "none"),
+                "previous_mlflow_model_version": str(previous.get("mlflow_version") or "none"),
+                "model": dg.MetadataValue.path(record["model"]),
+            }
+        )
+
+    return [final, promoted], [*model_checks(final, kind), beats_champion]
