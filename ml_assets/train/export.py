@@ -1,0 +1,415 @@
+"""Deployable exports of a published model folder, and the check that they compute what it does.
+
+An export folder holds everything a server needs, and nothing else is read to use it::
+
+    out_dir/
+      model.onnx             the network (ONNX opset :data:`OPSET`, dynamic batch axis)
+      model.torchscript.pt   the same traced with TorchScript, where the architecture allows
+      classes.json           [{"index": i, "id": category id, "name": ...}] in model output order
+      preprocessing.json     how to turn an RGB image into the model's input (see below)
+      export.json            kind, files, input and output names, opset, tolerance, versions,
+                             and the source model folder (what :func:`check_onnx` compares with)
+
+``preprocessing.json`` for the timm classifier (``"resize": "stretch"``): resize the RGB image
+(a square crop around one object, the box padded by 15% per side, or the whole image for
+image-folder data) to ``size`` with bilinear interpolation, scale by ``scale`` (1/255), subtract
+``mean`` and divide by ``std`` per channel, lay out as ``layout`` (NCHW) ``dtype`` (float32); the
+output ``logits`` give class probabilities through a softmax. For YOLO (``"resize":
+"letterbox"``): scale the RGB image to fit ``size`` keeping its aspect ratio (bilinear), pad
+evenly to ``size`` with ``pad_value`` (114), scale by 1/255 (mean 0, std 1), NCHW float32; the
+output ``output0`` is (batch, 4 + classes, anchors): box centre x, y, width, height in input
+pixels, then per-class scores (sigmoid applied), with no non-maximum suppression.
+:func:`preprocess` implements both descriptions.
+
+Folders are written atomically (``atomic_dir``): a failed export leaves nothing behind, and a
+new export replaces an old one only once it is complete. The model folder is only read:
+ultralytics' exporter, which writes beside its weights, works on a copy.
+
+Nothing here downloads or installs: ``torch.onnx.export`` (the TorchScript-based exporter,
+``dynamo=False``: the dynamo exporter needs onnxscript, which is not installed) for timm
+models, and ultralytics' own exporter for YOLO, whose requirements are checked first with
+``install=False`` (its ``check_requirements`` would otherwise try ``pip install`` when
+``YOLO_AUTOINSTALL`` is on and a package is missing; :mod:`ml_assets.runtime` turns that off
+too).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import shutil
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from ml_assets.data.atomic import atomic_dir
+
+OPSET = 18
+"""ONNX opset of both exports. onnxruntime 1.32 runs opsets up to 23; 18 is what ultralytics
+chooses for torch >= 2.4, because its CUDA provider lacks some opset-19+ kernels (Resize-19,
+ReduceMax-20) and would fall back to the CPU for them."""
+ONNX_FILE = "model.onnx"
+TORCHSCRIPT_FILE = "model.torchscript.pt"
+CLASSES_FILE = "classes.json"
+PREPROCESSING_FILE = "preprocessing.json"
+EXPORT_FILE = "export.json"
+TOLERANCE = {"image_classifier": 1e-4, "yolo_detector": 1e-3}
+"""Largest absolute difference :func:`check_onnx` accepts between onnxruntime and PyTorch:
+classifier logits (order 1-10) agree to 1e-4; YOLO's output mixes box coordinates in input
+pixels (up to the image side) with scores in [0, 1], and its export fuses convolutions with
+their batch norms, so 1e-3 (float32 rounding of numbers up to a few hundred)."""
+# ultralytics' ONNX requirements (its exporter's own list), checked without installing
+_YOLO_ONNX_REQUIREMENTS = ["onnx>=1.12.0,<2.0.0", "onnxruntime", "onnxslim>=0.1.82"]
+
+
+def export_model(model_dir: Path, out_dir: Path) -> Path:
+    """Export the model folder of any kind that has an exporter (by the file it holds)."""
+    model_dir = Path(model_dir)
+    if (model_dir / "classifier.json").exists():
+        return export_classifier(model_dir, out_dir)
+    if (model_dir / "detector.json").exists():
+        return export_yolo(model_dir, out_dir)
+    raise FileNotFoundError(
+        f"{model_dir}: no exportable model (expected classifier.json or detector.json)"
+    )
+
+
+def export_classifier(model_dir: Path, out_dir: Path) -> Path:
+    """Export a timm classifier folder (``save_classifier``) to ``out_dir``: ONNX through
+    ``torch.onnx.export`` with a dynamic batch axis, and TorchScript through
+    ``torch.jit.trace`` when tracing reproduces the model's logits (otherwise export.json says
+    why there is none)."""
+    import torch
+
+    from ml_assets.train.classifier import MEAN, STD, ClassifierConfig, load_classifier
+
+    model_dir = Path(model_dir).resolve()
+    model, meta = load_classifier(model_dir, torch.device("cpu"))
+    size = ClassifierConfig(**meta["config"]).img_size
+    example = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    preprocessing = {
+        "resize": "stretch",
+        "size": [size, size],
+        "interpolation": "bilinear",
+        "channel_order": "RGB",
+        "layout": "NCHW",
+        "dtype": "float32",
+        "scale": 1 / 255,
+        "mean": MEAN.tolist(),
+        "std": STD.tolist(),
+        "input": "a square crop around one object (its box padded by 15% per side, black "
+        "outside the image) or the whole image for image-folder data",
+        "output": "logits (batch, classes); softmax gives class probabilities",
+    }
+    with atomic_dir(Path(out_dir), overwrite=True) as tmp:
+        with _quiet_torch_warnings(), torch.no_grad():
+            torch.onnx.export(
+                model,
+                (example,),
+                str(tmp / ONNX_FILE),
+                dynamo=False,
+                opset_version=OPSET,
+                input_names=["input"],
+                output_names=["logits"],
+                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            )
+        torchscript, reason = _trace(model, example, tmp / TORCHSCRIPT_FILE)
+        _write_folder(
+            tmp,
+            kind="image_classifier",
+            source=model_dir,
+            classes=meta["classes"],
+            preprocessing=preprocessing,
+            inputs=["input"],
+            outputs=["logits"],
+            torchscript=torchscript,
+            torchscript_error=reason,
+        )
+    return Path(out_dir)
+
+
+def export_yolo(model_dir: Path, out_dir: Path) -> Path:
+    """Export an ultralytics detector folder (``best.pt``, ``detector.json``) to ``out_dir``
+    with ultralytics' exporter: ONNX (dynamic batch, simplified by onnxslim, no NMS) at the
+    model's ``imgsz``, and TorchScript. Runs offline: the exporter's requirements are checked
+    first without installing, and a missing one is a clear error."""
+    from ml_assets.runtime import ultralytics_ready
+
+    ultralytics_ready()
+    from ultralytics import YOLO
+    from ultralytics.utils.checks import check_requirements
+
+    from ml_assets.train.yolo import WEIGHTS_FILE, read_meta
+
+    model_dir = Path(model_dir).resolve()
+    meta = read_meta(model_dir)
+    if not check_requirements(_YOLO_ONNX_REQUIREMENTS, install=False):
+        raise RuntimeError(
+            f"YOLO ONNX export needs {', '.join(_YOLO_ONNX_REQUIREMENTS)} installed (nothing is "
+            f"installed at run time)"
+        )
+    imgsz = int(meta["imgsz"])
+    preprocessing = {
+        "resize": "letterbox",
+        "size": [imgsz, imgsz],
+        "interpolation": "bilinear",
+        "pad_value": 114,
+        "channel_order": "RGB",
+        "layout": "NCHW",
+        "dtype": "float32",
+        "scale": 1 / 255,
+        "mean": [0.0, 0.0, 0.0],
+        "std": [1.0, 1.0, 1.0],
+        "input": "the whole image, letterboxed: scaled by min(size / height, size / width) "
+        "to round(width * r) x round(height * r), padded evenly (left/top round(pad / 2 - 0.1), "
+        "right/bottom round(pad / 2 + 0.1)) with pad_value",
+        "output": "output0 (batch, 4 + classes, anchors): box centre x, y, width, height in "
+        "input pixels, then class scores; no non-maximum suppression",
+    }
+    with atomic_dir(Path(out_dir), overwrite=True) as tmp:
+        work = tmp / "work"
+        work.mkdir()
+        weights = shutil.copyfile(model_dir / WEIGHTS_FILE, work / WEIGHTS_FILE)
+        arguments = {"imgsz": imgsz, "device": "cpu", "half": False, "int8": False}
+        with _quiet_torch_warnings():
+            onnx = YOLO(str(weights)).export(
+                format="onnx", dynamic=True, simplify=True, opset=OPSET, nms=False, **arguments
+            )
+        if not onnx or not Path(onnx).is_file():
+            raise RuntimeError(f"{model_dir}: ultralytics' ONNX export produced no file")
+        shutil.move(onnx, tmp / ONNX_FILE)
+        torchscript, reason = True, None
+        try:
+            with _quiet_torch_warnings():
+                traced = YOLO(str(weights)).export(format="torchscript", **arguments)
+            shutil.move(traced, tmp / TORCHSCRIPT_FILE)
+        except Exception as err:  # an architecture TorchScript cannot trace: ONNX still serves
+            torchscript, reason = False, f"{type(err).__name__}: {err}"
+        shutil.rmtree(work)
+        _write_folder(
+            tmp,
+            kind="yolo_detector",
+            source=model_dir,
+            classes=meta["classes"],
+            preprocessing=preprocessing,
+            inputs=["images"],
+            outputs=["output0"],
+            torchscript=torchscript,
+            torchscript_error=reason,
+        )
+    return Path(out_dir)
+
+
+def read_export(out_dir: Path) -> dict:
+    """export.json of an export folder, with ``preprocessing`` and ``classes`` filled in."""
+    out_dir = Path(out_dir)
+    path = out_dir / EXPORT_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{out_dir}: not an export folder (missing {EXPORT_FILE})")
+    info = orjson.loads(path.read_bytes())
+    info["preprocessing"] = orjson.loads((out_dir / PREPROCESSING_FILE).read_bytes())
+    info["classes"] = orjson.loads((out_dir / CLASSES_FILE).read_bytes())
+    return info
+
+
+def preprocess(preprocessing: dict, images: Sequence[np.ndarray]) -> np.ndarray:
+    """The model input (N, 3, H, W float32) for RGB uint8 images (H, W, 3) of any size, as
+    ``preprocessing`` (a preprocessing.json) describes it."""
+    height, width = preprocessing["size"]
+    mean = np.asarray(preprocessing["mean"], dtype=np.float32)
+    std = np.asarray(preprocessing["std"], dtype=np.float32)
+    batch = []
+    for image in images:
+        image = np.asarray(image)
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"images must be RGB uint8 (H, W, 3), got {image.dtype} {image.shape}")
+        if preprocessing["resize"] == "letterbox":
+            image = _letterbox(image, height, width, preprocessing["pad_value"])
+        elif image.shape[:2] != (height, width):
+            from PIL import Image
+
+            resized = Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR)
+            image = np.asarray(resized)
+        x = (image.astype(np.float32) * np.float32(preprocessing["scale"]) - mean) / std
+        batch.append(x.transpose(2, 0, 1))
+    return np.ascontiguousarray(np.stack(batch), dtype=np.float32)
+
+
+def check_onnx(out_dir: Path, inputs: np.ndarray, model_dir: Path | None = None) -> dict:
+    """Run the export's ONNX model in onnxruntime and the PyTorch model it came from
+    (``model_dir``, else the source folder export.json names) on the same inputs.
+
+    ``inputs``: RGB uint8 images (N, H, W, 3), preprocessed as preprocessing.json says, or a
+    ready float32 input (N, 3, H, W). Returns ``max_abs_diff`` (largest absolute difference
+    over every compared output), ``outputs`` (their names), ``samples``, ``tolerance`` (the
+    export's: 1e-4 for the classifier's logits, 1e-3 for YOLO's raw output, see
+    :data:`TOLERANCE`), ``passed`` (``max_abs_diff <= tolerance``) and, when the folder holds
+    TorchScript, ``torchscript_max_abs_diff``. The caller (the export's asset check) fails
+    when ``passed`` is false.
+    """
+    import onnxruntime
+    import torch
+
+    out_dir = Path(out_dir)
+    info = read_export(out_dir)
+    x = _model_input(info["preprocessing"], inputs)
+    session = onnxruntime.InferenceSession(
+        str(out_dir / info["onnx"]), providers=["CPUExecutionProvider"]
+    )
+    names = [o.name for o in session.get_outputs()]
+    exported = session.run(names, {session.get_inputs()[0].name: x})
+    network = _pytorch_network(info, Path(model_dir) if model_dir else Path(info["source"]))
+    with torch.inference_mode():
+        reference = _first_output(network(torch.from_numpy(x)))
+    diff = float(np.abs(exported[0] - reference).max()) if reference.size else 0.0
+    if exported[0].shape != reference.shape:
+        diff = float("inf")
+    found = {
+        "max_abs_diff": diff,
+        "outputs": names[:1],
+        "samples": int(len(x)),
+        "tolerance": info["tolerance"],
+        "passed": diff <= info["tolerance"],
+    }
+    if info.get("torchscript"):
+        with _quiet_torch_warnings(), torch.inference_mode():
+            traced = torch.jit.load(str(out_dir / info["torchscript"]), map_location="cpu")
+            scripted = _first_output(traced(torch.from_numpy(x)))
+        found["torchscript_max_abs_diff"] = float(np.abs(scripted - reference).max())
+    return found
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def _write_folder(
+    tmp: Path,
+    *,
+    kind: str,
+    source: Path,
+    classes: list[dict],
+    preprocessing: dict,
+    inputs: list[str],
+    outputs: list[str],
+    torchscript: bool,
+    torchscript_error: str | None,
+) -> None:
+    import onnx
+    import onnxruntime
+    import torch
+
+    onnx.checker.check_model(str(tmp / ONNX_FILE))
+    info = {
+        "kind": kind,
+        "onnx": ONNX_FILE,
+        "torchscript": TORCHSCRIPT_FILE if torchscript else None,
+        "torchscript_error": torchscript_error,
+        "opset": OPSET,
+        "inputs": inputs,
+        "outputs": outputs,
+        "tolerance": TOLERANCE[kind],
+        "source": str(source),
+        "versions": {
+            "torch": torch.__version__,
+            "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__,
+        },
+    }
+    indexed = [{"index": i, "id": c["id"], "name": c["name"]} for i, c in enumerate(classes)]
+    option = orjson.OPT_INDENT_2
+    (tmp / CLASSES_FILE).write_bytes(orjson.dumps(indexed, option=option))
+    (tmp / PREPROCESSING_FILE).write_bytes(orjson.dumps(preprocessing, option=option))
+    (tmp / EXPORT_FILE).write_bytes(orjson.dumps(info, option=option))
+
+
+def _trace(model: Any, example: Any, path: Path) -> tuple[bool, str | None]:
+    """Save ``torch.jit.trace(model)`` at ``path`` if the traced module reproduces the model's
+    output on ``example``; (saved, why not)."""
+    import torch
+
+    try:
+        with _quiet_torch_warnings(), torch.no_grad():
+            traced = torch.jit.trace(model, example, check_trace=False)
+            expected = model(example)
+            again = traced(example * 0.5)  # another input: the trace must not be constant
+            if not torch.allclose(traced(example), expected, atol=1e-5, rtol=0) or not (
+                torch.allclose(again, model(example * 0.5), atol=1e-5, rtol=0)
+            ):
+                return False, "the traced module does not reproduce the model's output"
+            traced.save(str(path))
+    except Exception as err:  # data-dependent control flow and the like
+        return False, f"{type(err).__name__}: {err}"
+    return True, None
+
+
+@contextlib.contextmanager
+def _quiet_torch_warnings() -> Iterator[None]:
+    """torch 2.14 marks TorchScript and the TorchScript-based ONNX exporter as deprecated; both
+    still work and are what ONNX Runtime and ultralytics use, so those warnings are hidden."""
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        # ultralytics' head compares shapes in Python while tracing; its exporter knows
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        yield
+
+
+def _letterbox(image: np.ndarray, height: int, width: int, pad_value: int) -> np.ndarray:
+    """ultralytics' LetterBox (auto=False, center=True, scaleup=True) in its own arithmetic."""
+    import cv2
+
+    h, w = image.shape[:2]
+    r = min(height / h, width / w)
+    new_w, new_h = max(round(w * r), 1), max(round(h * r), 1)
+    if (new_w, new_h) != (w, h):
+        image = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    dw, dh = (width - new_w) / 2, (height - new_h) / 2
+    top, bottom = round(dh - 0.1), round(dh + 0.1)
+    left, right = round(dw - 0.1), round(dw + 0.1)
+    return cv2.copyMakeBorder(
+        image, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(pad_value,) * 3
+    )
+
+
+def _model_input(preprocessing: dict, inputs: np.ndarray) -> np.ndarray:
+    inputs = np.asarray(inputs)
+    if inputs.dtype == np.uint8:
+        return preprocess(preprocessing, list(inputs))
+    if inputs.ndim != 4 or inputs.shape[1] != 3:
+        raise ValueError(
+            f"inputs must be uint8 images (N, H, W, 3) or a float input (N, 3, H, W), got "
+            f"{inputs.dtype} {inputs.shape}"
+        )
+    return np.ascontiguousarray(inputs, dtype=np.float32)
+
+
+def _pytorch_network(info: dict, model_dir: Path) -> Any:
+    """The source model as a plain float32 ``nn.Module`` on the CPU in eval mode."""
+    import torch
+
+    cpu = torch.device("cpu")
+    if info["kind"] == "image_classifier":
+        from ml_assets.train.classifier import load_classifier
+
+        return load_classifier(model_dir, cpu)[0]
+    if info["kind"] == "yolo_detector":
+        from ml_assets.train.yolo import YOLO_DETECTOR
+
+        network = YOLO_DETECTOR.module(YOLO_DETECTOR.load(model_dir, cpu))
+        return copy.deepcopy(network).float().eval()
+    raise ValueError(f"unknown kind {info['kind']!r} in {EXPORT_FILE}")
+
+
+def _first_output(out: Any) -> np.ndarray:
+    """The first tensor of a model output (YOLO returns (y, features) in eval mode)."""
+    while isinstance(out, list | tuple):
+        out = out[0]
+    if isinstance(out, dict):
+        out = next(iter(out.values()))
+    return out.detach().float().cpu().numpy()
