@@ -272,3 +272,25 @@ def test_credentials_never_reach_logs_messages_metadata_or_tags(
     text = "\n".join(shown)
     assert url in text  # the places are named
     assert KEY_ID not in text and SECRET not in text
+
+
+def test_mlflow_artifacts_go_to_an_s3_artifact_location(s3, s3_server, tmp_path, monkeypatch):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from ml_assets.train.tracking import Tracking, tracking_uri
+
+    client, url = s3
+    bucket = url[len("s3://") :].split("/")[0]
+    monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", s3_server)  # MLflow's own variable
+    (tmp_path / "mlflow").mkdir()
+    uri = tracking_uri(tmp_path / "mlflow")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # restored after the test: Tracking sets it
+    # An experiment whose artifact location is S3 (what a server with
+    # --default-artifact-root s3://... creates): Tracking uses it as it finds it.
+    MlflowClient(uri).create_experiment("image_classifier", f"s3://{bucket}/mlflow")
+    with Tracking(uri).run("image_classifier", "fold-0", {"ml_assets/fold": "0"}) as run:
+        mlflow.log_text("weights would go here", "model/notes.txt")
+    assert run.info.artifact_uri.startswith(f"s3://{bucket}/mlflow/")
+    listed = client.list_objects_v2(Bucket=bucket, Prefix="mlflow/")["Contents"]
+    assert [o["Key"] for o in listed] == [f"mlflow/{run.info.run_id}/artifacts/model/notes.txt"]

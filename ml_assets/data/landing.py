@@ -16,8 +16,8 @@ Hidden names (a leading dot) are never part of a dataset: ``ingest`` writes besi
 under a hidden name and renames it (locally), or marks the dataset as being written with a hidden
 ``.ml-assets-writing`` object until its upload ends (on S3, which cannot rename a folder).
 
-A listing is a list of :class:`Item` (relative path, size, stamp): the stamp is the stat data of
-a local file, or the ETag of an S3 object. Two equal listings in a row mean a dataset settled;
+A listing is a list of items, plain tuples (relative path, size, *stamp): the stamp is the stat
+data of a local file (mtime, ctime, inode), or the ETag of an S3 object. Two equal listings in a row mean a dataset settled;
 only then is its manifest made (local files hashed through the store's hash cache; S3 objects
 downloaded, hashed and stored in one pass, each (URL, size, ETag) once).
 """
@@ -29,14 +29,18 @@ import hashlib
 import os
 import shutil
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ml_assets.data.store import Entry, HashCache, Store, is_url, scan, walk
+import orjson
+
+from ml_assets.data.store import Entry, HashCache, Store, is_url, scan, stat_walk, walk
 
 LANDING_ENV = "ML_ASSETS_LANDING"
 WRITING = ".ml-assets-writing"
+DOWNLOADS = 8
 ANNOTATION_FILES = frozenset(
     {"annotations.json", "result.json", "data.yaml", "data.yml", "classes.txt", "obj.data"}
 )
@@ -46,11 +50,7 @@ EXPORT_FOLDERS = frozenset(
 )
 
 
-@dataclass(frozen=True)
-class Item:
-    path: str  # relative to the dataset folder, POSIX
-    size: int
-    stamp: Any  # what changes with the content: local (mtime_ns, ctime_ns, inode), S3 ETag
+Item = tuple  # (path relative to the dataset folder, size, *what changes with the content)
 
 
 @dataclass
@@ -68,8 +68,7 @@ class Drop:
 
     def fingerprint(self) -> str:
         """A short hash of the listing: equal on two ticks means the dataset settled."""
-        lines = sorted(f"{i.path}\t{i.size}\t{i.stamp}" for i in self.items)
-        return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
+        return hashlib.sha256(orjson.dumps(sorted(self.items))).hexdigest()[:16]
 
 
 @dataclass
@@ -89,16 +88,16 @@ def is_single(files: set[str], folders: set[str]) -> bool:
 
 def split(url: str, items: list[Item], writing: set[str]) -> Listing:
     """Group a listing of the landing root into its datasets by the module's rule."""
-    top = {i.path.split("/", 1)[0]: "/" in i.path for i in items}
+    top = {i[0].split("/", 1)[0]: "/" in i[0] for i in items}
     folders = {name for name, nested in top.items() if nested}
     files = set(top) - folders
     if is_single(files, folders):
         return Listing([Drop("", url, items, "" in writing)], [])
     groups: dict[str, list[Item]] = {name: [] for name in sorted(folders)}
     for i in items:
-        name, _, rest = i.path.partition("/")
+        name, _, rest = i[0].partition("/")
         if rest:
-            groups[name].append(Item(rest, i.size, i.stamp))
+            groups[name].append((rest, *i[1:]))
     drops = [Drop(n, f"{url.rstrip('/')}/{n}", g, n in writing) for n, g in groups.items()]
     return Listing(drops, sorted(files))
 
@@ -114,11 +113,16 @@ class LocalFolder:
         return self.root.is_dir()
 
     def listing(self) -> Listing:
-        items = []
-        for path, entry in walk(self.root):
-            st = entry.stat()
-            items.append(Item(path, st.st_size, (st.st_mtime_ns, st.st_ctime_ns, st.st_ino)))
-        return split(self.url, items, set())
+        """One stat per file, and a folder at a time: the top level decides the datasets."""
+        files, folders = set(), set()
+        with os.scandir(self.root) as entries:
+            for entry in entries:
+                if not entry.name.startswith("."):
+                    (folders if entry.is_dir() else files).add(entry.name)
+        if is_single(files, folders):
+            return Listing([Drop("", self.url, stat_walk(self.root))], [])
+        drops = [Drop(n, str(self.root / n), stat_walk(self.root / n)) for n in sorted(folders)]
+        return Listing(drops, sorted(files))
 
     def manifest(self, drop: Drop, store: Store, cache: HashCache) -> list[Entry]:
         return scan(Path(drop.url), cache)
@@ -205,23 +209,30 @@ class S3Folder:
                 writing.add("/".join(parts[:-1]))
             if any(p.startswith(".") for p in parts) or not parts[-1]:
                 continue
-            items.append(Item(path, obj["Size"], obj["ETag"].strip('"')))
+            items.append((path, obj["Size"], obj["ETag"].strip('"')))
         return split(self.url, items, writing)
 
     def manifest(self, drop: Drop, store: Store, cache: HashCache) -> list[Entry]:
         """Hash every object of ``drop``; one not seen before (URL, size, ETag) is downloaded
-        into the store on the way, so registering copies only what is new."""
+        into the store on the way (``DOWNLOADS`` at a time: S3 is latency bound), so
+        registering copies only what is new."""
         folder = S3Folder.from_url(drop.url, lambda: self.client)
-        entries = []
-        for item in drop.items:
-            url, stamp = f"{drop.url}/{item.path}", [item.size, item.stamp]
-            sha = cache.get(url, stamp)
-            if sha is None or not store.object_path(sha).exists():
-                sha, _ = store.add(folder.opener(item.path))
-                cache.remember(url, stamp, sha)
-            entries.append(Entry(item.path, sha, item.size))
-        cache.save()
-        return sorted(entries, key=lambda e: e.path)
+        known, missing = {}, []
+        for path, size, etag in drop.items:
+            sha = cache.get(f"{drop.url}/{path}", [size, etag])
+            if sha is not None and store.object_path(sha).exists():
+                known[path] = sha
+            else:
+                missing.append((path, size, etag))
+        if missing:
+            folder.client  # noqa: B018 (one client, made before the threads share it)
+            with ThreadPoolExecutor(DOWNLOADS) as pool:
+                added = pool.map(lambda i: store.add(folder.opener(i[0]))[0], missing)
+                for (path, size, etag), sha in zip(missing, added, strict=True):
+                    cache.remember(f"{drop.url}/{path}", [size, etag], sha)
+                    known[path] = sha
+            cache.save()
+        return sorted((Entry(p, known[p], size) for p, size, _ in drop.items), key=lambda e: e.path)
 
     def opener(self, path: str) -> S3Opener:
         return S3Opener(self, path)
