@@ -43,6 +43,13 @@ class MLAssetsHome(dg.ConfigurableResource):
 
         return landing_location(self.landing, self.path)
 
+    @property
+    def landing_path(self) -> Path:
+        """The landing folder, when the landing location is one (not S3)."""
+        if self.landing_location.startswith("s3://"):
+            raise ValueError(f"the landing location {self.landing_location} is not a folder")
+        return Path(self.landing_location)
+
     def open_landing(self):
         """The landing location, listed and read through ``ml_assets.data.landing``; an S3 one
         through dagster-aws's S3Resource built from the settings above (empty: environment)."""
