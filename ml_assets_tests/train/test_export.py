@@ -4,6 +4,8 @@ preprocessing reproduces the model's predictions in onnxruntime."""
 
 from __future__ import annotations
 
+import subprocess
+
 import numpy as np
 import onnx
 import orjson
@@ -167,9 +169,36 @@ def detector(tmp_path_factory):
     YOLO_DETECTOR.fit(ds, ids[:9], ids[9:], config, torch.device("cpu"), run_dir)
     model_dir = run_dir / "model"
     before = {p.name: p.read_bytes() for p in model_dir.iterdir()}
-    out = export_yolo(model_dir, root / "export")
+    commands = []
+
+    def no_subprocess(args, *rest, **kwargs):  # ultralytics' AutoUpdate runs pip through this
+        commands.append(args)
+        raise AssertionError(f"the export ran {args}")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(subprocess, "check_output", no_subprocess)
+        patch.setattr(subprocess, "run", no_subprocess)
+        out = export_yolo(model_dir, root / "export")
+    assert commands == []  # nothing installed, nothing run
     assert {p.name: p.read_bytes() for p in model_dir.iterdir()} == before  # only read
     return ds, ids, model_dir, out
+
+
+def test_a_missing_export_requirement_is_an_error_not_an_install(detector, tmp_path, monkeypatch):
+    import ultralytics.utils.checks as checks
+
+    asked = []
+
+    def check_requirements(requirements, install=True, **kwargs):
+        asked.append(install)
+        return False
+
+    monkeypatch.setattr(checks, "check_requirements", check_requirements)
+    _, _, model_dir, _ = detector
+    with pytest.raises(RuntimeError, match="needs onnx.*installed"):
+        export_yolo(model_dir, tmp_path / "export")
+    assert asked == [False] and not (tmp_path / "export").exists()
+    assert checks.AUTOINSTALL is False  # ml_assets.runtime turned ultralytics' AutoUpdate off
 
 
 def test_yolo_folder_and_check(detector):
