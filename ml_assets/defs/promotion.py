@@ -11,6 +11,8 @@ model version, the champion it replaced) and, when tracking is on, as the regist
 stays as it was and the check's metadata says why.
 """
 
+from pathlib import Path
+
 import dagster as dg
 from pydantic import Field
 
@@ -201,3 +203,60 @@ def build_promotion(kind: ModelKind, report: dg.AssetsDefinition):
         )
 
     return [final, promoted], [*model_checks(final, kind), beats_champion]
+
+
+class PredictionsConfig(dg.Config):
+    kind: str = Field(
+        default="yolo_detector",
+        description="Model kind whose champion predicts (image_classifier, yolo_detector, ...)",
+    )
+    folder: str = Field(
+        default="",
+        description="A folder of new images to predict on; empty: this dataset version's images",
+    )
+
+
+@dg.asset(
+    partitions_def=dataset_versions,
+    deps=["raw_dataset"],
+    group_name="inference",
+    kinds={"pytorch"},
+    pool="gpu",
+    op_tags=GPU_OP_TAGS,
+    description="Batch predictions of a kind's champion over a dataset version's images (or any "
+    "folder of images): COCO results JSON for detectors, class probabilities for classifiers.",
+)
+def predictions(
+    context: dg.AssetExecutionContext,
+    config: PredictionsConfig,
+    home: MLAssetsHome,
+    training_device: TrainingDevice,
+) -> dg.MaterializeResult:
+    from ml_assets.train.predictions import image_files, predictions_table, write_predictions
+    from ml_assets.train.registry import kind as kind_named
+
+    version = context.partition_key
+    kind = kind_named(config.kind)
+    champion = read_champion(home, kind)
+    if champion is None:
+        raise dg.Failure(f"{kind.name} has no champion yet: promote one (promoted_{kind.name})")
+    if config.folder:
+        images, ids = image_files(Path(config.folder)), None
+    else:
+        ds = load_version(home, version)
+        unique = ds.images.drop_duplicates("image_id")
+        images = [ds.image_path(f) for f in unique["file_name"]]
+        ids = unique["image_id"].tolist()
+    out = home.path / "predictions" / kind.name / version
+    summary = write_predictions(
+        kind, Path(champion["model"]), images, training_device.torch_device(), out, ids
+    )
+    return dg.MaterializeResult(
+        metadata={
+            **numbers({k: v for k, v in summary.items() if k != "per_class"}),
+            "champion_version": champion["version"],
+            "source": config.folder or f"dataset version {version}",
+            "per_class": dg.MetadataValue.md(predictions_table(summary).to_markdown()),
+            "path": dg.MetadataValue.path(str(out)),
+        }
+    )

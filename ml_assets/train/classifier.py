@@ -618,6 +618,30 @@ class ImageClassifier:
 
         return majority_baseline_macro_f1(np.sum([f["extra"]["confusion"] for f in folds], axis=0))
 
+    def predict(self, model_dir: Path, images: Sequence[Path], device) -> pd.DataFrame:
+        """Class probabilities of whole images (with flip TTA when the config asks for it)."""
+        model, meta = load_classifier(model_dir, device)
+        config = ClassifierConfig(**meta["config"])
+        names = [c["name"] for c in meta["classes"]]
+        size = (config.img_size, config.img_size)
+        pixels = []
+        for path in images:
+            try:
+                with Image.open(path) as image:
+                    pixels.append(np.asarray(image.convert("RGB").resize(size)))
+            except OSError as err:
+                raise ValueError(f"{path}: cannot read image: {err}") from err
+        batch = np.stack(pixels) if pixels else np.zeros((0, *size, 3), np.uint8)
+        probabilities = predict(model, batch, device, tta=config.tta)
+        if not len(probabilities):
+            probabilities = np.zeros((0, len(names)), np.float32)
+        frame = pd.DataFrame(probabilities, columns=[f"p_{n}" for n in names])
+        best = probabilities.argmax(axis=1) if len(probabilities) else np.zeros(0, int)
+        frame.insert(0, "confidence", probabilities.max(axis=1) if len(frame) else [])
+        frame.insert(0, "predicted", np.asarray(names, dtype=object)[best])
+        frame.insert(0, "file", [str(p) for p in images])
+        return frame
+
     def load(self, model_dir: Path, device):
         return load_classifier(model_dir, device)[0]
 

@@ -111,6 +111,12 @@ class ModelKind(Protocol):
         per-fold evaluation records: ``metrics`` and ``extra`` of each)."""
         ...
 
+    def predict(self, model_dir: Path, images: Sequence[Path], device: Any) -> pd.DataFrame:
+        """Batch inference on image files: one row per image (classifiers: ``file``,
+        ``predicted``, ``confidence`` and a probability column per class) or per detection
+        (detectors: ``file``, ``category_id``, ``x``, ``y``, ``w``, ``h``, ``score``)."""
+        ...
+
     def load(self, model_dir: Path, device: Any) -> Any:
         """The published model rebuilt from disk."""
         ...

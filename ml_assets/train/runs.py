@@ -24,7 +24,14 @@ import pandas as pd
 from ml_assets.data.atomic import atomic_dir
 from ml_assets.data.folds import held_out_ids, training_ids
 from ml_assets.data.tables import Dataset
-from ml_assets.train.kinds import FitResult, KindConfig, ModelKind, fingerprint, prepare_run_dir
+from ml_assets.train.kinds import (
+    FitResult,
+    KindConfig,
+    ModelKind,
+    class_list,
+    fingerprint,
+    prepare_run_dir,
+)
 from ml_assets.train.tracking import Tracking
 
 LINEAGE = "lineage.json"
@@ -107,6 +114,7 @@ def train_fold(
         "version": version,
         "fold": fold,
         "folds_digest": folds_digest,
+        "classes": class_list(ds),
         "config": config.model_dump(),
         "device": str(device),
     }

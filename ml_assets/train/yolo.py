@@ -300,6 +300,31 @@ class YoloDetector:
         matches a box, and precision is defined as 0 without detections)."""
         return 0.0
 
+    def predict(
+        self, model_dir: Path, images: Sequence[Path], device: Any, confidence: float = 0.25
+    ) -> pd.DataFrame:
+        """Detections on image files (score >= ``confidence``), boxes in pixels of each image."""
+        model = self.load(model_dir, device)
+        meta = read_meta(model_dir)
+        ids = [c["id"] for c in meta["classes"]]
+        rows = []
+        for start in range(0, len(images), 32):  # ultralytics keeps a batch's results in memory
+            chunk = [str(p) for p in images[start : start + 32]]
+            found = model.predict(
+                chunk,
+                imgsz=meta["imgsz"],
+                conf=confidence,
+                device=device_argument(device),
+                verbose=False,
+            )
+            for path, result in zip(chunk, found, strict=True):
+                boxes = result.boxes
+                for (x1, y1, x2, y2), cls, score in zip(
+                    boxes.xyxy.tolist(), boxes.cls.tolist(), boxes.conf.tolist(), strict=True
+                ):
+                    rows.append((path, ids[int(cls)], x1, y1, x2 - x1, y2 - y1, score))
+        return pd.DataFrame(rows, columns=["file", "category_id", "x", "y", "w", "h", "score"])
+
     def load(self, model_dir: Path, device: Any) -> Any:
         """The published YOLO model (ultralytics ``YOLO``) on ``device``."""
         from ml_assets.runtime import ultralytics_ready

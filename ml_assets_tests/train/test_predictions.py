@@ -1,0 +1,84 @@
+"""Batch predictions: COCO results that pycocotools loads, class probabilities per image."""
+
+import numpy as np
+import orjson
+import pandas as pd
+import pytest
+
+from ml_assets.data.formats import read_dataset
+from ml_assets.data.sample import write_sample
+from ml_assets.train.classifier import IMAGE_CLASSIFIER, ClassifierConfig
+from ml_assets.train.device import select_device
+from ml_assets.train.kinds import class_list
+from ml_assets.train.predictions import image_files, write_predictions
+from ml_assets.train.runs import LINEAGE
+from ml_assets.train.yolo import YOLO_DETECTOR, YoloConfig
+
+CPU = select_device("cpu")
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory):
+    root = write_sample(tmp_path_factory.mktemp("p") / "shapes", images=16, seed=5, size=64)
+    return root, read_dataset(root)
+
+
+def trained(kind, config, ds, folder):
+    ids = ds.images["image_id"].tolist()
+    kind.fit(ds, ids[:12], ids[12:], config, CPU, folder)
+    model_dir = folder / "model"
+    (model_dir / LINEAGE).write_bytes(orjson.dumps({"kind": kind.name, "classes": class_list(ds)}))
+    return model_dir
+
+
+def test_detector_predictions_are_coco_results_pycocotools_loads(sample, tmp_path):
+    from pycocotools.coco import COCO
+
+    root, ds = sample
+    config = YoloConfig(epochs=1, imgsz=64, batch=8, workers=0)
+    model_dir = trained(YOLO_DETECTOR, config, ds, tmp_path / "yolo")
+    images = image_files(root / "images")
+    out = tmp_path / "out"
+    summary = write_predictions(YOLO_DETECTOR, model_dir, images, CPU, out)
+    assert summary["images"] == 16
+    coco = COCO(str(out / "images.json"))
+    results = orjson.loads((out / "results.json").read_bytes())
+    assert len(results) == summary["detections"]
+    if results:  # a 1-epoch detector may find nothing above the threshold
+        loaded = coco.loadRes(str(out / "results.json"))
+        assert len(loaded.getAnnIds()) == len(results)
+        assert {r["category_id"] for r in results} <= set(ds.categories["category_id"])
+    else:
+        assert summary["detections"] == 0
+    sizes = {i["id"]: (i["width"], i["height"]) for i in coco.dataset["images"]}
+    assert set(sizes.values()) == {(64, 64)} and sorted(sizes) == list(range(16))
+
+
+def test_classifier_predictions_are_probabilities_per_image(sample, tmp_path):
+    root, ds = sample
+    config = ClassifierConfig(epochs=1, img_size=32, batch_size=8)
+    model_dir = trained(IMAGE_CLASSIFIER, config, ds, tmp_path / "cls")
+    images = image_files(root)
+    out = tmp_path / "out"
+    summary = write_predictions(
+        IMAGE_CLASSIFIER, model_dir, images, CPU, out, list(range(100, 116))
+    )
+    frame = pd.read_parquet(out / "predictions.parquet")
+    assert frame["image_id"].tolist() == list(range(100, 116))
+    probabilities = frame[[c for c in frame if c.startswith("p_")]].to_numpy()
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1, rtol=1e-5)
+    assert sum(summary["per_class"].values()) == 16
+
+
+def test_no_images_and_an_unreadable_image_are_refused(sample, tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a folder"):
+        image_files(tmp_path / "missing")
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    root, ds = sample
+    config = ClassifierConfig(epochs=1, img_size=32, batch_size=8)
+    model_dir = trained(IMAGE_CLASSIFIER, config, ds, tmp_path / "cls")
+    with pytest.raises(ValueError, match="broken.png: cannot read image"):
+        write_predictions(IMAGE_CLASSIFIER, model_dir, [broken], CPU, tmp_path / "out")
+    with pytest.raises(ValueError, match="no images"):
+        write_predictions(IMAGE_CLASSIFIER, model_dir, [], CPU, tmp_path / "out")
