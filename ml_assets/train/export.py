@@ -117,18 +117,9 @@ def export_classifier(model_dir: Path, out_dir: Path) -> Path:
                 output_names=["logits"],
                 dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
             )
-        torchscript, reason = _trace(model, example, tmp / TORCHSCRIPT_FILE)
-        _write_folder(
-            tmp,
-            kind="image_classifier",
-            source=model_dir,
-            classes=meta["classes"],
-            preprocessing=preprocessing,
-            inputs=["input"],
-            outputs=["logits"],
-            torchscript=torchscript,
-            torchscript_error=reason,
-        )
+        reason = _trace(model, example, tmp / TORCHSCRIPT_FILE)
+        names = {"inputs": ["input"], "outputs": ["logits"]}
+        _write_folder(tmp, "image_classifier", model_dir, meta, preprocessing, names, reason)
     return Path(out_dir)
 
 
@@ -182,25 +173,16 @@ def export_yolo(model_dir: Path, out_dir: Path) -> Path:
         if not onnx or not Path(onnx).is_file():
             raise RuntimeError(f"{model_dir}: ultralytics' ONNX export produced no file")
         shutil.move(onnx, tmp / ONNX_FILE)
-        torchscript, reason = True, None
+        reason = None
         try:
             with _quiet_torch_warnings():
                 traced = YOLO(str(weights)).export(format="torchscript", **arguments)
             shutil.move(traced, tmp / TORCHSCRIPT_FILE)
         except Exception as err:  # an architecture TorchScript cannot trace: ONNX still serves
-            torchscript, reason = False, f"{type(err).__name__}: {err}"
+            reason = f"{type(err).__name__}: {err}"
         shutil.rmtree(work)
-        _write_folder(
-            tmp,
-            kind="yolo_detector",
-            source=model_dir,
-            classes=meta["classes"],
-            preprocessing=preprocessing,
-            inputs=["images"],
-            outputs=["output0"],
-            torchscript=torchscript,
-            torchscript_error=reason,
-        )
+        names = {"inputs": ["images"], "outputs": ["output0"]}
+        _write_folder(tmp, "yolo_detector", model_dir, meta, preprocessing, names, reason)
     return Path(out_dir)
 
 
@@ -288,16 +270,16 @@ def check_onnx(out_dir: Path, inputs: np.ndarray, model_dir: Path | None = None)
 
 def _write_folder(
     tmp: Path,
-    *,
     kind: str,
     source: Path,
-    classes: list[dict],
+    meta: dict,
     preprocessing: dict,
-    inputs: list[str],
-    outputs: list[str],
-    torchscript: bool,
+    names: dict[str, list[str]],
     torchscript_error: str | None,
 ) -> None:
+    """classes.json, preprocessing.json and export.json beside the model files in ``tmp``;
+    ``meta`` is the model folder's own (its ``classes``), ``names`` the graph's ``inputs`` and
+    ``outputs``, ``torchscript_error`` why there is no TorchScript file (None when there is)."""
     import onnx
     import onnxruntime
     import torch
@@ -306,11 +288,10 @@ def _write_folder(
     info = {
         "kind": kind,
         "onnx": ONNX_FILE,
-        "torchscript": TORCHSCRIPT_FILE if torchscript else None,
+        "torchscript": TORCHSCRIPT_FILE if (tmp / TORCHSCRIPT_FILE).exists() else None,
         "torchscript_error": torchscript_error,
         "opset": OPSET,
-        "inputs": inputs,
-        "outputs": outputs,
+        **names,
         "tolerance": TOLERANCE[kind],
         "source": str(source),
         "versions": {
@@ -319,16 +300,18 @@ def _write_folder(
             "onnxruntime": onnxruntime.__version__,
         },
     }
-    indexed = [{"index": i, "id": c["id"], "name": c["name"]} for i, c in enumerate(classes)]
+    indexed = [
+        {"index": i, "id": c["id"], "name": c["name"]} for i, c in enumerate(meta["classes"])
+    ]
     option = orjson.OPT_INDENT_2
     (tmp / CLASSES_FILE).write_bytes(orjson.dumps(indexed, option=option))
     (tmp / PREPROCESSING_FILE).write_bytes(orjson.dumps(preprocessing, option=option))
     (tmp / EXPORT_FILE).write_bytes(orjson.dumps(info, option=option))
 
 
-def _trace(model: Any, example: Any, path: Path) -> tuple[bool, str | None]:
+def _trace(model: Any, example: Any, path: Path) -> str | None:
     """Save ``torch.jit.trace(model)`` at ``path`` if the traced module reproduces the model's
-    output on ``example``; (saved, why not)."""
+    output on ``example``; None when saved, else why not."""
     import torch
 
     try:
@@ -339,11 +322,11 @@ def _trace(model: Any, example: Any, path: Path) -> tuple[bool, str | None]:
             if not torch.allclose(traced(example), expected, atol=1e-5, rtol=0) or not (
                 torch.allclose(again, model(example * 0.5), atol=1e-5, rtol=0)
             ):
-                return False, "the traced module does not reproduce the model's output"
+                return "the traced module does not reproduce the model's output"
             traced.save(str(path))
     except Exception as err:  # data-dependent control flow and the like
-        return False, f"{type(err).__name__}: {err}"
-    return True, None
+        return f"{type(err).__name__}: {err}"
+    return None
 
 
 @contextlib.contextmanager
