@@ -48,6 +48,9 @@ def prepare_landing(landing: Path, images: int, seed: int, echo: Callable[[str],
 DEMO_SETTINGS = {
     "image_classifier": {"epochs": 12},
     "yolo_detector": {"epochs": 12, "imgsz": 96, "batch": 32},
+    # Not in DEFAULT_MODELS (ask with --models): tiny base models named "grounding-dino", "sam".
+    "lora_detector": {"epochs": 8, "batch_size": 8, "lr": 1e-3},
+    "lora_segmenter": {"epochs": 8, "batch_size": 8, "lr": 1e-3},
 }
 DEFAULT_MODELS = ("image_classifier", "yolo_detector")
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 from ml_assets.train.classifier import IMAGE_CLASSIFIER
 from ml_assets.train.kinds import ModelKind
 from ml_assets.train.lora import LORA_CLASSIFIER
+from ml_assets.train.lora_teachers import LORA_DETECTOR, LORA_SEGMENTER
 from ml_assets.train.yolo import YOLO_DETECTOR
 
 KINDS: dict[str, ModelKind] = {
-    kind.name: kind for kind in (IMAGE_CLASSIFIER, YOLO_DETECTOR, LORA_CLASSIFIER)
+    kind.name: kind
+    for kind in (IMAGE_CLASSIFIER, YOLO_DETECTOR, LORA_CLASSIFIER, LORA_DETECTOR, LORA_SEGMENTER)
 }
 # Short names the demo and the CLI accept.
 ALIASES = {"classifier": "image_classifier", "yolo": "yolo_detector", "lora": "lora_classifier"}
