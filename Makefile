@@ -61,6 +61,7 @@ format: setup
 bench: setup
 	$(PY) benchmarks/formats.py
 	$(PY) benchmarks/evaluation.py
+	$(PY) benchmarks/training.py
 
 clean:
 	rm -rf $(ML_ASSETS_HOME)
