@@ -154,7 +154,13 @@ def test_the_kind_fits_scores_and_reloads(dataset, tmp_path):
     scores = IMAGE_CLASSIFIER.score(model_dir, dataset, ids[8:], CPU)
     assert {"accuracy", "balanced_accuracy", "macro_f1", "macro_f1_tta"} <= set(scores.metrics)
     assert scores.metrics["samples"] == len(scores.predictions) > 0
+    assert {"weighted_f1", "top1_accuracy", "top4_accuracy", "ece", "ece_tta"} <= set(
+        scores.metrics
+    )
+    assert scores.metrics["top1_accuracy"] == scores.metrics["accuracy"]
+    assert scores.metrics["top4_accuracy"] == 1.0  # four classes
     assert scores.plots["confusion_matrix"].startswith(b"\x89PNG")
+    assert scores.plots["reliability"].startswith(b"\x89PNG")
     baseline = IMAGE_CLASSIFIER.baseline([{"extra": scores.extra}])
     assert 0 < baseline < 1
 

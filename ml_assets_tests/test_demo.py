@@ -44,8 +44,8 @@ def test_demo_materializes_everything_and_reports(home, tree_digest):
         (table.loc["fold 0", "accuracy"] + table.loc["fold 1", "accuracy"]) / 2
     )
     detector = reports["yolo_detector"]
-    assert detector["version"] == version and detector["primary_metric"] == "map50_95"
-    assert 0 <= detector["mean"]["map50_95"] <= 1
+    assert detector["version"] == version and detector["primary_metric"] == "AP"
+    assert 0 <= detector["mean"]["AP"] <= 1
     assert (home / "models" / "yolo_detector" / version / "fold-1" / "best.pt").is_file()
     landing = tree_digest(home / "landing")
 
@@ -88,7 +88,7 @@ def test_demo_materializes_everything_and_reports(home, tree_digest):
         assert scored.exit_code == 0, scored.output
         assert scored.output.startswith(f"{kind} on ")
     total = sum(r["metrics"]["samples"] for r in report["folds"])
-    assert f"samples: {total}" in scored.output or "map50_95: " in scored.output
+    assert f"samples: {total}" in scored.output or "AP50: " in scored.output
 
 
 @pytest.mark.slow

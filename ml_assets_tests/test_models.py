@@ -166,7 +166,7 @@ def test_progress_is_one_line_per_epoch_in_the_run_log(ingested):
     ]
     assert len(messages) == 2
     assert messages[0].startswith("yolo_detector epoch 1/2: ") and "left" in messages[0]
-    assert "map50_95" in messages[1] and "box_loss" in messages[1]
+    assert "map50_95" in messages[1] and "box_loss" in messages[1]  # per-epoch validation
 
 
 def test_evaluation_refuses_a_model_of_another_fold_assignment(ingested):

@@ -54,12 +54,29 @@ def evaluate_fold(
     }
     with atomic_dir(out_dir, overwrite=True) as tmp:
         scores.predictions.to_parquet(tmp / "predictions.parquet", index=False)
+        if {"image_id", "category_id", "score"} <= set(scores.predictions.columns):
+            write_detections(tmp / "results.json", scores.predictions)
         (tmp / "metrics.json").write_bytes(
             orjson.dumps(record, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
         )
         for name, png in scores.plots.items():
             (tmp / f"{name}.png").write_bytes(png)
     return record, scores
+
+
+def write_detections(path: Path, detections: pd.DataFrame) -> None:
+    """Detections as a COCO results file (image_id, category_id, bbox, score)."""
+    from ml_assets.evaluate.coco import detections_from_arrays, write_results
+
+    write_results(
+        path,
+        detections_from_arrays(
+            detections["image_id"],
+            detections["category_id"],
+            detections[["x", "y", "w", "h"]].to_numpy(),
+            detections["score"],
+        ),
+    )
 
 
 def read_fold_records(folders: dict[int, Path], folds_digest: str) -> list[dict]:
@@ -84,7 +101,10 @@ CLASS_METRICS = ("f1", "AP", "ap50_95", "iou")
 
 
 def per_fold_table(records: list[dict]) -> pd.DataFrame:
-    return pd.DataFrame([r["metrics"] for r in records], index=[r["fold"] for r in records])
+    """One row of metrics per fold; COCO's -1 ("no ground truth in this area range") becomes
+    missing, so means and deviations skip it."""
+    table = pd.DataFrame([r["metrics"] for r in records], index=[r["fold"] for r in records])
+    return table.mask(table == -1)
 
 
 def per_class_means(records: list[dict]) -> pd.DataFrame:

@@ -577,7 +577,7 @@ class ImageClassifier:
         inputs: dict[str, Path] | None = None,
     ) -> Scores:
         from ml_assets.evaluate.classification import classification_metrics
-        from ml_assets.evaluate.plots import confusion_png
+        from ml_assets.evaluate.plots import confusion_png, reliability_png
 
         model, meta = load_classifier(model_dir, device)
         names = [c["name"] for c in meta["classes"]]
@@ -589,13 +589,20 @@ class ImageClassifier:
         crops = extract_crops(ds, image_ids, [c["id"] for c in meta["classes"]], config.img_size)
         probabilities = predict(model, crops.images, device)
         predicted = probabilities.argmax(axis=1) if len(probabilities) else np.zeros(0, int)
-        found = classification_metrics(crops.labels, predicted, names)
-        metrics = {k: found[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "samples")}
+        found = classification_metrics(crops.labels, predicted, names, probabilities)
+        metrics = {k: v for k, v in found.items() if isinstance(v, int | float)}
+        plots = {
+            "confusion_matrix": confusion_png(found["confusion"], names, "held out"),
+            "reliability": reliability_png(found["reliability"], "held out"),
+        }
         if config.tta:
             flipped = predict(model, crops.images, device, tta=True)
-            with_tta = classification_metrics(crops.labels, flipped.argmax(axis=1), names)
-            for k in ("accuracy", "balanced_accuracy", "macro_f1"):
-                metrics[f"{k}_tta"] = with_tta[k]
+            with_tta = classification_metrics(crops.labels, flipped.argmax(axis=1), names, flipped)
+            metrics |= {
+                f"{k}_tta": v
+                for k, v in with_tta.items()
+                if isinstance(v, int | float) and k != "samples"
+            }
         predictions = pd.DataFrame(
             {
                 "annotation_id": crops.annotation_ids,
@@ -609,7 +616,7 @@ class ImageClassifier:
             per_class=found["per_class"],
             predictions=predictions,
             extra={"classes": names, "confusion": found["confusion"].tolist()},
-            plots={"confusion_matrix": confusion_png(found["confusion"], names, "held out")},
+            plots=plots,
         )
 
     def baseline(self, folds: list[dict]) -> float:

@@ -155,7 +155,7 @@ class YoloDetector:
     report_name = "detector_report"
     gate_name = "detector_promotable"
     config_class = YoloConfig
-    primary_metric = "map50_95"  # ultralytics' box mAP at IoU 0.50:0.95
+    primary_metric = "AP"  # COCO mAP@[.5:.95], exact (ml_assets.evaluate.coco)
     promotion_floor = 0.1  # mAP50-95; the demo's from-scratch yolov8n reaches about 0.17
     inputs = (INPUT,)
     tags = frozenset({"pytorch", "ultralytics", "mlflow"})
@@ -277,23 +277,24 @@ class YoloDetector:
             )
             curve = Path(tmp) / "val" / "BoxPR_curve.png"
             plots = {"pr_curve": curve.read_bytes()} if curve.exists() else {}
+        from ml_assets.evaluate.detection import detection_scores
+
+        # Our exact COCO metrics on ultralytics' validation detections (its low-confidence
+        # threshold, as COCO evaluation wants), with ultralytics' own numbers beside them.
+        detections = _predictions(captured.get("jdict", []), classes)
+        scores = detection_scores(ds, image_ids, detections)
         box = results.box
         instances = np.asarray(results.nt_per_class, dtype=np.int64)
-        metrics = {
-            "map50": float(box.map50),
-            "map50_95": float(box.map),
+        theirs = _per_class(box, instances, [c["name"] for c in classes])
+        scores.metrics |= {
+            "ultralytics_map50": float(box.map50),
+            "ultralytics_map50_95": float(box.map),
             "precision": float(box.mp),
             "recall": float(box.mr),
-            "images": float(len(set(image_ids))),
-            "instances": float(instances.sum()),
         }
-        return Scores(
-            metrics=metrics,
-            per_class=_per_class(box, instances, [c["name"] for c in classes]),
-            predictions=_predictions(captured.get("jdict", []), classes),
-            extra={"classes": classes},
-            plots=plots,
-        )
+        scores.per_class = scores.per_class.join(theirs[["precision", "recall"]])
+        scores.plots |= {f"ultralytics_{name}": png for name, png in plots.items()}
+        return scores
 
     def baseline(self, folds: list[dict]) -> float:
         """mAP50-95 of a detector that predicts nothing: 0.0 on any held-out fold (no detection

@@ -115,20 +115,19 @@ def test_score_gives_metrics_per_class_and_predictions(trained, sample):
     ds, _, val_ids = sample
     run_dir, _, _ = trained
     scores = YOLO_DETECTOR.score(run_dir / "model", ds, val_ids, torch.device("cpu"))
-    assert set(scores.metrics) == {*METRICS, "images", "instances"}
-    assert all(0 <= scores.metrics[m] <= 1 for m in METRICS)
+    exact = ["AP", "AP50", "AP75", "AR1", "AR10", "AR100", "VOC_AP50"]
+    theirs = ["ultralytics_map50", "ultralytics_map50_95", "precision", "recall"]
+    assert {*exact, *theirs, "images", "instances", "detections"} <= set(scores.metrics)
+    assert all(0 <= scores.metrics[m] <= 1 for m in [*exact, *theirs])
     held_out = ds.annotations[ds.annotations["image_id"].isin(val_ids)]
     assert scores.metrics["images"] == 4
     assert scores.metrics["instances"] == (held_out["iscrowd"] == 0).sum()
     assert scores.per_class.index.tolist() == ["circle", "square", "triangle", "cross"]
-    assert scores.per_class.columns.tolist() == [
-        "ap50",
-        "ap50_95",
-        "precision",
-        "recall",
-        "instances",
-    ]
-    assert scores.per_class["instances"].sum() == scores.metrics["instances"]
+    assert {"AP", "AP50", "VOC_AP50", "ground_truth", "precision", "recall"} <= set(
+        scores.per_class.columns
+    )
+    assert scores.per_class["ground_truth"].sum() == scores.metrics["instances"]
+    assert {"pr_curves", "samples"} <= set(scores.plots)
     predictions = scores.predictions
     assert predictions.columns.tolist() == ["image_id", "category_id", "x", "y", "w", "h", "score"]
     assert set(predictions["image_id"]) <= set(val_ids)
@@ -297,4 +296,4 @@ def test_the_detector_is_a_complete_model_kind():
     assert all(hasattr(YOLO_DETECTOR, name) for name in ModelKind.__annotations__)
     assert YOLO_DETECTOR.config_class is YoloConfig
     assert YOLO_DETECTOR.inputs == ("yolo_dataset",)
-    assert YOLO_DETECTOR.primary_metric in METRICS
+    assert YOLO_DETECTOR.primary_metric == "AP"
