@@ -62,6 +62,7 @@ bench: setup
 	$(PY) benchmarks/formats.py
 	$(PY) benchmarks/evaluation.py
 	$(PY) benchmarks/training.py
+	$(PY) benchmarks/lora.py
 
 clean:
 	rm -rf $(ML_ASSETS_HOME)

@@ -48,6 +48,7 @@ def prepare_landing(landing: Path, images: int, seed: int, echo: Callable[[str],
 DEMO_SETTINGS = {
     "image_classifier": {"epochs": 12},
     "yolo_detector": {"epochs": 12, "imgsz": 96, "batch": 32},
+    "lora_classifier": {"epochs": 8, "lr": 5e-3},
     # Not in DEFAULT_MODELS (ask with --models): tiny base models named "grounding-dino", "sam".
     "lora_detector": {"epochs": 8, "batch_size": 8, "lr": 1e-3},
     "lora_segmenter": {"epochs": 8, "batch_size": 8, "lr": 1e-3},
@@ -119,6 +120,8 @@ def run_jobs(defs, instance, home: Path, landing: Path, kinds, epochs, folds, se
         return checks
 
     run("ingest_job", version)
+    if any("base_model" in k.inputs for k in kinds):
+        prepare_base_models(defs, instance, home, kinds, echo)
     training = {
         k.name: DEMO_SETTINGS.get(k.name, {})
         | ({"epochs": epochs} if epochs else {})
@@ -139,6 +142,45 @@ def run_jobs(defs, instance, home: Path, landing: Path, kinds, epochs, folds, se
             "promotable": checks.get(k.gate_name, False),
         }
     return reports
+
+
+def prepare_base_models(defs, instance, home: Path, kinds, echo) -> None:
+    """Snapshot the base models the LoRA kinds train on (each kind's default ``base_model``):
+    every folder in <home>/base_models/; a name with neither a folder nor an earlier snapshot
+    gets a tiny random model made as ``ml-assets base-model init --tiny`` would, and says so."""
+    import dagster as dg
+
+    from ml_assets.defs.base_models import BASE_MODELS_FOLDER
+    from ml_assets.train.base_models import ARCHS, init_base_model, named_snapshot
+
+    store = Store(home / "store")
+    for k in kinds:
+        if "base_model" not in k.inputs:
+            continue
+        name = k.config_class.model_fields["base_model"].default
+        folder = home / BASE_MODELS_FOLDER / name
+        if folder.exists():
+            echo(f"base model {name!r}: {folder}")
+            continue
+        try:
+            named_snapshot(store, name)
+        except FileNotFoundError:
+            arch = name if name in ARCHS else "vit"
+            init_base_model(folder, arch, tiny=True)
+            echo(
+                f"no base model {name!r} configured: wrote a tiny randomly initialized {arch} to "
+                f"{folder} (base-model init --tiny); put real weights there for a real run"
+            )
+    if (home / BASE_MODELS_FOLDER).is_dir():
+        result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
+            instance=instance,
+            asset_selection=[dg.AssetKey("base_model")],
+            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+            raise_on_error=False,
+        )
+        echo(f"base_model: {'ok' if result.success else 'FAILED'} (run {result.run_id})")
+        if not result.success:
+            raise RuntimeError(f"base_model failed; see run {result.run_id} in make ui")
 
 
 def report_table(report: dict) -> pd.DataFrame:
