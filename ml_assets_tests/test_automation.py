@@ -160,3 +160,11 @@ def test_a_failed_gate_on_the_folds_stops_training(landed):
             defs=defs, instance=instance, asset_selection=selection, cursor=idle.cursor
         )
         assert result.total_requested == 0
+
+
+def test_the_cursor_of_the_one_dataset_sensor_reads_as_a_first_look(landed):
+    landing, home = landed
+    with dg.instance_for_test() as instance:
+        for old in ("3a52e7e96489", "123456789012", "not json {"):
+            result = evaluate_sensor(instance, home, cursor=old)
+            assert "the landing root: 13 files, changed" in result.skip_reason.skip_message

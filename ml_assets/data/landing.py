@@ -36,7 +36,15 @@ from typing import Any
 
 import orjson
 
-from ml_assets.data.store import Entry, HashCache, Store, is_url, scan, stat_walk, walk
+from ml_assets.data.store import (
+    Entry,
+    HashCache,
+    Store,
+    is_url,
+    manifest_of,
+    stat_walk,
+    walk,
+)
 
 LANDING_ENV = "ML_ASSETS_LANDING"
 WRITING = ".ml-assets-writing"
@@ -125,7 +133,8 @@ class LocalFolder:
         return Listing(drops, sorted(files))
 
     def manifest(self, drop: Drop, store: Store, cache: HashCache) -> list[Entry]:
-        return scan(Path(drop.url), cache)
+        """Hash the files the listing saw, through the hash cache (no second walk)."""
+        return manifest_of(Path(drop.url), drop.items, cache)
 
     def has(self, name: str) -> bool:
         return (self.root / name).exists()

@@ -158,12 +158,15 @@ def scan(root: Path, cache: HashCache | None = None) -> list[Entry]:
     root = Path(root).resolve()
     if not root.is_dir():
         raise FileNotFoundError(f"landing folder {root} does not exist or is not a folder")
-    cache = cache or HashCache(None)
+    return manifest_of(root, stat_walk(root), cache or HashCache(None))
+
+
+def manifest_of(root: Path, items: list[tuple], cache: HashCache) -> list[Entry]:
+    """The manifest of the files ``items`` (as :func:`stat_walk` lists them) under ``root``."""
     entries = []
-    for path, size, mtime_ns, ctime_ns, inode in stat_walk(root):
-        entries.append(
-            Entry(path, cache.sha256(f"{root}/{path}", size, mtime_ns, ctime_ns, inode), size)
-        )
+    for path, size, mtime_ns, ctime_ns, inode in items:
+        sha = cache.sha256(f"{root}/{path}", size, mtime_ns, ctime_ns, inode)
+        entries.append(Entry(path, sha, size))
         if len(entries) % SAVE_EVERY == 0:
             cache.save()  # a scan cut short (a sensor tick's time limit) keeps its progress
     cache.save()

@@ -52,9 +52,7 @@ def landing_sensor(
     landing = home.open_landing()
     if not landing.exists():
         return dg.SkipReason(f"landing folder {landing.url} does not exist")
-    cursor = orjson.loads(context.cursor) if context.cursor else {}
-    if not isinstance(cursor, dict):  # a cursor of the one-dataset sensor: look again
-        cursor = {}
+    cursor = read_cursor(context.cursor)
     known = partial(context.instance.has_dynamic_partition, dataset_versions.name)
     tick = check(landing, home.store, cursor, known)
     requests, keys = [], []
@@ -71,6 +69,18 @@ def landing_sensor(
         skip_reason=None if requests else seen,
         cursor=orjson.dumps(tick.cursor).decode(),
     )
+
+
+def read_cursor(text: str | None) -> dict[str, list]:
+    """The landing sensor's cursor: {dataset: [listing fingerprint, version key]}. The cursor of
+    the older one-dataset sensor (a bare version key) reads as empty: it looks once more."""
+    import orjson
+
+    try:
+        cursor = orjson.loads(text) if text else {}
+    except orjson.JSONDecodeError:
+        return {}
+    return cursor if isinstance(cursor, dict) else {}
 
 
 def newest_ingested_version(instance: dg.DagsterInstance) -> str | None:
