@@ -6,6 +6,7 @@ from pathlib import Path
 import dagster as dg
 
 from ml_assets.definitions import defs
+from ml_assets.defs.promotion import EXPORTABLE
 from ml_assets.train.registry import KINDS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +46,8 @@ def test_graph_has_the_data_assets_and_one_pipeline_per_model_kind():
         for k in KINDS.values()
         for n in (k.name, k.evaluation_name, k.report_name, f"{k.name}_final", f"promoted_{k.name}")
     }
-    assert keys == data | per_kind
+    exported = {f"exported_{k}" for k in EXPORTABLE}
+    assert keys == data | per_kind | exported | {"base_model", "predictions"}
     checks = {(c.asset_key.to_user_string(), c.name) for c in graph.asset_check_keys}
     assert {
         ("annotations", "annotations_schema"),

@@ -13,15 +13,15 @@ from ml_assets.data.sample import write_sample
 from ml_assets.defs import datasets
 from ml_assets.defs.models import build_pipeline
 from ml_assets.defs.partitions import dataset_versions
-from ml_assets.defs.promotion import build_promotion
+from ml_assets.defs.promotion import build_promotion, predictions
 from ml_assets.defs.resources import MLAssetsHome, MLflowTracking, TrainingDevice
 from ml_assets.evaluate.report import promotion_decision
 from ml_assets.train.classifier import IMAGE_CLASSIFIER
 from ml_assets.train.tracking import tracking_uri
 
 PIPELINE = build_pipeline(IMAGE_CLASSIFIER)
-FINAL, PROMOTED = (PROMOTION := build_promotion(IMAGE_CLASSIFIER, PIPELINE.assets[2]))[0]
-FINAL_CHECKS = PROMOTION[1]
+FINAL, PROMOTED, EXPORTED = (PROMOTION := build_promotion(IMAGE_CLASSIFIER, PIPELINE.assets[2]))[0]
+*FINAL_CHECKS, ONNX_CHECK = PROMOTION[1]
 TINY = {"epochs": 1, "img_size": 32, "batch_size": 8}
 
 
@@ -133,6 +133,29 @@ def test_a_worse_candidate_is_blocked_and_the_champion_moves_only_for_a_better_o
             assert champion["version"] == new and champion["previous"]["version"] == old
             assert champion_alias(home) != first_alias
             assert champion_alias(home) == champion["mlflow_version"]
+
+            # The champion exports to ONNX that agrees with PyTorch, and predicts in batch.
+            exported = dg.materialize(
+                [EXPORTED, ONNX_CHECK],
+                partition_key=new,
+                resources=resources(home),
+                instance=instance,
+            )
+            (check,) = exported.get_asset_check_evaluations()
+            assert check.passed and check.metadata["max_abs_diff"].value <= 1e-4
+            folder = home.exports_dir("image_classifier", new)
+            assert {"model.onnx", "classes.json", "preprocessing.json"} <= {
+                f.name for f in folder.iterdir()
+            }
+            predicted = dg.materialize(
+                [predictions],
+                partition_key=new,
+                resources=resources(home),
+                instance=instance,
+                run_config={"ops": {"predictions": {"config": {"kind": "image_classifier"}}}},
+            )
+            meta = predicted.asset_materializations_for_node("predictions")[0].metadata
+            assert meta["images"].value == 12 and meta["champion_version"].value == new
     finally:
         mlflow.end_run()
 

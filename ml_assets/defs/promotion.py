@@ -31,6 +31,8 @@ from ml_assets.defs.resources import MLAssetsHome, MLflowTracking, TrainingDevic
 from ml_assets.train.kinds import ModelKind
 
 CHAMPION_ALIAS = "champion"
+# Kinds with an exporter in ml_assets.train.export.
+EXPORTABLE = ("image_classifier", "yolo_detector")
 
 
 def gate_config(kind: ModelKind) -> type[dg.Config]:
@@ -202,7 +204,91 @@ def build_promotion(kind: ModelKind, report: dg.AssetsDefinition):
             }
         )
 
-    return [final, promoted], [*model_checks(final, kind), beats_champion]
+    assets, checks = [final, promoted], [*model_checks(final, kind), beats_champion]
+    if kind.name in EXPORTABLE:
+        exported, matches = build_export(kind, promoted, tags)
+        assets.append(exported)
+        checks.append(matches)
+    return assets, checks
+
+
+def build_export(kind: ModelKind, promoted: dg.AssetsDefinition, tags: dict):
+    """The deployable export of a promoted model and its check against PyTorch."""
+
+    @dg.asset(
+        name=f"exported_{kind.name}",
+        partitions_def=dataset_versions,
+        deps=[promoted],
+        group_name="promotion",
+        kinds={"onnx"},
+        tags=tags,
+        automation_condition=ON_NEW_UPSTREAM,
+        description=f"The promoted {kind.name} as ONNX (and TorchScript where the architecture "
+        "allows), with its class names, input size and normalization: what a server needs.",
+    )
+    def exported(context: dg.AssetExecutionContext, home: MLAssetsHome) -> dg.MaterializeResult:
+        from ml_assets.train.export import export_model, read_export
+
+        version = context.partition_key
+        out = export_model(
+            home.model_dir(kind.name, version, None), home.exports_dir(kind.name, version)
+        )
+        info = read_export(out)
+        sizes = {
+            f"{f.stem}_mb": round(f.stat().st_size / 2**20, 2)
+            for f in sorted(out.iterdir())
+            if f.suffix in {".onnx", ".pt"}
+        }
+        return dg.MaterializeResult(
+            metadata={
+                **sizes,
+                "formats": ", ".join(
+                    sorted(f.suffix[1:] for f in out.iterdir() if f.stem == "model")
+                ),
+                "opset": int(info.get("opset", 0)),
+                "path": dg.MetadataValue.path(str(out)),
+            }
+        )
+
+    @dg.asset_check(
+        asset=exported,
+        name="onnx_matches_pytorch",
+        blocking=True,
+        description="The ONNX model in onnxruntime and the PyTorch model give the same outputs "
+        "on sample images of the version, within the export's stated tolerance.",
+    )
+    def onnx_matches_pytorch(
+        context: dg.AssetCheckExecutionContext, home: MLAssetsHome
+    ) -> dg.AssetCheckResult:
+        from ml_assets.train.export import check_onnx
+
+        version = context.partition_key
+        found = check_onnx(
+            home.exports_dir(kind.name, version),
+            sample_images(home, version),
+            home.model_dir(kind.name, version, None),
+        )
+        return dg.AssetCheckResult(
+            passed=bool(found["passed"]),
+            metadata=numbers({k: v for k, v in found.items() if k != "passed"}),
+        )
+
+    return exported, onnx_matches_pytorch
+
+
+def sample_images(home: MLAssetsHome, version: str, count: int = 4):
+    """The first ``count`` images of a version as RGB uint8 arrays of one size."""
+    import numpy as np
+    from PIL import Image
+
+    ds = load_version(home, version)
+    files = ds.images.drop_duplicates("image_id")["file_name"].tolist()[:count]
+    arrays = []
+    for name in files:
+        with Image.open(ds.image_path(name)) as image:
+            arrays.append(np.asarray(image.convert("RGB")))
+    height, width = arrays[0].shape[:2]
+    return np.stack([np.asarray(Image.fromarray(a).resize((width, height))) for a in arrays])
 
 
 class PredictionsConfig(dg.Config):

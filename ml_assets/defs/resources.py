@@ -91,6 +91,10 @@ class MLAssetsHome(dg.ConfigurableResource):
             / (f"fold-{fold}" if fold is not None else "final")
         )
 
+    def exports_dir(self, kind: str, version: str) -> Path:
+        """The deployable export (ONNX, TorchScript) of a version's promoted model."""
+        return self.path / "exports" / kind / version
+
     def champion_path(self, kind: str) -> Path:
         """The record of a kind's current champion (the promoted final model)."""
         return self.path / "models" / kind / "champion.json"
