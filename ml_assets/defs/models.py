@@ -87,6 +87,7 @@ def model_checks(asset: dg.AssetsDefinition, kind: ModelKind) -> list[dg.AssetCh
 
     @dg.asset_check(
         asset=asset,
+        partitions_def=asset.partitions_def,
         name="weights_finite",
         blocking=True,
         description="Every weight of the saved model is a finite number.",
@@ -107,6 +108,7 @@ def model_checks(asset: dg.AssetsDefinition, kind: ModelKind) -> list[dg.AssetCh
 
     @dg.asset_check(
         asset=asset,
+        partitions_def=asset.partitions_def,
         name="reloads_identically",
         blocking=True,
         description="The saved model, rebuilt from disk, predicts what the trained model "
@@ -144,6 +146,7 @@ def trained_metadata(trained, device) -> dict:
         "resumed": fit.resumed_from is not None,
         "resumed_from_epoch": fit.resumed_from or 0,
         **numbers(fit.summary),
+        **{k: v for k, v in fit.summary.items() if isinstance(v, str)},
         "device": str(device),
         "history": md_frame(fit.history, index=False),
         "path": dg.MetadataValue.path(str(trained.model_dir)),
@@ -329,6 +332,7 @@ def build_pipeline(kind: ModelKind) -> KindPipeline:
 
     @dg.asset_check(
         asset=report,
+        partitions_def=dataset_versions,
         name=kind.gate_name,
         blocking=True,
         description=f"Promotion gate: mean {kind.primary_metric} over held-out folds reaches "

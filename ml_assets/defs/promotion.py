@@ -117,7 +117,7 @@ def build_promotion(kind: ModelKind, report: dg.AssetsDefinition):
             model_dir=home.model_dir(kind.name, version, None),
             tracking=mlflow_tracking.tracking(home.mlflow_dir),
             log=context.log.info,
-            inputs=inputs_of(kind, home, version),
+            inputs=inputs_of(kind, home, version, settings),
             tags={
                 "dagster_run_id": context.run_id,
                 "asset_key": f"{kind.name}_final",
@@ -129,6 +129,7 @@ def build_promotion(kind: ModelKind, report: dg.AssetsDefinition):
 
     @dg.asset_check(
         asset=final,
+        partitions_def=dataset_versions,
         name="beats_champion",
         blocking=True,
         description=f"Promotion gate: the version's mean {kind.primary_metric} across folds "
@@ -252,6 +253,7 @@ def build_export(kind: ModelKind, promoted: dg.AssetsDefinition, tags: dict):
 
     @dg.asset_check(
         asset=exported,
+        partitions_def=dataset_versions,
         name="onnx_matches_pytorch",
         blocking=True,
         description="The ONNX model in onnxruntime and the PyTorch model give the same outputs "

@@ -52,7 +52,9 @@ class FitResult:
     model: Any
     history: pd.DataFrame  # one row per epoch run in this call or before a resume
     resumed_from: int | None = None  # first epoch of this call when it resumed, else None
-    summary: dict[str, float] = field(default_factory=dict)  # final numbers for the metadata
+    # Final numbers for the metadata and MLflow metrics; text values (a base model's hash)
+    # become metadata text and MLflow tags.
+    summary: dict[str, float | str] = field(default_factory=dict)
 
 
 @dataclass

@@ -147,7 +147,9 @@ def train_fold(
             import mlflow
 
             _log_history(fit)
-            mlflow.log_metrics({k: float(v) for k, v in fit.summary.items()})
+            numeric = {k: v for k, v in fit.summary.items() if not isinstance(v, str)}
+            mlflow.log_metrics({k: float(v) for k, v in numeric.items()})
+            mlflow.set_tags({k: v for k, v in fit.summary.items() if isinstance(v, str)})
             mlflow.log_artifacts(str(model_dir), artifact_path="model")
             trained.mlflow_url = tracking.url(run)
             trained.registered_version = tracking.register(kind.name, run)
