@@ -314,6 +314,7 @@ class Teacher:
     input_ids: Any = None
     attention_mask: Any = None
     label_map: Any = None
+    base_hash: str = ""  # the base snapshot's (summary numbers go to MLflow as metrics)
 
     def to(self, device) -> Teacher:
         self.peft.to(device)
@@ -591,6 +592,7 @@ def load_teacher(folder: Path, device) -> Teacher:
     config = config_class(**meta["config"])
     teacher = build_teacher(meta["kind"], base, meta["classes"], config, adapter=folder)
     teacher.peft.eval()
+    teacher.base_hash = meta["base_model"]["hash"]
     return teacher.to(device)
 
 
@@ -609,6 +611,7 @@ def _fit(kind, ds, train_ids, config, device, run_dir, on_epoch, inputs, records
     base_hash = snapshot_hash(base)
     classes = class_list(ds)
     teacher = build_teacher(kind.name, base, classes, config)
+    teacher.base_hash = base_hash
     history, resumed_from = train_adapter(
         teacher, _Images(ds, records, teacher), step_loss, config, device, run_dir, on_epoch
     )
@@ -627,7 +630,6 @@ def _fit(kind, ds, train_ids, config, device, run_dir, on_epoch, inputs, records
         "final_train_loss": float(history.iloc[-1]["train_loss"]),
         **counts,
         "adapter_size_mb": adapter_megabytes(staged),
-        "base_model_hash": base_hash,
     }
     return teacher, history, resumed_from, summary
 

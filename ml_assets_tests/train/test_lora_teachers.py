@@ -222,7 +222,7 @@ def test_segmenter_scores_mask_and_boundary_iou_against_box_baseline(trained, sh
 
 def test_base_hash_is_recorded_and_follows_the_base(trained, bases, shapes, tmp_path):
     kind, fit, model_dir = trained["lora_segmenter"]
-    assert fit.summary["base_model_hash"] == bases["lora_segmenter"].hash
+    assert fit.model.base_hash == bases["lora_segmenter"].hash
     assert lt.read_meta(model_dir)["base_model"]["hash"] == bases["lora_segmenter"].hash
     other = snapshot_base_model(
         lt.init_sam(tmp_path / "sam2", tiny=True, seed=1), Store(tmp_path / "s")
@@ -240,7 +240,8 @@ def test_base_hash_is_recorded_and_follows_the_base(trained, bases, shapes, tmp_
         None,
         {"base_model": other.folder},
     )
-    assert refit.summary["base_model_hash"] == other.hash
+    assert refit.model.base_hash == other.hash
+    assert kind.load(tmp_path / "run" / "model", torch.device("cpu")).base_hash == other.hash
 
 
 @pytest.mark.parametrize("name", sorted(KINDS))

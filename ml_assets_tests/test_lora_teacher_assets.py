@@ -1,0 +1,85 @@
+"""The LoRA teachers through Dagster: tiny Grounding DINO and SAM made by `ml-assets base-model
+init --tiny`, snapshotted by the base_model asset, an adapter trained for one (version, fold)
+with its blocking checks and evaluation, the base hash in the metadata."""
+
+import dagster as dg
+import mlflow
+import orjson
+import pytest
+from click.testing import CliRunner
+
+from ml_assets.cli import main
+from ml_assets.defs import base_models, datasets
+from ml_assets.defs.models import build_pipeline
+from ml_assets.defs.partitions import dataset_versions
+from ml_assets.defs.resources import MLflowTracking, TrainingDevice
+from ml_assets.train.lora_teachers import LORA_DETECTOR, LORA_SEGMENTER
+
+KINDS = {k.name: k for k in (LORA_DETECTOR, LORA_SEGMENTER)}
+ARCH = {"lora_detector": "grounding-dino", "lora_segmenter": "sam"}
+SETTINGS = {"epochs": 1, "batch_size": 8, "lr": 1e-3}
+
+
+def metadata_of(result, asset: str) -> dict:
+    (event,) = result.asset_materializations_for_node(asset)
+    return {k: v.value for k, v in event.metadata.items()}
+
+
+@pytest.fixture
+def ingested(landed, tmp_path):
+    landing, home = landed
+    with dg.instance_for_test() as instance:
+        key = home.store.register(landing)
+        instance.add_dynamic_partitions(dataset_versions.name, [key])
+        data = [datasets.raw_dataset, datasets.annotations, datasets.folds]
+        assert dg.materialize(
+            data, partition_key=key, resources={"home": home}, instance=instance
+        ).success
+        yield instance, home, key
+    mlflow.end_run()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(KINDS))
+def test_teacher_trains_is_checked_and_evaluated_on_a_named_base(ingested, tmp_path, name):
+    instance, home, key = ingested
+    kind = KINDS[name]
+    folder = tmp_path / "weights" / ARCH[name]
+    made = CliRunner().invoke(
+        main, ["base-model", "init", str(folder), "--arch", ARCH[name], "--tiny"]
+    )
+    assert made.exit_code == 0, made.output
+    snapshot = dg.materialize(
+        [base_models.base_model],
+        resources={"home": home},
+        instance=instance,
+        run_config={"ops": {"base_model": {"config": {"folders": {ARCH[name]: str(folder)}}}}},
+    )
+    base_hash = metadata_of(snapshot, "base_model")[f"{ARCH[name]}_hash"]
+    pipeline = build_pipeline(kind)
+    model, evaluation, _ = pipeline.assets
+    weights_finite, reloads_identically, _ = pipeline.checks
+    result = dg.materialize(
+        [model, weights_finite, reloads_identically, evaluation],
+        partition_key=dg.MultiPartitionKey({"version": key, "fold": "0"}),
+        resources={
+            "home": home,
+            "training_device": TrainingDevice(device="cpu"),
+            "mlflow_tracking": MLflowTracking(),
+        },
+        instance=instance,
+        run_config={"ops": {name: {"config": SETTINGS | {"base_model": ARCH[name]}}}},
+    )
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks == {"weights_finite": True, "reloads_identically": True}
+    trained = metadata_of(result, name)
+    meta = orjson.loads((home.model_dir(name, key, 0) / "lora.json").read_bytes())
+    assert meta["base_model"]["hash"] == base_hash
+    assert 0 < trained["trainable_ratio"] < 0.5 and trained["adapter_size_mb"] > 0
+    model_dir = home.model_dir(name, key, 0)
+    assert (model_dir / "adapter_model.safetensors").is_file()
+    assert not (model_dir / "model.safetensors").exists()
+    scores = metadata_of(result, kind.evaluation_name)
+    assert kind.primary_metric in scores
+    record = orjson.loads((home.evaluation_dir(name, key, 0) / "metrics.json").read_bytes())
+    assert record["extra"]["base_model_hash"] == base_hash
