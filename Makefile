@@ -61,6 +61,7 @@ format: setup
 bench: setup
 	$(PY) benchmarks/formats.py
 	$(PY) benchmarks/evaluation.py
+	$(PY) benchmarks/sensor.py
 	$(PY) benchmarks/training.py
 	$(PY) benchmarks/lora.py
 

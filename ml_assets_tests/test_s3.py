@@ -1,13 +1,8 @@
 """S3 landing against a real S3 API server on loopback (moto in server mode, one per module)."""
 
-import contextlib
-import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 import uuid
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -21,43 +16,18 @@ from ml_assets.defs import automation, datasets
 from ml_assets.defs.partitions import dataset_versions
 from ml_assets.defs.resources import MLAssetsHome
 
+sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))  # scripts, not a package
+from sensor import moto_server  # noqa: E402  (the benchmark's server, started the same way)
+
 KEY_ID = "AKIAH10AKEYIDVALUE77"
 SECRET = "h10a-secret-value-never-shown-9f3e"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def s3_server():
     """``python -m moto.server`` on a free loopback port, in its own process session."""
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
-                break
-            if server.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"moto server did not start on port {port}")
-            time.sleep(0.2)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+    with moto_server() as endpoint:
+        yield endpoint
 
 
 @pytest.fixture
