@@ -351,20 +351,51 @@ def train_classifier(
     on_epoch: EpochCallback | None = None,
     validation: Crops | None = None,
 ):
-    """Train on ``crops``, checkpointing into ``run_dir`` after every epoch and resuming from a
-    checkpoint found there. Returns the model (eval mode, best epoch's weights when validating),
-    the per-epoch history and the epoch it resumed at (None for a fresh start)."""
+    """Train a new timm model on ``crops`` (see :func:`fit_loop`)."""
+    import torch
+
+    if len(crops.labels) == 0:
+        raise ValueError("no training samples: the training folds hold no labelled objects")
+    torch.manual_seed(config.seed)
+    model = build_model(config, num_classes, initial=True)
+    return fit_loop(model, crops, num_classes, config, device, run_dir, on_epoch, validation)
+
+
+def trained_state(model, trainable_only: bool) -> dict:
+    """What checkpoints keep of ``model``: everything, or only what trains (a PEFT model's
+    adapters and head, never its frozen base)."""
+    if not trainable_only:
+        return model.state_dict()
+    return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def fit_loop(
+    model,
+    crops: Crops,
+    num_classes: int,
+    config: ClassifierConfig,
+    device,
+    run_dir: Path | None = None,
+    on_epoch: EpochCallback | None = None,
+    validation: Crops | None = None,
+    trainable_only: bool = False,
+):
+    """Train ``model`` (images -> logits) on ``crops``, checkpointing into ``run_dir`` after
+    every epoch and resuming from a checkpoint found there (``trainable_only``: checkpoints and
+    the best epoch keep only the parameters that train). Returns the model (eval mode, the best
+    epoch's weights when validating), the per-epoch history and the epoch it resumed at (None
+    for a fresh start)."""
     import torch
     from timm.data import Mixup
     from timm.optim import create_optimizer_v2
 
     if len(crops.labels) == 0:
         raise ValueError("no training samples: the training folds hold no labelled objects")
-    torch.manual_seed(config.seed)
-    model = build_model(config, num_classes, initial=True).to(device)
+    model = model.to(device)
     on_cuda = device.type == "cuda"
     if on_cuda and config.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    # timm's parameter groups skip frozen parameters: they get no optimizer state.
     optimizer = create_optimizer_v2(
         model,
         opt=config.optimizer,
@@ -400,7 +431,7 @@ def train_classifier(
     resumed_from = None
     if checkpoint is not None and checkpoint.exists():
         saved = torch.load(checkpoint, map_location=device, weights_only=False)
-        model.load_state_dict(saved["model"])
+        model.load_state_dict(saved["model"], strict=not trainable_only)
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         if "plateau" in saved:  # timm does not save the plateau's own counters: we do
@@ -451,7 +482,8 @@ def train_classifier(
             if metric > state["best_f1"]:
                 state["best_f1"], state["bad_epochs"] = metric, 0
                 state["best_state"] = {
-                    k: v.detach().cpu().clone() for k, v in model.state_dict().items()
+                    k: v.detach().cpu().clone()
+                    for k, v in trained_state(model, trainable_only).items()
                 }
             else:
                 state["bad_epochs"] += 1
@@ -460,11 +492,12 @@ def train_classifier(
         state["epoch"] = epoch + 1
         state["history"].append({"epoch": epoch + 1, **row})
         if checkpoint is not None:
-            save_checkpoint(checkpoint, model, optimizer, scheduler, scaler, state)
+            weights = trained_state(model, trainable_only)
+            save_checkpoint(checkpoint, weights, optimizer, scheduler, scaler, state)
         if on_epoch:
             on_epoch(epoch + 1, config.epochs, row)
     if state["best_state"] is not None:
-        model.load_state_dict(state["best_state"])
+        model.load_state_dict(state["best_state"], strict=not trainable_only)
     return model.eval(), pd.DataFrame(state["history"]), resumed_from
 
 
@@ -473,7 +506,7 @@ def stopped_early(state: dict, config: ClassifierConfig) -> bool:
     return bool(patience) and state["bad_epochs"] >= patience
 
 
-def save_checkpoint(path: Path, model, optimizer, scheduler, scaler, state: dict) -> None:
+def save_checkpoint(path: Path, weights: dict, optimizer, scheduler, scaler, state: dict) -> None:
     import io
 
     import torch
@@ -483,7 +516,7 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, scaler, state: dict
     buffer = io.BytesIO()
     torch.save(
         {
-            "model": model.state_dict(),
+            "model": weights,
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(),

@@ -19,7 +19,6 @@ optimizer, the schedule and the history; a run that finds one resumes after its 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
@@ -191,7 +190,7 @@ class TrainableOnly:
         self.model = model
 
     def state_dict(self) -> dict:
-        return {n: p.detach() for n, p in self.model.named_parameters() if p.requires_grad}
+        return timm_recipe.trained_state(self.model, trainable_only=True)
 
 
 def train_lora(
@@ -204,95 +203,20 @@ def train_lora(
     on_epoch: EpochCallback | None = None,
     validation: timm_recipe.Crops | None = None,
 ):
-    """Train the adapters and head of ``model`` on ``crops``, checkpointing into ``run_dir``
-    after every epoch and resuming from a checkpoint found there. Returns the model (eval mode,
-    the best epoch's weights when validating), the history and the epoch it resumed at."""
-    import torch
-    from timm.optim import create_optimizer_v2
-
-    if len(crops.labels) == 0:
-        raise ValueError("no training samples: the training folds hold no labelled objects")
-    settings = recipe(config)
-    model = model.to(device)
-    on_cuda = device.type == "cuda"
-    use_amp = on_cuda and config.amp
-    amp_dtype = torch.bfloat16 if on_cuda and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-    # timm's AdamW groups skip frozen parameters: only adapters and head get optimizer state.
-    optimizer = create_optimizer_v2(
-        model, opt="adamw", lr=config.lr, weight_decay=config.weight_decay
+    """Train the adapters and head of ``model`` on ``crops`` with the classifier's loop
+    (checkpoints and resume in ``run_dir``, keeping only what trains). Returns the model (eval
+    mode, the best epoch's weights when validating), the history and the epoch it resumed at."""
+    return timm_recipe.fit_loop(
+        model,
+        crops,
+        num_classes,
+        recipe(config),
+        device,
+        run_dir,
+        on_epoch,
+        validation,
+        trainable_only=True,
     )
-    loss_fn = timm_recipe.build_loss(settings, crops.labels, num_classes, device)
-    generator = torch.Generator()
-    loader, reseed = timm_recipe.build_loader(crops, settings, augment=True, generator=generator)
-    scheduler = timm_recipe.build_schedule(optimizer, settings, max(1, len(loader)))
-    state = {"epoch": 0, "updates": 0, "history": [], "best_f1": -1.0, "best_state": None}
-    state["bad_epochs"] = 0
-    checkpoint = Path(run_dir) / timm_recipe.CHECKPOINT if run_dir is not None else None
-    resumed_from = None
-    if checkpoint is not None and checkpoint.exists():
-        saved = torch.load(checkpoint, map_location=device, weights_only=False)
-        model.load_state_dict(saved["model"], strict=False)
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        if "plateau" in saved:
-            scheduler.lr_scheduler.load_state_dict(saved["plateau"])
-        scaler.load_state_dict(saved["scaler"])
-        state = saved["state"]
-        resumed_from = state["epoch"] + 1
-    while state["epoch"] < config.epochs and not timm_recipe.stopped_early(state, settings):
-        epoch = state["epoch"]
-        seed = config.seed * 100_003 + epoch
-        generator.manual_seed(seed)
-        reseed(seed)
-        torch.manual_seed(seed)
-        model.train()
-        started, total, correct, seen = time.perf_counter(), 0.0, 0, 0
-        for x, y in loader:
-            x, y = timm_recipe.normalize(x, device), y.to(device)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                logits = model(x)
-            loss = loss_fn(logits, y)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            state["updates"] += 1
-            scheduler.step_update(state["updates"])
-            total += loss.item() * len(y)
-            correct += (logits.argmax(1) == y).sum().item()
-            seen += len(y)
-        row = {
-            "train_loss": total / seen,
-            "train_accuracy": correct / seen,
-            "lr": optimizer.param_groups[0]["lr"],
-        }
-        metric = None
-        if validation is not None and len(validation.labels):
-            model.eval()
-            metric = row["val_macro_f1"] = timm_recipe.macro_f1(
-                model, validation, num_classes, device
-            )
-            if metric > state["best_f1"]:
-                state["best_f1"], state["bad_epochs"] = metric, 0
-                state["best_state"] = {
-                    k: v.cpu().clone() for k, v in TrainableOnly(model).state_dict().items()
-                }
-            else:
-                state["bad_epochs"] += 1
-        scheduler.step(epoch + 1, metric)
-        row["seconds"] = time.perf_counter() - started
-        state["epoch"] = epoch + 1
-        state["history"].append({"epoch": epoch + 1, **row})
-        if checkpoint is not None:
-            timm_recipe.save_checkpoint(
-                checkpoint, TrainableOnly(model), optimizer, scheduler, scaler, state
-            )
-        if on_epoch:
-            on_epoch(epoch + 1, config.epochs, row)
-    if state["best_state"] is not None:
-        model.load_state_dict(state["best_state"], strict=False)
-    return model.eval(), pd.DataFrame(state["history"]), resumed_from
 
 
 def save_adapter(model, folder: Path, meta: dict) -> Path:
