@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from ml_assets.cli import main
 from ml_assets.data import landing as landing_module
-from ml_assets.data.landing import LocalFolder, add_dataset
+from ml_assets.data.landing import LocalFolder, add_dataset, is_single
 from ml_assets.defs import automation
 from ml_assets.defs.partitions import dataset_versions
 from ml_assets.defs.resources import MLAssetsHome
@@ -94,3 +94,21 @@ def test_ingesting_the_same_content_again_makes_no_new_version(home, tiny_sample
             cursor = result.cursor
         assert f"version {request.partition_key} is registered" in result.skip_reason.skip_message
         assert instance.get_dynamic_partitions(dataset_versions.name) == [request.partition_key]
+
+
+@pytest.mark.parametrize(
+    ("files", "folders", "single"),
+    [
+        ({"annotations.json"}, {"images"}, True),  # COCO, as the demo writes it
+        ({"data.yaml"}, {"train", "valid"}, True),  # Roboflow YOLO
+        (set(), {"Annotations", "JPEGImages"}, True),  # VOC
+        (set(), {"train", "valid", "test"}, True),  # Roboflow COCO: <split>/_annotations...
+        ({"obj.data", "obj.names", "train.txt"}, {"obj_train_data"}, True),  # CVAT YOLO
+        ({"notes.txt"}, set(), True),  # only files: one dataset (its checks say what is wrong)
+        (set(), {"shapes", "birds"}, False),  # what `ml-assets ingest` writes
+        ({"README.txt"}, {"shapes", "birds"}, False),  # a stray file does not merge them
+        (set(), {"cat", "dog"}, False),  # an image-folder set belongs in a folder of its own
+    ],
+)
+def test_which_datasets_the_landing_root_holds(files, folders, single):
+    assert is_single(files, folders) is single

@@ -17,9 +17,10 @@ under a hidden name and renames it (locally), or marks the dataset as being writ
 ``.ml-assets-writing`` object until its upload ends (on S3, which cannot rename a folder).
 
 A listing is a list of items, plain tuples (relative path, size, *stamp): the stamp is the stat
-data of a local file (mtime, ctime, inode), or the ETag of an S3 object. Two equal listings in a row mean a dataset settled;
-only then is its manifest made (local files hashed through the store's hash cache; S3 objects
-downloaded, hashed and stored in one pass, each (URL, size, ETag) once).
+data of a local file (mtime, ctime, inode), or the ETag of an S3 object. Two equal listings in a
+row mean a dataset settled; only then is its manifest made (local files hashed through the
+store's hash cache; S3 objects downloaded, hashed and stored in one pass, each (URL, size, ETag)
+once).
 """
 
 from __future__ import annotations
@@ -49,13 +50,6 @@ from ml_assets.data.store import (
 LANDING_ENV = "ML_ASSETS_LANDING"
 WRITING = ".ml-assets-writing"
 DOWNLOADS = 8
-ANNOTATION_FILES = frozenset(
-    {"annotations.json", "result.json", "data.yaml", "data.yml", "classes.txt", "obj.data"}
-)
-EXPORT_FOLDERS = frozenset(
-    {"images", "labels", "annotations", "Annotations", "JPEGImages", "ImageSets"}
-    | {"train", "training", "val", "valid", "validation", "test", "testing"}
-)
 
 
 Item = tuple  # (path relative to the dataset folder, size, *what changes with the content)
@@ -86,11 +80,23 @@ class Listing:
 
 
 def is_single(files: set[str], folders: set[str]) -> bool:
-    """The module's rule: is the landing root itself one dataset?"""
+    """The module's rule: is the landing root itself one dataset? The names are the readers'
+    own (imported here: they pull pandas, which ``ml-assets ingest`` does not need)."""
+    from ml_assets.data import coco, yolo
+    from ml_assets.data.layouts import EXPORT_FOLDERS, SPLIT_NAMES
+
+    annotation_files = {
+        coco.ANNOTATION_FILE,
+        coco.LABEL_STUDIO_FILE,
+        yolo.YAML_FILE,
+        yolo.CLASSES_FILE,
+        yolo.DARKNET_DATA,
+        yolo.DARKNET_NAMES,
+    }
     return (
         not folders
-        or bool(files & ANNOTATION_FILES)
-        or any(f in EXPORT_FOLDERS or f.startswith("obj_") for f in folders)
+        or bool(files & annotation_files)
+        or any(f in EXPORT_FOLDERS or f.lower() in SPLIT_NAMES or f[:4] == "obj_" for f in folders)
     )
 
 
@@ -337,7 +343,10 @@ def check(
         last = cursor.get(drop.name)
         size = f"{len(drop.items)} files"
         if drop.writing:
-            seen.append(f"{drop.label}: {size}, still being written by ml-assets ingest")
+            seen.append(
+                f"{drop.label}: {size}, still being written by ml-assets ingest (if that upload "
+                f"failed, run it again or delete {drop.url}/{WRITING})"
+            )
             continue
         if last and last[0] == fingerprint and last[1] and known(last[1]):
             new_cursor[drop.name] = last
