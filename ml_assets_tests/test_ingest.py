@@ -1,6 +1,8 @@
 """`ml-assets ingest` into a local landing folder, and what the landing sensor makes of it."""
 
 import shutil
+import sys
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -12,6 +14,9 @@ from ml_assets.data.landing import LocalFolder, add_dataset, is_single
 from ml_assets.defs import automation
 from ml_assets.defs.partitions import dataset_versions
 from ml_assets.defs.resources import MLAssetsHome
+
+sys.path.insert(0, str(Path(__file__).parent / "data"))  # the layout builders live there
+from layout_builders import BUILDERS  # noqa: E402
 
 
 def tick(instance, home, cursor=None):
@@ -112,3 +117,11 @@ def test_ingesting_the_same_content_again_makes_no_new_version(home, tiny_sample
 )
 def test_which_datasets_the_landing_root_holds(files, folders, single):
     assert is_single(files, folders) is single
+
+
+@pytest.mark.parametrize("layout", sorted(BUILDERS))
+def test_every_export_layout_dropped_into_the_root_is_one_dataset(tmp_path, layout):
+    root = BUILDERS[layout](tmp_path / "landing")
+    listing = LocalFolder(root).listing()
+    assert [drop.name for drop in listing.drops] == [""] and listing.ignored == []
+    assert len(listing.drops[0].items) == sum(1 for p in root.rglob("*") if p.is_file())
