@@ -91,6 +91,7 @@ def test_lora_classifier_trains_on_a_named_base_snapshot_and_records_its_hash(in
     assert trained["adapter_size_mb"] < base["tiny-vit_size_mb"]
     model_dir = home.model_dir(LORA_CLASSIFIER.name, key, 0)
     assert read_meta(model_dir)["base_model"]["hash"] == base["tiny-vit_hash"]
+    assert trained["base_model_hash"] == base["tiny-vit_hash"]
     assert not (model_dir / "model.safetensors").exists()
     scored = metadata_of(result, LORA_CLASSIFIER.evaluation_name)
     assert 0 <= scored["macro_f1"] <= 1

@@ -74,7 +74,7 @@ def test_teacher_trains_is_checked_and_evaluated_on_a_named_base(ingested, tmp_p
     assert checks == {"weights_finite": True, "reloads_identically": True}
     trained = metadata_of(result, name)
     meta = orjson.loads((home.model_dir(name, key, 0) / "lora.json").read_bytes())
-    assert meta["base_model"]["hash"] == base_hash
+    assert meta["base_model"]["hash"] == base_hash and trained["base_model_hash"] == base_hash
     assert 0 < trained["trainable_ratio"] < 0.5 and trained["adapter_size_mb"] > 0
     model_dir = home.model_dir(name, key, 0)
     assert (model_dir / "adapter_model.safetensors").is_file()

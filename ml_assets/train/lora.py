@@ -335,6 +335,7 @@ class LoraClassifier:
             **counts,
             "trainable_ratio": counts["trainable_parameters"] / counts["total_parameters"],
             "adapter_size_mb": adapter_megabytes(staged),
+            "base_model_hash": base_hash,
         }
         if "val_macro_f1" in history:
             summary["best_val_macro_f1"] = float(history["val_macro_f1"].max())

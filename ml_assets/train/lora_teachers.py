@@ -630,6 +630,7 @@ def _fit(kind, ds, train_ids, config, device, run_dir, on_epoch, inputs, records
         "final_train_loss": float(history.iloc[-1]["train_loss"]),
         **counts,
         "adapter_size_mb": adapter_megabytes(staged),
+        "base_model_hash": base_hash,
     }
     return teacher, history, resumed_from, summary
 
