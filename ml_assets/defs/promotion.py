@@ -32,7 +32,7 @@ from ml_assets.train.kinds import ModelKind
 
 CHAMPION_ALIAS = "champion"
 # Kinds with an exporter in ml_assets.train.export.
-EXPORTABLE = ("image_classifier", "yolo_detector")
+EXPORTABLE = ("image_classifier", "lora_classifier", "yolo_detector")
 
 
 def gate_config(kind: ModelKind) -> type[dg.Config]:

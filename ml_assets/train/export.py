@@ -57,7 +57,7 @@ TORCHSCRIPT_FILE = "model.torchscript.pt"
 CLASSES_FILE = "classes.json"
 PREPROCESSING_FILE = "preprocessing.json"
 EXPORT_FILE = "export.json"
-TOLERANCE = {"image_classifier": 1e-4, "yolo_detector": 1e-3}
+TOLERANCE = {"image_classifier": 1e-4, "lora_classifier": 1e-4, "yolo_detector": 1e-3}
 """Largest absolute difference :func:`check_onnx` accepts between onnxruntime and PyTorch:
 classifier logits (order 1-10) agree to 1e-4; YOLO's output mixes box coordinates in input
 pixels (up to the image side) with scores in [0, 1], and its export fuses convolutions with
@@ -71,6 +71,8 @@ def export_model(model_dir: Path, out_dir: Path) -> Path:
     model_dir = Path(model_dir)
     if (model_dir / "classifier.json").exists():
         return export_classifier(model_dir, out_dir)
+    if (model_dir / "lora.json").exists():
+        return export_lora_classifier(model_dir, out_dir)
     if (model_dir / "detector.json").exists():
         return export_yolo(model_dir, out_dir)
     raise FileNotFoundError(
@@ -85,11 +87,36 @@ def export_classifier(model_dir: Path, out_dir: Path) -> Path:
     why there is none)."""
     import torch
 
-    from ml_assets.train.classifier import MEAN, STD, ClassifierConfig, load_classifier
+    from ml_assets.train.classifier import ClassifierConfig, load_classifier
 
     model_dir = Path(model_dir).resolve()
     model, meta = load_classifier(model_dir, torch.device("cpu"))
     size = ClassifierConfig(**meta["config"]).img_size
+    return _export_logits(model, size, "image_classifier", model_dir, meta, out_dir)
+
+
+def export_lora_classifier(model_dir: Path, out_dir: Path) -> Path:
+    """Export a LoRA classifier: the adapter merged into the base weights (``merge_and_unload``)
+    behind the same ``images -> logits`` contract as the timm classifier, so its preprocessing
+    (ImageNet mean and std) and its server code are the same."""
+    import torch
+
+    from ml_assets.train.lora import load_lora
+
+    model_dir = Path(model_dir).resolve()
+    model, meta = load_lora(model_dir, torch.device("cpu"))
+    model.model = model.model.merge_and_unload()  # plain transformers weights, no PEFT layers
+    return _export_logits(
+        model.eval(), model.ml_assets_img_size, "lora_classifier", model_dir, meta, out_dir
+    )
+
+
+def _export_logits(model, size: int, kind: str, model_dir: Path, meta: dict, out_dir: Path):
+    """An ``images -> logits`` classifier to ONNX (dynamic batch) and TorchScript."""
+    import torch
+
+    from ml_assets.train.classifier import MEAN, STD
+
     example = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     preprocessing = {
         "resize": "stretch",
@@ -119,7 +146,7 @@ def export_classifier(model_dir: Path, out_dir: Path) -> Path:
             )
         reason = _trace(model, example, tmp / TORCHSCRIPT_FILE)
         names = {"inputs": ["input"], "outputs": ["logits"]}
-        _write_folder(tmp, "image_classifier", model_dir, meta, preprocessing, names, reason)
+        _write_folder(tmp, kind, model_dir, meta, preprocessing, names, reason)
     return Path(out_dir)
 
 
@@ -381,6 +408,10 @@ def _pytorch_network(info: dict, model_dir: Path) -> Any:
         from ml_assets.train.classifier import load_classifier
 
         return load_classifier(model_dir, cpu)[0]
+    if info["kind"] == "lora_classifier":
+        from ml_assets.train.lora import load_lora
+
+        return load_lora(model_dir, cpu)[0]
     if info["kind"] == "yolo_detector":
         from ml_assets.train.yolo import YOLO_DETECTOR
 
