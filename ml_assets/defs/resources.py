@@ -165,6 +165,11 @@ class MLflowTracking(dg.ConfigurableResource):
         description="A tracking server's URI; empty means $ML_ASSETS_MLFLOW_URI when set, else a "
         "sqlite store with an artifact folder in <home>/mlflow",
     )
+    artifact_root: str = Field(
+        default="",
+        description="Where a local store keeps artifacts: empty means <home>/mlflow/artifacts; "
+        "an s3://bucket/prefix puts them on S3 (endpoint and keys from the AWS environment)",
+    )
     enabled: bool = Field(default=True, description="Track training runs in MLflow")
 
     def tracking(self, local_folder: Path):
@@ -177,4 +182,5 @@ class MLflowTracking(dg.ConfigurableResource):
         # Not $MLFLOW_TRACKING_URI: mlflow.set_tracking_uri() writes that variable itself, so
         # it would carry one home's store into the next run of the same process.
         uri = self.mlflow_tracking_uri or os.environ.get("ML_ASSETS_MLFLOW_URI", "")
-        return Tracking(uri) if uri else Tracking.local(local_folder)
+        artifacts = self.artifact_root or os.environ.get("ML_ASSETS_MLFLOW_ARTIFACTS", "")
+        return Tracking(uri) if uri else Tracking.local(local_folder, artifacts)

@@ -22,18 +22,22 @@ def tracking_uri(folder: Path) -> str:
 
 @dataclass(frozen=True)
 class Tracking:
-    """Where runs go: ``uri`` is an MLflow tracking URI; ``artifacts`` the folder that holds the
-    artifacts of a local store (None: the server decides); ``ui`` the address links point to."""
+    """Where runs go: ``uri`` is an MLflow tracking URI; ``artifacts`` the root URI of the
+    artifacts of new experiments (a local folder's ``file://`` URI or ``s3://bucket/prefix``;
+    None: the server decides); ``ui`` the address links point to."""
 
     uri: str
-    artifacts: Path | None = None
+    artifacts: str | None = None
     ui: str = UI_ADDRESS
 
     @classmethod
-    def local(cls, folder: Path) -> Tracking:
+    def local(cls, folder: Path, artifacts: str = "") -> Tracking:
+        """The sqlite store in ``folder``, artifacts in ``folder/artifacts`` or at ``artifacts``
+        (an ``s3://`` URI: MLflow reads the endpoint and keys from the AWS environment and
+        MLFLOW_S3_ENDPOINT_URL)."""
         folder = Path(folder).resolve()
         folder.mkdir(parents=True, exist_ok=True)
-        return cls(tracking_uri(folder), folder / "artifacts")
+        return cls(tracking_uri(folder), artifacts or (folder / "artifacts").as_uri())
 
     @contextlib.contextmanager
     def run(self, experiment: str, run_name: str, tags: dict[str, str]) -> Iterator:
@@ -44,7 +48,7 @@ class Tracking:
         mlflow.set_tracking_uri(self.uri)
         found = mlflow.get_experiment_by_name(experiment)
         if found is None:
-            location = (self.artifacts / experiment).as_uri() if self.artifacts else None
+            location = f"{self.artifacts.rstrip('/')}/{experiment}" if self.artifacts else None
             # Another run may create it first: then it is simply looked up below.
             with contextlib.suppress(mlflow.exceptions.MlflowException):
                 mlflow.create_experiment(experiment, artifact_location=location)
