@@ -58,6 +58,11 @@ for line in sys.stdin:
         "materialized": [
             e.asset_key.to_user_string() for e in result.get_asset_materialization_events()
         ],
+        "failures": [
+            f"{e.step_key}: {e.step_failure_data.error.to_string()[-1500:]}"
+            for e in result.all_events
+            if e.event_type_value == "STEP_FAILURE"
+        ],
     }
     print("ANSWER " + json.dumps(answer), flush=True)
 """
@@ -317,7 +322,7 @@ def test_four_runs_at_once_keep_every_run_event_and_materialization(home, tmp_pa
                 workers.close()
 
             for answers, partitions in ((ingested, versions), (training, trained)):
-                assert all(a["success"] for a in answers), answers
+                assert all(a["success"] for a in answers), [a["failures"] for a in answers]
                 assert_overlapping(instance, [a["run_id"] for a in answers])
                 for answer, partition in zip(answers, partitions, strict=True):
                     assert_everything_stored(instance, answer, partition)
