@@ -110,9 +110,19 @@ def demo(images: int, folds: int, epochs: int | None, models: str, seed: int) ->
     from ml_assets.train.registry import kind
 
     names = tuple(kind(m.strip()).name for m in models.split(",") if m.strip())
-    reports = run_demo(
-        images=images, folds=folds, epochs=epochs, seed=seed, models=names, echo=click.echo
-    )
+    try:
+        reports = run_demo(
+            images=images, folds=folds, epochs=epochs, seed=seed, models=names, echo=click.echo
+        )
+    except BaseException as interrupted:  # Ctrl-C: one line, not a traceback
+        if not is_interrupt(interrupted):
+            raise
+        click.echo(
+            "interrupted: the running run stopped and gave its pool slot back; "
+            "make demo again resumes training from the last checkpoint",
+            err=True,
+        )
+        sys.exit(130)
     for name, report in reports.items():
         click.echo(f"\n{name}, version {report['version']}, {folds}-fold cross-validation:\n")
         whole = {c: (lambda v: str(int(v))) for c in ("samples", "images", "instances")}
@@ -130,6 +140,11 @@ def demo(images: int, folds: int, epochs: int | None, models: str, seed: int) ->
         "next:    make ui      (dagster dev on this instance: assets, runs, metadata, checks)\n"
         "         make mlflow  (MLflow UI on the training runs)"
     )
+
+
+def is_interrupt(error: BaseException) -> bool:
+    """Ctrl-C, as Python raises it or as Dagster re-raises it from inside a run."""
+    return type(error).__name__ in ("KeyboardInterrupt", "DagsterExecutionInterruptedError")
 
 
 @main.command()

@@ -19,6 +19,7 @@ from ml_assets import runtime
 from ml_assets.data.atomic import write_bytes
 from ml_assets.data.sample import write_sample
 from ml_assets.data.store import Store
+from ml_assets.hygiene import execute_as_location, reap_dead_runs
 
 
 def instance_home() -> Path:
@@ -82,6 +83,7 @@ def run_demo(
     landing = home / "landing"
     prepare_landing(landing, images, seed, echo)
     with dg.DagsterInstance.from_config(str(instance_home())) as instance:
+        reap_dead_runs(instance, echo)
         return run_jobs(defs, instance, home, landing, kinds, epochs, folds, seed, echo)
 
 
@@ -99,13 +101,15 @@ def run_jobs(defs, instance, home: Path, landing: Path, kinds, epochs, folds, se
     quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
     def run(job: str, partition_key, assets=None, run_config=None):
-        result = defs.resolve_job_def(job).execute_in_process(
-            instance=instance,
+        # A run of the code location, as if launched from the UI: make ui files it under its job.
+        result = execute_as_location(
+            instance,
+            job,
             partition_key=partition_key,
+            asset_selection=assets,
             run_config={**quiet, **(run_config or {})},
             tags=tags,
-            asset_selection=assets,
-            raise_on_error=False,
+            echo=echo,
         )
         checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
         failed = {name for name, passed in checks.items() if not passed}
@@ -172,11 +176,12 @@ def prepare_base_models(defs, instance, home: Path, kinds, echo) -> None:
                 f"{folder} (base-model init --tiny); put real weights there for a real run"
             )
     if (home / BASE_MODELS_FOLDER).is_dir():
-        result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
-            instance=instance,
+        result = execute_as_location(
+            instance,
+            defs.resolve_implicit_global_asset_job_def().name,
             asset_selection=[dg.AssetKey("base_model")],
             run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
-            raise_on_error=False,
+            echo=echo,
         )
         echo(f"base_model: {'ok' if result.success else 'FAILED'} (run {result.run_id})")
         if not result.success:

@@ -9,6 +9,7 @@ exist and pass their check, and each kind's report once its folds are evaluated.
 every fold of the newest version whose ingest went through.
 """
 
+import os
 from functools import partial
 
 import dagster as dg
@@ -16,15 +17,25 @@ import dagster as dg
 from ml_assets.defs.datasets import folds
 from ml_assets.defs.partitions import dataset_versions, fold_partitions
 from ml_assets.defs.resources import MLAssetsHome
+from ml_assets.hygiene import INGEST_RUN_TAGS, in_flight_runs, training_run_tags
+from ml_assets.train.registry import KINDS
+
+# The retraining schedule, read when the code location loads (restart make ui to change it):
+# ML_ASSETS_RETRAIN_CRON (default every Monday at 03:00) in ML_ASSETS_RETRAIN_TIMEZONE
+# (an IANA name, default UTC).
+RETRAIN_CRON = os.environ.get("ML_ASSETS_RETRAIN_CRON", "0 3 * * 1")
+RETRAIN_TIMEZONE = os.environ.get("ML_ASSETS_RETRAIN_TIMEZONE", "UTC")
 
 ingest_job = dg.define_asset_job(
     "ingest_job",
     selection=dg.AssetSelection.groups("data"),
+    tags=INGEST_RUN_TAGS,
     description="Store, read, validate, split and export one dataset version.",
 )
 training_job = dg.define_asset_job(
     "training_job",
     selection=dg.AssetSelection.groups("training", "evaluation"),
+    tags=training_run_tags(),
     description="Train and evaluate every model kind for one (version, fold).",
 )
 report_job = dg.define_asset_job(
@@ -94,24 +105,40 @@ def newest_ingested_version(instance: dg.DagsterInstance) -> str | None:
 
 @dg.schedule(
     job=training_job,
-    cron_schedule="0 3 * * 1",
-    execution_timezone="UTC",
+    cron_schedule=RETRAIN_CRON,
+    execution_timezone=RETRAIN_TIMEZONE,
     default_status=dg.DefaultScheduleStatus.STOPPED,
-    description="Every Monday at 03:00 UTC, retrain every fold of the newest ingested version.",
+    description=f"At cron {RETRAIN_CRON!r} ({RETRAIN_TIMEZONE}; ML_ASSETS_RETRAIN_CRON and "
+    "ML_ASSETS_RETRAIN_TIMEZONE), retrain every fold of the newest ingested version; a fold "
+    "already queued or training with the same config is skipped.",
 )
 def weekly_retraining(context: dg.ScheduleEvaluationContext):
     newest = newest_ingested_version(context.instance)
     if newest is None:
         return dg.SkipReason("no dataset version has been ingested yet")
     stamp = context.scheduled_execution_time.strftime("%Y%m%dT%H%M")
-    return [
-        dg.RunRequest(
-            partition_key=dg.MultiPartitionKey({"version": newest, "fold": fold}),
-            run_key=f"retrain-{newest}-{fold}-{stamp}",
-            tags={"ml_assets/trigger": "schedule"},
+    requests, busy = [], []
+    for fold in fold_partitions.get_partition_keys():
+        key = dg.MultiPartitionKey({"version": newest, "fold": fold})
+        running = in_flight_runs(context.instance, TRAINING_JOBS, key, {})
+        if running:
+            busy.append(f"fold {fold} (run {running[0].run_id}, {running[0].status.value})")
+            continue
+        requests.append(
+            dg.RunRequest(
+                partition_key=key,
+                run_key=f"retrain-{newest}-{fold}-{stamp}",
+                tags={"ml_assets/trigger": "schedule"},
+            )
         )
-        for fold in fold_partitions.get_partition_keys()
-    ]
+    reason = f"version {newest}: already queued or training: {', '.join(busy)}" if busy else None
+    if reason:
+        context.log.info(reason)
+    return requests or dg.SkipReason(reason)
+
+
+# Jobs that train a (version, fold): the schedule's and each kind's own.
+TRAINING_JOBS = {"training_job", *(f"{name}_job" for name in KINDS)}
 
 
 automation_sensor = dg.AutomationConditionSensorDefinition(
@@ -119,5 +146,6 @@ automation_sensor = dg.AutomationConditionSensorDefinition(
     target=dg.AssetSelection.groups("training", "evaluation", "reports", "promotion"),
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=30,
+    run_tags=training_run_tags(),
     description="Trains, evaluates and reports whatever a new dataset version made stale.",
 )

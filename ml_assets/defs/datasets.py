@@ -1,5 +1,6 @@
 """Data assets per dataset version: the stored files, the canonical tables, the folds."""
 
+import warnings
 from pathlib import Path
 
 import dagster as dg
@@ -17,6 +18,12 @@ from ml_assets.data.tables import Dataset, load_tables, save_tables
 from ml_assets.defs.partitions import dataset_versions, fold_partitions
 from ml_assets.defs.resources import MLAssetsHome
 from ml_assets.evaluate.plots import markdown_image
+
+# Checks of partitioned assets are partitioned the same way (so Execute in the UI runs for the
+# chosen partition): a preview feature in Dagster 1.13 that warns once per check definition.
+warnings.filterwarnings(
+    "ignore", "Specifying a partitions_def on an AssetCheckSpec", dg.PreviewWarning
+)
 
 
 def md_table(frame: pd.DataFrame) -> dg.MetadataValue:
@@ -107,7 +114,10 @@ def annotations(context: dg.AssetExecutionContext, home: MLAssetsHome) -> dg.Mat
 
 
 @dg.asset_check(
-    asset=annotations, blocking=True, description="Pandera schemas of the three tables."
+    asset=annotations,
+    partitions_def=dataset_versions,
+    blocking=True,
+    description="Pandera schemas of the three tables.",
 )
 def annotations_schema(
     context: dg.AssetCheckExecutionContext, home: MLAssetsHome
@@ -126,6 +136,7 @@ def annotations_schema(
 
 @dg.asset_check(
     asset=annotations,
+    partitions_def=dataset_versions,
     blocking=True,
     description="Data findings (boxes outside images, unknown classes, duplicates, ...): "
     "errors block everything downstream, warnings are shown but let it run.",
@@ -203,6 +214,7 @@ def load_folds(home: MLAssetsHome, version: str) -> tuple[pd.DataFrame, str]:
 
 @dg.asset_check(
     asset=folds,
+    partitions_def=dataset_versions,
     blocking=True,
     description="Every image has exactly one fold and no image content sits in two folds.",
 )
