@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from ml_assets.defs import automation, base_models, datasets, exports
+from ml_assets.defs import automation, base_models, datasets, exports, shards
 from ml_assets.defs.models import build_pipeline
 from ml_assets.defs.promotion import build_promotion, predictions
 from ml_assets.defs.resources import MLAssetsHome, MLflowTracking, TrainingDevice
@@ -22,7 +22,10 @@ promotions = [
 
 defs = dg.Definitions.merge(
     dg.Definitions(
-        assets=[*dg.load_assets_from_modules([datasets, exports, base_models]), predictions],
+        assets=[
+            *dg.load_assets_from_modules([datasets, exports, base_models, shards]),
+            predictions,
+        ],
         asset_checks=dg.load_asset_checks_from_modules([datasets]),
         jobs=[automation.ingest_job, automation.training_job, automation.report_job],
         sensors=[automation.landing_sensor, automation.automation_sensor],

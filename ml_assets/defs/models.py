@@ -22,8 +22,8 @@ from pydantic import Field
 from ml_assets.defs.datasets import folds, load_folds, load_version
 from ml_assets.defs.partitions import dataset_versions, fold_partitions, version_fold, version_folds
 from ml_assets.defs.resources import MLAssetsHome, MLflowTracking, TrainingDevice
+from ml_assets.defs.shards import SHARDS
 from ml_assets.evaluate.plots import markdown_image
-from ml_assets.hygiene import training_run_tags
 from ml_assets.train.kinds import ModelKind
 
 # On Kubernetes (dagster-k8s run launcher), each training step asks for one GPU.
@@ -66,6 +66,8 @@ def inputs_of(kind: ModelKind, home: MLAssetsHome, version: str, config=None) ->
                 found[name] = home.base_model_dir(config.base_model)
         else:
             found[name] = home.export_dir(name.removesuffix("_dataset"), version)
+    if getattr(config, "source", "") == "shards":  # training streams the version's shards
+        found["webdataset_shards"] = home.export_dir(SHARDS, version)
     return found
 
 
@@ -160,6 +162,38 @@ def trained_metadata(trained, device) -> dict:
     return metadata
 
 
+def processes(config) -> int:
+    return config.nproc_per_node * config.nnodes
+
+
+def train_with_torchrun(context, kind: ModelKind, home, partition, settings, where):
+    """``train_fold`` in ``nproc_per_node`` processes under torchrun, launched through Dagster
+    Pipes: rank 0's log lines and epochs arrive in this run's logs as they happen, and the
+    trained fold comes back as a Pipes message (see ``ml_assets.train.distributed``)."""
+    from ml_assets.train import distributed
+
+    version, fold = partition
+    tracking = where["tracking"]
+    with distributed.request_folder() as folder:
+        request = distributed.write_request(
+            folder,
+            kind=kind.name,
+            tables=home.tables_dir(version),
+            files=home.store.files_dir(version),
+            folds=home.folds_path(version),
+            k=len(fold_partitions.get_partition_keys()),
+            fold=fold,
+            config=settings.model_dump(),
+            device=str(context.resources.training_device.torch_device()),
+            tracking=vars(tracking) if tracking is not None else None,
+            **{k: where[k] for k in ("run_dir", "model_dir", "inputs", "tags")},
+        )
+        command = distributed.torchrun_command(settings, request, f"{version}-{fold}")
+        context.log.info(f"launching {' '.join(command)}")
+        invocation = dg.PipesSubprocessClient().run(context=context, command=command)
+    return distributed.trained_from_messages(invocation.get_custom_messages())
+
+
 def promotion_config(kind: ModelKind) -> type[dg.Config]:
     """The gate's launchpad config, with the kind's own default floor."""
     return type(
@@ -207,27 +241,33 @@ def build_pipeline(kind: ModelKind) -> KindPipeline:
         device = training_device.torch_device()
         settings = config.model_copy(update=training_device.overrides(config))
         context.log.info(f"training {kind.name} for version {version} fold {fold} on {device}")
-        trained = train_fold(
-            kind,
-            load_version(home, version),
-            assignment,
-            folds_digest,
-            fold,
-            settings,
-            device,
-            run_dir=home.run_dir(kind.name, version, fold),
-            model_dir=home.model_dir(kind.name, version, fold),
-            tracking=mlflow_tracking.tracking(home.mlflow_dir),
-            log=context.log.info,
-            inputs=inputs_of(kind, home, version, settings),
-            tags={
+        where = {
+            "run_dir": home.run_dir(kind.name, version, fold),
+            "model_dir": home.model_dir(kind.name, version, fold),
+            "tracking": mlflow_tracking.tracking(home.mlflow_dir),
+            "inputs": inputs_of(kind, home, version, settings),
+            "tags": {
                 "dagster_run_id": context.run_id,
                 "asset_key": kind.name,
                 "version": version,
                 "fold": str(fold),
             },
-        )
-        metadata = trained_metadata(trained, device)
+        }
+        if getattr(kind, "distributed", "") == "torchrun" and processes(settings) > 1:
+            trained = train_with_torchrun(context, kind, home, (version, fold), settings, where)
+        else:
+            trained = train_fold(
+                kind,
+                load_version(home, version),
+                assignment,
+                folds_digest,
+                fold,
+                settings,
+                device,
+                log=context.log.info,
+                **where,
+            )
+        metadata = trained_metadata(trained, device) | {"processes": processes(settings)}
         return dg.MaterializeResult(metadata=metadata)
 
     @dg.asset(
@@ -355,7 +395,6 @@ def build_pipeline(kind: ModelKind) -> KindPipeline:
         dg.define_asset_job(
             f"{kind.name}_job",
             selection=selection & dg.AssetSelection.groups("training", "evaluation"),
-            tags=training_run_tags(),
             description=f"Train and evaluate {kind.name} for one (version, fold).",
         ),
         dg.define_asset_job(

@@ -19,6 +19,7 @@ batches as one that never stopped.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -92,6 +93,19 @@ class ClassifierConfig(KindConfig):
     )
     workers: int = Field(default=0, ge=0, description="Data loader worker processes")
     seed: int = Field(default=0, description="Seed for weights init, shuffling and augmentation")
+    source: Literal["snapshot", "shards"] = Field(
+        default="snapshot",
+        description="snapshot: crops read from the version's image files into memory; shards: "
+        "training crops streamed from WebDataset shards (memory stays flat as data grows)",
+    )
+    shards: str = Field(
+        default="",
+        description="With source shards: a shard folder or s3://bucket/prefix holding "
+        "index.json; empty means the version's webdataset_shards",
+    )
+    shuffle_buffer: int = Field(
+        default=1000, ge=0, description="With source shards: samples in the shuffle buffer"
+    )
 
 
 @dataclass(frozen=True)
@@ -101,6 +115,86 @@ class Crops:
     images: np.ndarray
     labels: np.ndarray
     annotation_ids: np.ndarray
+
+
+@dataclass(frozen=True)
+class ShardCrops:
+    """Training inputs streamed from WebDataset shards instead of held in memory: the shard
+    ``urls``, which images train, the model's class ids, and the label of every crop in the
+    tables (their count sizes the epoch, their frequencies weigh the loss)."""
+
+    urls: tuple[str, ...]
+    image_ids: frozenset[int]
+    class_ids: tuple[int, ...]
+    labels: np.ndarray
+    size: int
+    shuffle_buffer: int = 1000
+
+
+def crop_box(image: Image.Image, x: float, y: float, w: float, h: float, size: int, pad: float):
+    """A square uint8 input around one box, resized to ``size``: a padded crop around an object,
+    or the whole image when the box is the whole image (image folders)."""
+    width, height = image.size
+    if x <= 0 and y <= 0 and x + w >= width and y + h >= height:
+        crop = image
+    else:
+        side = max(w, h) * (1 + 2 * pad)
+        cx, cy = x + w / 2, y + h / 2
+        box = (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)
+        crop = image.crop(tuple(round(v) for v in box))  # pads with black outside
+    return np.asarray(crop.resize((size, size), Image.Resampling.BILINEAR))
+
+
+def shard_crops(
+    ds: Dataset, image_ids, class_ids: list[int], location: str, size: int, shuffle_buffer: int
+) -> ShardCrops:
+    """The training crops of ``image_ids`` as a stream from the shards at ``location``."""
+    from ml_assets.data.shards import shard_urls
+
+    index = {cid: i for i, cid in enumerate(class_ids)}
+    ann = ds.annotations[ds.annotations["image_id"].isin(set(image_ids))]
+    labels = ann.loc[ann["iscrowd"] == 0, "category_id"].map(index).to_numpy(np.int64)
+    return ShardCrops(
+        tuple(shard_urls(location)),
+        frozenset(int(i) for i in image_ids),
+        tuple(class_ids),
+        labels,
+        size,
+        shuffle_buffer,
+    )
+
+
+def streamed_crops(source: ShardCrops, pad: float = 0.15, shuffle_seed: int | None = None):
+    """(uint8 HWC crop, class index, annotation id) of every non-crowd box of the source's
+    images, streamed from its shards (this rank's and loader worker's share, shuffled through
+    the buffer when ``shuffle_seed`` is given, else every shard in order)."""
+    from ml_assets.data.shards import read_image, stream_samples
+
+    index = {cid: i for i, cid in enumerate(source.class_ids)}
+    shuffle = source.shuffle_buffer if shuffle_seed is not None else 0
+    split = shuffle_seed is not None
+    for sample in stream_samples(source.urls, shuffle, shuffle_seed or 0, split=split):
+        if sample.record["image_id"] not in source.image_ids:
+            continue
+        boxes = [a for a in sample.record["annotations"] if not a["iscrowd"]]
+        image = read_image(sample) if boxes else None
+        for a in boxes:
+            if a["category_id"] not in index:
+                raise ValueError(
+                    f"{sample.url}: sample {sample.key} has category {a['category_id']}, "
+                    "unknown to the model"
+                )
+            crop = crop_box(image, a["x"], a["y"], a["w"], a["h"], source.size, pad)
+            yield crop, index[a["category_id"]], a["annotation_id"]
+
+
+def collect_crops(source: ShardCrops) -> Crops:
+    """Every crop of a shard source in memory (validation: one fold)."""
+    found = list(streamed_crops(source))
+    if not found:
+        return Crops(np.zeros((0, source.size, source.size, 3), np.uint8), *np.zeros((2, 0), int))
+    images, labels, ids = zip(*found, strict=True)
+    return Crops(np.stack(images), np.asarray(labels, np.int64), np.asarray(ids, np.int64))
 
 
 def extract_crops(
@@ -119,16 +213,8 @@ def extract_crops(
             image = Image.open(path).convert("RGB")
         except OSError as err:
             raise ValueError(f"{path}: cannot read image {image_id}: {err}") from err
-        width, height = image.size
         for row in group.itertuples():
-            if row.x <= 0 and row.y <= 0 and row.x + row.w >= width and row.y + row.h >= height:
-                crop = image
-            else:
-                side = max(row.w, row.h) * (1 + 2 * pad)
-                cx, cy = row.x + row.w / 2, row.y + row.h / 2
-                box = (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)
-                crop = image.crop(tuple(round(v) for v in box))  # pads with black outside
-            crops.append(np.asarray(crop.resize((size, size), Image.Resampling.BILINEAR)))
+            crops.append(crop_box(image, row.x, row.y, row.w, row.h, size, pad))
             labels.append(index[row.category_id])
             ids.append(row.annotation_id)
     return Crops(
@@ -196,12 +282,21 @@ def augmentation(policy: str):
     return None, lambda seed: None
 
 
-def build_loader(crops: Crops, config: ClassifierConfig, augment: bool, generator=None):
-    """Batches of uint8 (B, 3, S, S) tensors and labels; normalization happens on the device."""
+def build_loader(
+    crops: Crops | ShardCrops, config: ClassifierConfig, augment: bool, generator=None
+):
+    """Batches of uint8 (B, 3, S, S) tensors and labels; normalization happens on the device.
+    Under ``torch.distributed`` each rank reads its own share (a ``DistributedSampler``, or its
+    own shards); ``reseed(seed)`` before every epoch makes its order and augmentation
+    reproducible."""
     import torch
     from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+    from ml_assets.train.distributed import world
+
     transform, reseed = augmentation(config.augment if augment else "none")
+    if isinstance(crops, ShardCrops):
+        return _shard_loader(crops, config, transform, reseed)
     if transform is None:
         data = TensorDataset(torch.from_numpy(crops.images).permute(0, 3, 1, 2).contiguous())
         data.tensors += (torch.from_numpy(crops.labels),)
@@ -217,10 +312,18 @@ def build_loader(crops: Crops, config: ClassifierConfig, augment: bool, generato
 
         data = Augmented()
     mixing = augment and (config.mixup_alpha > 0 or config.cutmix_alpha > 0)
+    rank, size = world()
+    sampler = None
+    if size > 1:  # every rank the same number of batches (padded by repetition)
+        sampler = torch.utils.data.DistributedSampler(
+            data, size, rank, shuffle=augment, seed=config.seed
+        )
+        reseed = _also(reseed, sampler.set_epoch)
     loader = DataLoader(
         data,
         batch_size=config.batch_size,
-        shuffle=augment,
+        shuffle=augment and sampler is None,
+        sampler=sampler,
         generator=generator,
         num_workers=config.workers,
         # timm's Mixup pairs samples (batches must be full), and batch norm cannot train on a
@@ -230,6 +333,56 @@ def build_loader(crops: Crops, config: ClassifierConfig, augment: bool, generato
         pin_memory=False,
     )
     return loader, reseed
+
+
+def _also(first, second):
+    def both(seed: int) -> None:
+        first(seed)
+        second(seed)
+
+    return both
+
+
+def _shard_loader(source: ShardCrops, config: ClassifierConfig, transform, reseed):
+    """A loader over crops streamed from shards; its length is the epoch's batch count."""
+    import torch
+    from torch.utils.data import DataLoader, IterableDataset
+
+    from ml_assets.train.distributed import world
+
+    ranks = world()[1]
+
+    class Streamed(IterableDataset):
+        seed = 0
+
+        def __len__(self) -> int:  # this rank's share, about: ranks read different shards
+            return -(-len(source.labels) // ranks)
+
+        def __iter__(self):
+            for crop, label, _ in streamed_crops(source, shuffle_seed=self.seed):
+                image = np.array(transform(crop)) if transform is not None else crop
+                yield torch.from_numpy(image).permute(2, 0, 1), label
+
+    data = Streamed()
+
+    def reseed_stream(seed: int) -> None:
+        data.seed = seed  # read when the next epoch's iteration starts, in every worker
+        reseed(seed)
+
+    loader = DataLoader(
+        data,
+        batch_size=config.batch_size,
+        num_workers=config.workers,
+        # Every worker and rank ends with its own partial batch: drop those that could hold one
+        # sample (batch norm needs two) or break timm's Mixup (it pairs samples).
+        drop_last=config.workers > 1
+        or ranks > 1
+        or config.mixup_alpha > 0
+        or config.cutmix_alpha > 0
+        or len(source.labels) % config.batch_size == 1,
+        worker_init_fn=(lambda worker: reseed(torch.initial_seed() % 2**31)),
+    )
+    return loader, reseed_stream
 
 
 def normalize(x, device, channels_last: bool = False):
@@ -389,12 +542,20 @@ def fit_loop(
     from timm.data import Mixup
     from timm.optim import create_optimizer_v2
 
+    from ml_assets.train.distributed import barrier, sum_over_ranks, world
+
     if len(crops.labels) == 0:
         raise ValueError("no training samples: the training folds hold no labelled objects")
     model = model.to(device)
     on_cuda = device.type == "cuda"
     if on_cuda and config.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    rank, ranks = world()
+    network = model  # what runs forward and backward: DDP's wrapper under torchrun
+    if ranks > 1:
+        network = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if on_cuda else None
+        )
     # timm's parameter groups skip frozen parameters: they get no optimizer state.
     optimizer = create_optimizer_v2(
         model,
@@ -429,6 +590,7 @@ def fit_loop(
     }
     checkpoint = Path(run_dir) / CHECKPOINT if run_dir is not None else None
     resumed_from = None
+    barrier()  # rank 0 has prepared run_dir: every rank sees the same checkpoint
     if checkpoint is not None and checkpoint.exists():
         saved = torch.load(checkpoint, map_location=device, weights_only=False)
         model.load_state_dict(saved["model"], strict=not trainable_only)
@@ -449,27 +611,40 @@ def fit_loop(
         model.train()
         started, total, correct, seen = time.perf_counter(), 0.0, 0, 0
         optimizer.zero_grad(set_to_none=True)
-        for i, (x, y) in enumerate(loader):
-            x, y = normalize(x, device, on_cuda and config.channels_last), y.to(device)
-            targets = y
-            if mixup is not None:
-                x, targets = mixup(x, y)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                logits = model(x)
-            loss = loss_fn(logits, targets)
-            scaler.scale(loss / steps).backward()
-            if (i + 1) % steps == 0 or i + 1 == len(loader):
-                if config.grad_clip:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                state["updates"] += 1
-                scheduler.step_update(state["updates"])
-            total += loss.item() * len(y)
-            correct += (logits.argmax(1) == y).sum().item()
-            seen += len(y)
+
+        def update() -> None:
+            if config.grad_clip:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            state["updates"] += 1
+            scheduler.step_update(state["updates"])
+
+        pending = False
+        # Ranks streaming their own shards may run out of batches at different steps: DDP's
+        # join lets the others finish without waiting for them.
+        uneven = ranks > 1 and isinstance(crops, ShardCrops)
+        with network.join() if uneven else contextlib.nullcontext():
+            for i, (x, y) in enumerate(loader):
+                x, y = normalize(x, device, on_cuda and config.channels_last), y.to(device)
+                targets = y
+                if mixup is not None:
+                    x, targets = mixup(x, y)
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                    logits = network(x)
+                loss = loss_fn(logits, targets)
+                scaler.scale(loss / steps).backward()
+                pending = (i + 1) % steps != 0
+                if not pending:
+                    update()
+                total += loss.item() * len(y)
+                correct += (logits.argmax(1) == y).sum().item()
+                seen += len(y)
+        if pending:  # the epoch's last batches, fewer than accumulation_steps
+            update()
+        total, correct, seen = sum_over_ranks(total, correct, seen, device=device)
         row = {
             "train_loss": total / seen,
             "train_accuracy": correct / seen,
@@ -491,11 +666,12 @@ def fit_loop(
         row["seconds"] = time.perf_counter() - started
         state["epoch"] = epoch + 1
         state["history"].append({"epoch": epoch + 1, **row})
-        if checkpoint is not None:
-            weights = trained_state(model, trainable_only)
-            save_checkpoint(checkpoint, weights, optimizer, scheduler, scaler, state)
-        if on_epoch:
-            on_epoch(epoch + 1, config.epochs, row)
+        if rank == 0:  # the only rank that writes and reports
+            if checkpoint is not None:
+                weights = trained_state(model, trainable_only)
+                save_checkpoint(checkpoint, weights, optimizer, scheduler, scaler, state)
+            if on_epoch:
+                on_epoch(epoch + 1, config.epochs, row)
     if state["best_state"] is not None:
         model.load_state_dict(state["best_state"], strict=not trainable_only)
     return model.eval(), pd.DataFrame(state["history"]), resumed_from
@@ -555,6 +731,28 @@ def load_classifier(folder: Path, device):
     return model.to(device).eval(), meta
 
 
+def training_inputs(ds: Dataset, train_ids, val_ids, class_ids, config, inputs=None):
+    """(training crops, validation crops) of a fold: both read from the version's image files,
+    or with ``source: shards`` the training crops streamed and the validation fold collected
+    from the shards (``config.shards``, else the ``webdataset_shards`` input)."""
+    if config.source == "snapshot":
+        return (
+            extract_crops(ds, train_ids, class_ids, size=config.img_size),
+            extract_crops(ds, val_ids, class_ids, size=config.img_size),
+        )
+    location = config.shards or str((inputs or {}).get("webdataset_shards", ""))
+    if not location:
+        raise ValueError(
+            "source 'shards' needs a shard location: set shards (a folder or s3:// URL) or "
+            "materialize webdataset_shards for this version"
+        )
+    train = shard_crops(ds, train_ids, class_ids, location, config.img_size, config.shuffle_buffer)
+    val = ShardCrops(
+        train.urls, frozenset(int(i) for i in val_ids), train.class_ids, None, train.size
+    )
+    return train, collect_crops(val)
+
+
 class ImageClassifier:
     """The timm classifier as a model kind (see ``ml_assets.train.kinds``)."""
 
@@ -566,6 +764,7 @@ class ImageClassifier:
     primary_metric = "macro_f1"
     promotion_floor = 0.5
     inputs: tuple[str, ...] = ()
+    distributed = "torchrun"  # fit_loop trains with DDP when torchrun started it
     tags = frozenset({"pytorch", "mlflow"})
     description = (
         "A timm classifier of object crops (whole images for image-folder data), trained on "
@@ -583,14 +782,16 @@ class ImageClassifier:
         on_epoch: EpochCallback | None = None,
         inputs: dict[str, Path] | None = None,
     ) -> FitResult:
+        from ml_assets.train.distributed import world
+
         classes = class_list(ds)
         ids = [c["id"] for c in classes]
-        crops = extract_crops(ds, train_ids, ids, size=config.img_size)
-        validation = extract_crops(ds, val_ids, ids, size=config.img_size)
+        crops, validation = training_inputs(ds, train_ids, val_ids, ids, config, inputs)
         model, history, resumed_from = train_classifier(
             crops, len(classes), config, device, run_dir, on_epoch, validation
         )
-        save_classifier(model, Path(run_dir) / "model", config, classes)
+        if world()[0] == 0:  # under torchrun, rank 0 writes the model
+            save_classifier(model, Path(run_dir) / "model", config, classes)
         last = history.iloc[-1]
         summary = {
             "train_samples": len(crops.labels),

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 import numpy as np
 import orjson
 import pandas as pd
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from ml_assets.data.atomic import write_bytes
 from ml_assets.data.tables import Dataset
@@ -39,10 +39,29 @@ from ml_assets.data.tables import Dataset
 EpochCallback = Callable[[int, int, dict[str, float]], None]
 
 
+# Launch settings every config has: how many processes train, never how they train.
+LAUNCH_FIELDS = frozenset({"nproc_per_node", "nnodes", "rdzv_endpoint"})
+
+
 class KindConfig(BaseModel):
-    """Base of every kind's configuration: immutable, unknown keys refused."""
+    """Base of every kind's configuration: immutable, unknown keys refused. The launch settings
+    live here once, so every kind's launchpad shows them; a kind that cannot honour them
+    refuses them in ``fit``."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    nproc_per_node: int = Field(
+        default=1,
+        ge=1,
+        description="Training processes per node; more than 1 launches torchrun (DDP) through "
+        "Dagster Pipes, one process per GPU on CUDA (batch_size is per process)",
+    )
+    nnodes: int = Field(default=1, ge=1, description="Nodes taking part in training (torchrun)")
+    rdzv_endpoint: str = Field(
+        default="",
+        description="host:port of torchrun's c10d rendezvous, needed with nnodes > 1; empty on "
+        "one node (a free local port)",
+    )
 
 
 @dataclass
@@ -86,6 +105,10 @@ class ModelKind(Protocol):
     inputs: tuple[str, ...]
     tags: frozenset[str]  # Dagster kinds shown on the assets: "pytorch", "ultralytics", ...
     description: str
+    # Several processes (nproc_per_node * nnodes > 1): "torchrun" when fit trains with DDP under
+    # torchrun (the model asset launches it), "self" when the library runs its own DDP inside
+    # fit (ultralytics); a kind without the attribute trains in one process and refuses more.
+    distributed: str
 
     def fit(
         self,

@@ -102,6 +102,8 @@ def train_fold(
     ``model_dir``; ``fold=None`` trains the final model on every fold (validating on the test
     split when the folds hold one)."""
     config = kind.config_class(**config.model_dump())
+    if config.nproc_per_node * config.nnodes > 1 and not getattr(kind, "distributed", ""):
+        raise ValueError(f"{kind.name} trains in one process: set nproc_per_node and nnodes to 1")
     train_ids, val_ids = training_ids(assignment, fold), held_out_ids(assignment, fold)
     version = (tags or {}).get("version", "")
     key = fingerprint(kind=kind.name, config=config.model_dump(), folds=folds_digest, fold=fold)

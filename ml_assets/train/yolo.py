@@ -45,7 +45,14 @@ from pydantic import Field, field_validator
 from ml_assets.data.atomic import atomic_dir, write_bytes
 from ml_assets.data.tables import Dataset, image_key, splits
 from ml_assets.data.yolo import YAML_FILE, label_path, write_yolo
-from ml_assets.train.kinds import EpochCallback, FitResult, KindConfig, Scores, class_list
+from ml_assets.train.kinds import (
+    LAUNCH_FIELDS,
+    EpochCallback,
+    FitResult,
+    KindConfig,
+    Scores,
+    class_list,
+)
 
 META_FILE = "detector.json"
 WEIGHTS_FILE = "best.pt"
@@ -158,6 +165,7 @@ class YoloDetector:
     primary_metric = "AP"  # COCO mAP@[.5:.95], exact (ml_assets.evaluate.coco)
     promotion_floor = 0.1  # mAP50-95; the demo's from-scratch yolov8n reaches about 0.17
     inputs = (INPUT,)
+    distributed = "self"  # ultralytics runs its own DDP over a device list
     tags = frozenset({"pytorch", "ultralytics", "mlflow"})
     description = "An ultralytics YOLO detector, trained on every fold but this one."
 
@@ -212,7 +220,7 @@ class YoloDetector:
             )
             model.train(
                 data=str(data),
-                device=device_argument(device),
+                device=device_argument(device, config.nproc_per_node, config.nnodes),
                 project=str(run_dir),
                 name=TRAIN_DIR,
                 exist_ok=True,
@@ -372,9 +380,20 @@ class YoloDetector:
 YOLO_DETECTOR = YoloDetector()
 
 
-def device_argument(device: Any) -> str:
-    """ultralytics' ``device`` argument for a torch device (``cpu``, ``cuda[:N]``, ``mps``)."""
+def device_argument(device: Any, processes: int = 1, nodes: int = 1) -> str:
+    """ultralytics' ``device`` argument for a torch device (``cpu``, ``cuda[:N]``, ``mps``);
+    with ``processes`` > 1 the list of that many GPUs from ``device`` on (``"0,1"``), over which
+    ultralytics runs its own DDP."""
     kind, _, index = str(device).partition(":")
+    if nodes > 1:
+        raise ValueError("yolo_detector trains on one node: ultralytics' DDP has no nnodes")
+    if processes > 1:
+        if kind != "cuda":
+            raise ValueError(
+                f"yolo_detector with nproc_per_node={processes} needs CUDA GPUs (ultralytics "
+                f"runs its own DDP, one GPU per process); this run is on {device}"
+            )
+        return ",".join(str(int(index or 0) + i) for i in range(processes))
     if kind == "cuda":
         return index or "0"
     return kind
@@ -383,7 +402,7 @@ def device_argument(device: Any) -> str:
 def train_arguments(config: YoloConfig) -> dict[str, Any]:
     """Keyword arguments of ``YOLO.train`` for a fresh run."""
     return {
-        **config.model_dump(exclude={"model"}),
+        **config.model_dump(exclude={"model", *LAUNCH_FIELDS}),
         "amp": False,  # the AMP check downloads weights
         "plots": False,  # per-run plots cost time; score() draws the PR curve
         "val": True,

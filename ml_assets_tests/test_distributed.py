@@ -1,0 +1,141 @@
+"""Distributed training: torchrun through Dagster Pipes with DDP on CPU (gloo), the launch
+settings every kind has, YOLO's own DDP device list and its refusal on CPU."""
+
+import dagster as dg
+import mlflow
+import pytest
+
+from ml_assets.data.sample import write_sample
+from ml_assets.defs import datasets
+from ml_assets.defs.models import build_pipeline
+from ml_assets.defs.partitions import dataset_versions
+from ml_assets.defs.resources import MLAssetsHome, MLflowTracking, TrainingDevice
+from ml_assets.train.classifier import IMAGE_CLASSIFIER, ClassifierConfig
+from ml_assets.train.distributed import torchrun_command
+from ml_assets.train.registry import KINDS
+from ml_assets.train.yolo import YoloConfig, device_argument, train_arguments
+
+PIPELINE = build_pipeline(IMAGE_CLASSIFIER)
+# Same global batch (16) and seed; 1 process against 2 of 8 each.
+SETTINGS = {"epochs": 6, "img_size": 32, "seed": 1, "augment": "none", "tta": False}
+SINGLE = {**SETTINGS, "batch_size": 16}
+DOUBLE = {**SETTINGS, "batch_size": 8, "nproc_per_node": 2}
+# DDP averages gradients over the ranks, as one process averages them over its batch; batch
+# norm statistics are per rank, and the two samplers draw different orders: the metrics of the
+# held-out fold agree within this much.
+TOLERANCE = 0.15
+
+
+def test_every_kind_has_the_launch_settings_and_torchrun_gets_them():
+    for kind in KINDS.values():
+        fields = kind.config_class.model_fields
+        assert fields["nproc_per_node"].default == 1 and fields["nnodes"].default == 1
+        assert fields["rdzv_endpoint"].default == ""
+    one_node = torchrun_command(ClassifierConfig(nproc_per_node=2), "req.json")
+    assert one_node[1:5] == ["-m", "torch.distributed.run", "--nproc-per-node", "2"]
+    assert "--standalone" in one_node
+    assert one_node[-3:] == ["-m", "ml_assets.train.distributed", "req.json"]
+    nodes = torchrun_command(
+        ClassifierConfig(nproc_per_node=4, nnodes=2, rdzv_endpoint="head:29400"), "r", "v-0"
+    )
+    assert nodes[nodes.index("--rdzv-endpoint") + 1] == "head:29400"
+    assert nodes[nodes.index("--nnodes") + 1] == "2" and "--standalone" not in nodes
+    assert nodes[nodes.index("--rdzv-id") + 1] == "v-0"
+    with pytest.raises(ValueError, match="nnodes=2 needs rdzv_endpoint"):
+        torchrun_command(ClassifierConfig(nnodes=2), "r")
+
+
+def test_yolo_gets_a_gpu_list_and_refuses_several_processes_on_cpu():
+    import torch
+
+    assert device_argument(torch.device("cuda"), 2) == "0,1"
+    assert device_argument(torch.device("cuda:2"), 3) == "2,3,4"
+    assert device_argument(torch.device("cpu")) == "cpu"
+    with pytest.raises(ValueError, match="nproc_per_node=2 needs CUDA GPUs"):
+        device_argument(torch.device("cpu"), 2)
+    with pytest.raises(ValueError, match="one node"):
+        device_argument(torch.device("cuda"), 2, nodes=2)
+    assert "nproc_per_node" not in train_arguments(YoloConfig(nproc_per_node=2))
+
+
+def test_a_kind_without_distributed_training_refuses_several_processes(tmp_path):
+    from ml_assets.train.runs import train_fold
+
+    class OneProcess:
+        name = "one_process"
+        config_class = ClassifierConfig
+
+    with pytest.raises(ValueError, match="one_process trains in one process"):
+        train_fold(
+            OneProcess(),
+            None,
+            None,
+            "",
+            0,
+            ClassifierConfig(nproc_per_node=2),
+            "cpu",
+            tmp_path / "run",
+            tmp_path / "model",
+        )
+
+
+@pytest.fixture
+def ingested(tmp_path):
+    """A version of 60 images (enough for the held-out metrics to mean something)."""
+    landing = write_sample(tmp_path / "landing", images=60, seed=5, size=48)
+    home = MLAssetsHome(root=str(tmp_path / "home"), landing=str(landing))
+    with dg.instance_for_test() as instance:
+        key = home.store.register(landing)
+        instance.add_dynamic_partitions(dataset_versions.name, [key])
+        data = [datasets.raw_dataset, datasets.annotations, datasets.folds]
+        assert dg.materialize(data, partition_key=key, resources={"home": home}, instance=instance)
+        yield instance, home, key
+    mlflow.end_run()
+
+
+def train(instance, home, key, settings):
+    model, evaluation, _ = PIPELINE.assets
+    return dg.materialize(
+        [model, *PIPELINE.checks[:2], evaluation],
+        partition_key=dg.MultiPartitionKey({"version": key, "fold": "0"}),
+        resources={
+            "home": home,
+            "training_device": TrainingDevice(device="cpu"),
+            "mlflow_tracking": MLflowTracking(),
+        },
+        instance=instance,
+        run_config={"ops": {IMAGE_CLASSIFIER.name: {"config": settings}}},
+    )
+
+
+def metadata_of(result, asset: str) -> dict:
+    (event,) = result.asset_materializations_for_node(asset)
+    return {k: v.value for k, v in event.metadata.items()}
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_train_and_evaluate_like_one(ingested):
+    instance, home, key = ingested
+    single = train(instance, home, key, SINGLE)
+    double = train(instance, home, key, DOUBLE)
+    for result in (single, double):
+        assert all(e.passed for e in result.get_asset_check_evaluations())
+    one, two = metadata_of(single, "image_classifier"), metadata_of(double, "image_classifier")
+    assert (one["processes"], two["processes"]) == (1, 2)
+    assert one["epochs_run"] == two["epochs_run"] == SETTINGS["epochs"]
+    assert two["train_images"] == one["train_images"]
+    assert "mlflow_run" in two and two["path"] == one["path"]
+    # Rank 0's progress lines came back into the Dagster run while it trained.
+    logs = [
+        e.user_message
+        for e in instance.all_logs(double.run_id)
+        if "image_classifier epoch" in e.user_message
+    ]
+    assert len(logs) == SETTINGS["epochs"] and "epoch 6/6" in logs[-1]
+    a = metadata_of(single, "classifier_evaluation")
+    b = metadata_of(double, "classifier_evaluation")
+    print({m: (a[m], b[m]) for m in ("accuracy", "macro_f1")})
+    assert a["accuracy"] > 0.3 and b["accuracy"] > 0.3  # 4 classes: chance is 0.25
+    assert abs(a["accuracy"] - b["accuracy"]) <= TOLERANCE
+    assert abs(a["macro_f1"] - b["macro_f1"]) <= TOLERANCE
+    assert abs(one["final_train_loss"] - two["final_train_loss"]) <= TOLERANCE
