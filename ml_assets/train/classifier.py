@@ -360,7 +360,7 @@ def _shard_loader(source: ShardCrops, config: ClassifierConfig, transform, resee
 
         def __iter__(self):
             for crop, label, _ in streamed_crops(source, shuffle_seed=self.seed):
-                image = np.array(transform(crop)) if transform is not None else crop
+                image = np.array(transform(crop) if transform is not None else crop)  # writable
                 yield torch.from_numpy(image).permute(2, 0, 1), label
 
     data = Streamed()
