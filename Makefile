@@ -64,6 +64,7 @@ bench: setup
 	$(PY) benchmarks/sensor.py
 	$(PY) benchmarks/training.py
 	$(PY) benchmarks/lora.py
+	$(PY) benchmarks/scale.py
 
 clean:
 	rm -rf $(ML_ASSETS_HOME)
