@@ -40,6 +40,7 @@ def test_graph_has_the_data_assets_and_one_pipeline_per_model_kind():
     graph = defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
     data = {"raw_dataset", "annotations", "folds", "coco_dataset", "voc_dataset", "yolo_dataset"}
+    data.add("webdataset_shards")
     assert "image_classifier" in KINDS and "yolo_detector" in KINDS
     per_kind = {
         n

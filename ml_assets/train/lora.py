@@ -278,6 +278,7 @@ def adapter_megabytes(folder: Path) -> float:
 class LoraClassifier:
     """The LoRA classifier as a model kind (see ``ml_assets.train.kinds``)."""
 
+    distributed = "torchrun"  # the classifier's fit_loop trains with DDP under torchrun
     name = "lora_classifier"
     evaluation_name = "lora_classifier_evaluation"
     report_name = "lora_classifier_report"
@@ -326,6 +327,10 @@ class LoraClassifier:
             "base_model": {"name": config.base_model, "hash": base_hash, "folder": str(base)},
             **counts,
         }
+        from ml_assets.train.distributed import world
+
+        if world()[0] != 0:  # under torchrun, rank 0 writes the adapter; the others only train
+            return FitResult(model, history, resumed_from, {})
         staged = save_adapter(model, Path(run_dir) / "model", meta)
         last = history.iloc[-1]
         summary = {
