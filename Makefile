@@ -38,11 +38,26 @@ demo: setup
 	$(VENV)/bin/ml-assets demo --images $(IMAGES) --folds $(FOLDS) --models $(MODELS) \
 	  $(if $(EPOCHS),--epochs $(EPOCHS))
 
-ui: setup
-	$(VENV)/bin/dagster dev -w workspace.yaml
+MLFLOW_PORT ?= 5000
+UI_PORT ?= 3000
+MLFLOW_UI = $(CURDIR)/$(VENV)/bin/mlflow ui --port $(MLFLOW_PORT) \
+  --backend-store-uri sqlite:///$(ML_ASSETS_HOME)/mlflow/mlflow.db
 
+# Dagster (webserver and daemon) and, beside it, the MLflow UI that the metadata's mlflow_run
+# links open; Ctrl-C stops both. dagster dev runs in $(DAGSTER_HOME), the folder of the instance
+# settings it uses (from the checkout it would warn that ./dagster.yaml "will not be used"), and
+# without the notice that `dg dev` supersedes `dagster dev` (dg is not part of this project).
+ui: setup
+	@mkdir -p $(ML_ASSETS_HOME)/mlflow
+	@echo "MLflow UI: http://127.0.0.1:$(MLFLOW_PORT) (log: $(ML_ASSETS_HOME)/mlflow/ui.log)"
+	@$(MLFLOW_UI) > $(ML_ASSETS_HOME)/mlflow/ui.log 2>&1 & mlflow_ui=$$!; \
+	trap 'kill $$mlflow_ui 2>/dev/null' EXIT; \
+	cd "$(DAGSTER_HOME)" && PYTHONWARNINGS='ignore:Function `dev_command` is superseded' \
+	  "$(CURDIR)/$(VENV)/bin/dagster" dev -p $(UI_PORT) -w "$(CURDIR)/workspace.yaml"
+
+# The MLflow UI alone (make ui starts it too).
 mlflow: setup
-	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(ML_ASSETS_HOME)/mlflow/mlflow.db --port 5000
+	$(MLFLOW_UI)
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -19,7 +19,12 @@ from ml_assets import runtime
 from ml_assets.data.atomic import write_bytes
 from ml_assets.data.sample import write_sample
 from ml_assets.data.store import Store
-from ml_assets.hygiene import execute_as_location, reap_dead_runs
+from ml_assets.hygiene import (
+    execute_as_location,
+    in_process_instance,
+    reap_dead_runs,
+    step_errors,
+)
 
 
 def instance_home() -> Path:
@@ -67,7 +72,6 @@ def run_demo(
 ) -> dict[str, dict]:
     """Run the graph for the given model kinds; return each kind's report by kind name."""
     os.environ["ML_ASSETS_FOLDS"] = str(folds)  # read when the definitions load, just below
-    import dagster as dg
 
     from ml_assets.definitions import defs
     from ml_assets.defs.partitions import fold_partitions
@@ -82,7 +86,7 @@ def run_demo(
     home = runtime.home()
     landing = home / "landing"
     prepare_landing(landing, images, seed, echo)
-    with dg.DagsterInstance.from_config(str(instance_home())) as instance:
+    with in_process_instance(str(instance_home())) as instance:
         reap_dead_runs(instance, echo)
         return run_jobs(defs, instance, home, landing, kinds, epochs, folds, seed, echo)
 
@@ -98,7 +102,8 @@ def run_jobs(defs, instance, home: Path, landing: Path, kinds, epochs, folds, se
     echo(f"dataset version {version}")
     tags = {"ml_assets/trigger": "demo"}
     gates = {k.gate_name for k in kinds}
-    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    # Step logs and tracebacks are in make ui; the terminal gets one line per run (and per error).
+    quiet = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
     def run(job: str, partition_key, assets=None, run_config=None):
         # A run of the code location, as if launched from the UI: make ui files it under its job.
@@ -116,6 +121,8 @@ def run_jobs(defs, instance, home: Path, landing: Path, kinds, epochs, folds, se
         echo(
             f"{job} [{partition_key}]: {'ok' if result.success else 'FAILED'} (run {result.run_id})"
         )
+        for step, error in step_errors(result).items():
+            echo(f"  {step}: {error}")
         # A failed promotion gate is a result to report, not a crash of the demo.
         if not result.success and not (failed and failed <= gates):
             raise RuntimeError(
@@ -180,7 +187,7 @@ def prepare_base_models(defs, instance, home: Path, kinds, echo) -> None:
             instance,
             defs.resolve_implicit_global_asset_job_def().name,
             asset_selection=[dg.AssetKey("base_model")],
-            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+            run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
             echo=echo,
         )
         echo(f"base_model: {'ok' if result.success else 'FAILED'} (run {result.run_id})")

@@ -178,6 +178,21 @@ def echoing_slot_waits_in_thread(
         thread.join(timeout=every + 1)
 
 
+def in_process_instance(folder: str) -> dg.DagsterInstance:
+    """The instance in ``folder`` for runs executed in this process. Their stdout and stderr stay
+    on the terminal instead of being captured as compute logs: the capture's helper processes
+    (``tail`` and a watcher per run) share the terminal's process group, and on Ctrl-C each
+    printed its own traceback. Event logs, metadata and checks are recorded as always."""
+    from dagster._core.instance.ref import InstanceRef
+
+    no_capture = {
+        "module": "dagster._core.storage.noop_compute_log_manager",
+        "class": "NoOpComputeLogManager",
+    }
+    ref = InstanceRef.from_dir(folder, overrides={"compute_logs": no_capture})
+    return dg.DagsterInstance.from_ref(ref)
+
+
 def location_job_origin(job_name: str):
     """The origin a run of ``job_name`` launched from the UI of ``make ui`` records."""
     import sys
@@ -239,4 +254,24 @@ def execute_as_location(
         job_code_origin=recon_job.get_python_origin(),
     )
     with echoing_slot_waits_in_thread(instance, run.run_id, echo):
-        return execute_run(recon_job, run, instance)
+        result = execute_run(recon_job, run, instance)
+    if any(INTERRUPTED in error for error in step_errors(result).values()):
+        raise KeyboardInterrupt  # Dagster turned Ctrl-C into a failed step: it was a Ctrl-C
+    return result
+
+
+INTERRUPTED = "DagsterExecutionInterruptedError"
+
+
+def step_errors(result) -> dict[str, str]:
+    """Each failed step of an execution result with its error in one line (the innermost
+    cause's class and first line of message)."""
+    errors = {}
+    for event in result.all_events:
+        if event.is_step_failure and event.step_failure_data.error is not None:
+            error = event.step_failure_data.error
+            while error.cause is not None and error.cls_name.startswith("DagsterExecutionStep"):
+                error = error.cause
+            first = (error.message or "").strip().splitlines()
+            errors[event.step_key] = f"{error.cls_name}: {first[0] if first else ''}".strip()
+    return errors

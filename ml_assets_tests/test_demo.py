@@ -1,24 +1,13 @@
 """The main job end to end on a tiny sample: real training, 2 folds, 1 epoch."""
 
-import contextlib
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
-
 import dagster as dg
 import orjson
 import pytest
-import requests
 from click.testing import CliRunner
+from dev_server import dagster_dev, free_port, graphql
 
 from ml_assets.cli import main
 from ml_assets.demo import report_table, run_demo
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
@@ -109,60 +98,6 @@ def test_the_demo_models_learn(home):
         history.columns = [c.strip() for c in history.columns]
         loss = history["val/box_loss"]
         assert loss.iloc[-1] < loss.iloc[0], history
-
-
-def graphql(port: int, query: str) -> dict:
-    response = requests.post(f"http://127.0.0.1:{port}/graphql", json={"query": query}, timeout=30)
-    response.raise_for_status()
-    return response.json()["data"]
-
-
-@contextlib.contextmanager
-def dagster_dev(home: Path, port: int):
-    """`make ui`'s server on a free port, stopped with SIGINT, SIGTERM then SIGKILL of its group."""
-    env = {**os.environ, "ML_ASSETS_HOME": str(home), "DAGSTER_HOME": str(home / "dagster")}
-    command = [
-        str(Path(sys.executable).parent / "dagster"),
-        "dev",
-        "-w",
-        "workspace.yaml",
-        "-p",
-        str(port),
-    ]
-    process = subprocess.Popen(
-        command,
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                requests.get(f"http://127.0.0.1:{port}/server_info", timeout=2).raise_for_status()
-                break
-            except requests.RequestException:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise RuntimeError("dagster dev did not answer within 120 s") from None
-                time.sleep(1)
-        yield
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, sig)
-            try:
-                process.wait(timeout=15)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow

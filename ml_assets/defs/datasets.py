@@ -30,6 +30,15 @@ def md_table(frame: pd.DataFrame) -> dg.MetadataValue:
     return dg.MetadataValue.md(frame.to_markdown())
 
 
+def readable(number: float | int) -> float | int:
+    """A metadata number rounded to what a person reads (kept a number: the UI plots it)."""
+    return round(number, 4) if isinstance(number, float) else number
+
+
+def is_quantiles(value) -> bool:
+    return isinstance(value, dict) and all(k.startswith("q") and k[1:].isdigit() for k in value)
+
+
 @dg.asset(
     partitions_def=dataset_versions,
     group_name="data",
@@ -41,6 +50,14 @@ def raw_dataset(context: dg.AssetExecutionContext, home: MLAssetsHome) -> dg.Mat
     from ml_assets.data.formats import detect_format
 
     version = context.partition_key
+    if not home.store.manifest_path(version).exists():  # a key typed into "Add a partition"
+        raise dg.Failure(
+            description=f"{version!r} is not a dataset version: a version's key is the hash of "
+            "the manifest of its files, made when data is registered. Put the data in the "
+            "landing location (`ml-assets ingest PATH`) and the landing sensor registers it and "
+            "starts its ingest (or run `ml-assets demo`); then delete this partition from the "
+            "asset's Partitions tab."
+        )
     stats = home.store.ingest(version)
     files = home.store.files_dir(version)
     return dg.MaterializeResult(
@@ -97,8 +114,10 @@ def annotations(context: dg.AssetExecutionContext, home: MLAssetsHome) -> dg.Mat
     folder = save_tables(ds, home.tables_dir(version))
     summary = summarize(ds)
     histogram = pd.Series(summary.pop("class_histogram"), name="objects", dtype="int64")
+    # Quantiles (q5 ... q100 of box and image sizes) are one table, a row per quantity.
+    quantiles = {n: summary.pop(n) for n, v in list(summary.items()) if is_quantiles(v)}
     numbers = {
-        f"{name}_{part}" if isinstance(value, dict) else name: number
+        f"{name}_{part}" if isinstance(value, dict) else name: readable(number)
         for name, value in summary.items()
         for part, number in (value.items() if isinstance(value, dict) else [("", value)])
     }
@@ -106,6 +125,7 @@ def annotations(context: dg.AssetExecutionContext, home: MLAssetsHome) -> dg.Mat
         metadata={
             **numbers,
             "boxes_from_masks": int(ds.attrs.get("boxes_from_masks", 0)),
+            "size_quantiles": md_table(pd.DataFrame(quantiles).T.round(4)),
             "class_histogram": md_table(histogram.to_frame()),
             "summary_plot": dg.MetadataValue.md(markdown_image(summary_plot_png(ds), "summary")),
             "path": dg.MetadataValue.path(str(folder)),

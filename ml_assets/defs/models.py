@@ -24,6 +24,7 @@ from ml_assets.defs.partitions import dataset_versions, fold_partitions, version
 from ml_assets.defs.resources import MLAssetsHome, MLflowTracking, TrainingDevice
 from ml_assets.defs.shards import SHARDS
 from ml_assets.evaluate.plots import markdown_image
+from ml_assets.hygiene import training_run_tags
 from ml_assets.train.kinds import ModelKind
 
 # On Kubernetes (dagster-k8s run launcher), each training step asks for one GPU.
@@ -395,6 +396,7 @@ def build_pipeline(kind: ModelKind) -> KindPipeline:
         dg.define_asset_job(
             f"{kind.name}_job",
             selection=selection & dg.AssetSelection.groups("training", "evaluation"),
+            tags=training_run_tags(),
             description=f"Train and evaluate {kind.name} for one (version, fold).",
         ),
         dg.define_asset_job(
