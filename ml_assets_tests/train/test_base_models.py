@@ -57,7 +57,12 @@ def test_init_refuses_an_existing_folder_and_unknown_or_missing_architectures(
     unknown = runner.invoke(main, ["base-model", "init", str(tmp_path / "x"), "--arch", "lenet"])
     assert unknown.exit_code == 2 and "lenet" in unknown.output
     # The teachers come from ml_assets.train.lora_teachers; without its functions: a clear error.
-    monkeypatch.setitem(sys.modules, "ml_assets.train.lora_teachers", types.ModuleType("empty"))
+    import ml_assets.train
+
+    empty = types.ModuleType("empty")
+    monkeypatch.setitem(sys.modules, "ml_assets.train.lora_teachers", empty)
+    # An earlier import left the real module on the package too: hide it there as well.
+    monkeypatch.setattr(ml_assets.train, "lora_teachers", empty, raising=False)
     missing = runner.invoke(main, ["base-model", "init", str(tmp_path / "s"), "--arch", "sam"])
     assert missing.exit_code == 1
     assert "architecture 'sam' is not available" in missing.output
