@@ -43,10 +43,29 @@ def described(assets: list) -> list:
     return list(assets)
 
 
-pipelines = [build_pipeline(kind) for kind in KINDS.values()]
-promotions = [
-    build_promotion(kind, p.assets[2]) for kind, p in zip(KINDS.values(), pipelines, strict=True)
-]
+def deployed_kinds() -> list:
+    """The model kinds this code location builds: ``ML_ASSETS_KINDS`` (comma-separated names or
+    short names, e.g. ``classifier``), read when it loads; every registered kind by default."""
+    from ml_assets.train.registry import kind
+
+    names = [n.strip() for n in os.environ.get("ML_ASSETS_KINDS", "").split(",") if n.strip()]
+    return [kind(n) for n in names] if names else list(KINDS.values())
+
+
+def step_executor():
+    """``k8s_job_executor`` (each step in its own pod, with the GPU request the training assets
+    declare in their op_tags) when ``ML_ASSETS_EXECUTOR=k8s``, read when the code location
+    loads (deploy/k8s sets it); otherwise Dagster's default."""
+    if os.environ.get("ML_ASSETS_EXECUTOR", "") != "k8s":
+        return None
+    from dagster_k8s import k8s_job_executor
+
+    return k8s_job_executor
+
+
+kinds = deployed_kinds()
+pipelines = [build_pipeline(kind) for kind in kinds]
+promotions = [build_promotion(kind, p.assets[2]) for kind, p in zip(kinds, pipelines, strict=True)]
 
 defs = dg.Definitions.merge(
     dg.Definitions(
@@ -58,6 +77,7 @@ defs = dg.Definitions.merge(
         jobs=[automation.ingest_job, automation.training_job, automation.report_job],
         sensors=[automation.landing_sensor, automation.automation_sensor],
         schedules=[automation.weekly_retraining],
+        executor=step_executor(),
         resources={
             "home": MLAssetsHome(),
             "training_device": TrainingDevice(

@@ -34,10 +34,24 @@ class Tracking:
     def local(cls, folder: Path, artifacts: str = "") -> Tracking:
         """The sqlite store in ``folder``, artifacts in ``folder/artifacts`` or at ``artifacts``
         (an ``s3://`` URI: MLflow reads the endpoint and keys from the AWS environment and
-        MLFLOW_S3_ENDPOINT_URL)."""
+        MLFLOW_S3_ENDPOINT_URL). A new store's tables are created here, once, under a file
+        lock: MLflow's own set-up races when several runs open a fresh store at once
+        ("table _alembic_tmp_experiments already exists")."""
+        import fcntl
+
         folder = Path(folder).resolve()
         folder.mkdir(parents=True, exist_ok=True)
-        return cls(tracking_uri(folder), artifacts or (folder / "artifacts").as_uri())
+        uri = tracking_uri(folder)
+        ready = folder / ".initialized"
+        if not ready.exists():
+            with open(folder / ".init.lock", "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                if not ready.exists():
+                    from mlflow.tracking import MlflowClient
+
+                    MlflowClient(uri).search_experiments(max_results=1)  # creates the tables
+                    ready.touch()
+        return cls(uri, artifacts or (folder / "artifacts").as_uri())
 
     @contextlib.contextmanager
     def run(self, experiment: str, run_name: str, tags: dict[str, str]) -> Iterator:
