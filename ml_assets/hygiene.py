@@ -272,6 +272,7 @@ def step_errors(result) -> dict[str, str]:
             error = event.step_failure_data.error
             while error.cause is not None and error.cls_name.startswith("DagsterExecutionStep"):
                 error = error.cause
-            first = (error.message or "").strip().splitlines()
-            errors[event.step_key] = f"{error.cls_name}: {first[0] if first else ''}".strip()
+            lines = (error.message or "").strip().splitlines()
+            first = lines[0].split(f"{error.cls_name}: ", 1)[-1] if lines else ""
+            errors[event.step_key] = f"{error.cls_name}: {first}".strip()
     return errors
