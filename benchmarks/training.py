@@ -78,7 +78,6 @@ def prepare(workdir: Path, args: argparse.Namespace) -> dict:
     the children read (``workdir/setup.json``)."""
     import dagster as dg
     import numpy as np
-    import yaml
 
     from ml_assets.data.folds import held_out_ids, read_folds, training_ids
     from ml_assets.data.sample import write_sample
@@ -98,7 +97,13 @@ def prepare(workdir: Path, args: argparse.Namespace) -> dict:
     with dg.DagsterInstance.get() as instance:
         instance.add_dynamic_partitions(dataset_versions.name, [version])
         data = [datasets.raw_dataset, datasets.annotations, datasets.folds, exports.yolo_dataset]
-        dg.materialize(data, partition_key=version, resources={"home": home}, instance=instance)
+        dg.materialize(
+            data,
+            partition_key=version,
+            resources={"home": home},
+            instance=instance,
+            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+        )
 
     ds = load_version(home, version)
     assignment, _ = read_folds(home.folds_path(version), args.folds)
@@ -127,7 +132,6 @@ def prepare(workdir: Path, args: argparse.Namespace) -> dict:
         "threads": args.threads,
         "classes": len(classes),
         "crops": keep,
-        "names": yaml.safe_load(plain_yaml.read_text())["names"],
     }
     (workdir / SETUP).write_text(json.dumps(setup, indent=2))
     return setup
@@ -435,7 +439,9 @@ def main() -> None:
         help="torch CPU threads for every measurement (0: every core, as TrainingDevice does)",
     )
     parser.add_argument("--skip", choices=["yolo", "classifier"], help="leave one part out")
-    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="a new folder (default: a temporary one)"
+    )
     parser.add_argument("--task", choices=[*YOLO_TASKS, "classifier"], help=argparse.SUPPRESS)
     parser.add_argument(
         "--profile",
