@@ -32,7 +32,7 @@ import pandas as pd
 from PIL import Image
 from pydantic import Field
 
-from ml_assets.data.atomic import atomic_dir, write_bytes
+from ml_assets.data.atomic import atomic_dir, atomic_file
 from ml_assets.data.tables import Dataset
 from ml_assets.train.kinds import EpochCallback, FitResult, KindConfig, Scores, class_list
 
@@ -683,25 +683,23 @@ def stopped_early(state: dict, config: ClassifierConfig) -> bool:
 
 
 def save_checkpoint(path: Path, weights: dict, optimizer, scheduler, scaler, state: dict) -> None:
-    import io
-
+    """Everything a resumed run needs, streamed atomically to ``path`` (no in-memory copy)."""
     import torch
 
     inner = getattr(scheduler, "lr_scheduler", None)  # torch's ReduceLROnPlateau inside timm's
     plateau = {"plateau": inner.state_dict()} if inner is not None else {}
-    buffer = io.BytesIO()
-    torch.save(
-        {
-            "model": weights,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-            "state": state,
-            **plateau,
-        },
-        buffer,
-    )
-    write_bytes(path, buffer.getvalue())
+    with atomic_file(path) as handle:
+        torch.save(
+            {
+                "model": weights,
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "state": state,
+                **plateau,
+            },
+            handle,
+        )
 
 
 def save_classifier(model, folder: Path, config: ClassifierConfig, classes: list[dict]) -> Path:
