@@ -133,8 +133,8 @@ def model_checks(asset: dg.AssetsDefinition, kind: ModelKind) -> list[dg.AssetCh
             training_device.torch_device(),
         )
         return dg.AssetCheckResult(
-            passed=found["max_abs_difference"] <= 1e-4,
-            metadata={**numbers(found), "tolerance": 1e-4},
+            passed=found["max_abs_difference"] <= found["tolerance"],
+            metadata={k: float(v) for k, v in found.items()},
         )
 
     return [weights_finite, reloads_identically]

@@ -200,15 +200,19 @@ def read_lineage(model_dir: Path) -> dict:
 
 
 def reload_difference(kind: ModelKind, model_dir: Path, ds: Dataset, device) -> dict[str, float]:
-    """Reload the published model and compare its outputs with the trained model's."""
+    """Reload the published model and compare its outputs with the trained model's: the largest
+    absolute difference, and the tolerance it must stay within (1e-4 of the outputs' largest
+    magnitude, at least 1e-4: a detector's raw output holds box coordinates in pixels)."""
     saved = np.load(Path(model_dir) / REFERENCE)
     model = kind.load(model_dir, device)
     outputs = kind.outputs(model, ds, saved["image_ids"].tolist(), device)
     reference = saved["outputs"]
+    scale = float(np.abs(reference).max()) if reference.size else 0.0
+    found = {"images": len(saved["image_ids"]), "tolerance": 1e-4 * max(1.0, scale)}
     if outputs.shape != reference.shape:
-        return {"images": len(saved["image_ids"]), "max_abs_difference": float("inf")}
+        return found | {"max_abs_difference": float("inf")}
     diff = float(np.abs(outputs - reference).max()) if outputs.size else 0.0
-    return {"images": len(saved["image_ids"]), "max_abs_difference": diff}
+    return found | {"max_abs_difference": diff}
 
 
 def nonfinite_weights(kind: ModelKind, model_dir: Path, device) -> dict[str, int]:
