@@ -192,7 +192,10 @@ def test_every_instance_variant_keeps_the_same_pool_monitoring_and_retry_setting
         },
         "run_monitoring": {
             "enabled": daemon["runMonitoring"]["enabled"],
+            "poll_interval_seconds": daemon["runMonitoring"]["pollIntervalSeconds"],
             "start_timeout_seconds": daemon["runMonitoring"]["startTimeoutSeconds"],
+            "cancel_timeout_seconds": daemon["runMonitoring"]["cancelTimeoutSeconds"],
+            "max_resume_run_attempts": daemon["runMonitoring"]["maxResumeRuns"],
             "free_slots_after_run_end_seconds": daemon["runMonitoring"][
                 "freeSlotsAfterRunEndSeconds"
             ],
