@@ -106,7 +106,7 @@ def ingest(path: Path, name: str | None, replace: bool, landing: str) -> None:
 def demo(images: int, folds: int, epochs: int | None, models: str, seed: int) -> None:
     """Run the whole pipeline on the landing folder (sample data if empty) and print results."""
     from ml_assets import runtime
-    from ml_assets.demo import report_table, run_demo
+    from ml_assets.demo import COUNTS, report_table, run_demo
     from ml_assets.train.registry import kind
 
     names = tuple(kind(m.strip()).name for m in models.split(",") if m.strip())
@@ -125,8 +125,8 @@ def demo(images: int, folds: int, epochs: int | None, models: str, seed: int) ->
         sys.exit(130)
     for name, report in reports.items():
         click.echo(f"\n{name}, version {report['version']}, {folds}-fold cross-validation:\n")
-        whole = {c: (lambda v: str(int(v))) for c in ("samples", "images", "instances")}
-        table = report_table(report).round(4)
+        whole = {c: (lambda v: str(int(v))) for c in COUNTS}
+        table = report_table(report, headline=True).round(4)
         formatters = {c: f for c, f in whole.items() if c in table}
         click.echo(table.to_string(formatters=formatters, na_rep=""))
         gate = "passed" if report["promotable"] else "FAILED (below the floor or the baseline)"

@@ -195,10 +195,24 @@ def prepare_base_models(defs, instance, home: Path, kinds, echo) -> None:
             raise RuntimeError(f"base_model failed; see run {result.run_id} in make ui")
 
 
-def report_table(report: dict) -> pd.DataFrame:
-    """Per-fold metrics with mean and standard deviation rows, for printing."""
+# The columns the demo prints per kind (report.md and the UI hold every metric).
+HEADLINE = {
+    "image_classifier": ["accuracy", "macro_f1", "weighted_f1", "ece", "macro_f1_tta", "samples"],
+    "lora_classifier": ["accuracy", "macro_f1", "weighted_f1", "ece", "samples"],
+    "yolo_detector": ["AP", "AP50", "AP75", "AR100", "ultralytics_map50_95", "instances"],
+    "lora_detector": ["AP", "AP50", "AP75", "AR100", "instances"],
+}
+COUNTS = ("samples", "images", "instances", "detections", "objects")
+
+
+def report_table(report: dict, headline: bool = False) -> pd.DataFrame:
+    """Per-fold metrics with mean and standard deviation rows, for printing; ``headline`` keeps
+    the kind's main columns."""
     table = pd.DataFrame([r["metrics"] for r in report["folds"]])
     table.index = [f"fold {r['fold']}" for r in report["folds"]]
     table.loc["mean"] = pd.Series(report["mean"])
     table.loc["std"] = pd.Series(report["std"])
+    if headline:
+        wanted = HEADLINE.get(report["kind"], list(table.columns))
+        table = table[[c for c in wanted if c in table.columns]]
     return table
