@@ -43,6 +43,16 @@ def graphql(port: int, query: str, variables: dict | None = None) -> dict:
     return body["data"]
 
 
+def wait_for(what: str, predicate, timeout: float, every: float = 2.0):
+    """``predicate()``'s first true value, polled every ``every`` seconds for ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not (found := predicate()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"waited {timeout:.0f} s for {what}")
+        time.sleep(every)
+    return found
+
+
 def stop_group(process: subprocess.Popen, grace_s: float = 20) -> None:
     """SIGINT, then SIGTERM, then SIGKILL of the process group, each given ``grace_s``."""
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):

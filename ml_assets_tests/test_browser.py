@@ -11,11 +11,10 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from dev_server import ROOT, dagster_dev, free_port, graphql
+from dev_server import ROOT, dagster_dev, free_port, graphql, wait_for
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [
@@ -76,15 +75,6 @@ def run_demo_subprocess(home: Path) -> None:
 
 def runs(port: int, **filters) -> list[dict]:
     return graphql(port, RUNS, {"filter": filters})["runsOrError"]["results"]
-
-
-def wait_for(what: str, predicate, timeout: float, every: float = 2.0):
-    deadline = time.monotonic() + timeout
-    while not (found := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"waited {timeout:.0f} s for {what}")
-        time.sleep(every)
-    return found
 
 
 def finished(port: int, run_ids: set[str]) -> list[dict] | None:

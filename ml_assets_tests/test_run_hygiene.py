@@ -143,19 +143,26 @@ def started(command, env, log: Path):
             process.wait(timeout=30)
 
 
+def signalled_during_training(home: Path, command, env, sig: signal.Signals) -> int:
+    """Start the demo (its output in <home>/<SIGNAL>.log), send ``sig`` to its process group
+    (as a terminal's Ctrl-C or the out-of-memory killer would) once fold 0 has a checkpoint;
+    return its exit status."""
+    runs = home / "runs" / "image_classifier"
+    with started(command, env, home / f"{sig.name}.log") as process:
+        wait_for(
+            lambda: any(runs.glob("*/fold-0/checkpoint.pt")), 600, "checkpoint", process=process
+        )
+        os.killpg(process.pid, sig)
+        return process.wait(timeout=120)
+
+
 @pytest.mark.slow
 def test_a_demo_killed_during_training_blocks_nothing_and_the_next_resumes(home):
     """kill -9 (as the out-of-memory killer does) mid-training leaves a STARTED run holding the
     only gpu slot; the next demo says it marked that run failed, completes, and the killed fold
     resumes from its last checkpoint."""
     command, env = demo_command(home, epochs=6)
-    runs = home / "runs" / "image_classifier"
-    with started(command, env, home / "killed.log") as process:
-        wait_for(
-            lambda: any(runs.glob("*/fold-0/checkpoint.pt")), 600, "checkpoint", process=process
-        )
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=30)
+    signalled_during_training(home, command, env, signal.SIGKILL)
     with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
         stuck = instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
         assert [r.job_name for r in stuck] == ["training_job"]
@@ -183,14 +190,8 @@ def test_a_demo_killed_during_training_blocks_nothing_and_the_next_resumes(home)
 @pytest.mark.slow
 def test_ctrl_c_ends_the_demo_with_one_line(home):
     command, env = demo_command(home, epochs=50)
-    runs = home / "runs" / "image_classifier"
-    with started(command, env, home / "interrupted.log") as process:
-        wait_for(
-            lambda: any(runs.glob("*/fold-0/checkpoint.pt")), 600, "checkpoint", process=process
-        )
-        os.killpg(process.pid, signal.SIGINT)
-        assert process.wait(timeout=120) == 130
-    output = (home / "interrupted.log").read_text()
+    assert signalled_during_training(home, command, env, signal.SIGINT) == 130
+    output = (home / "SIGINT.log").read_text()
     assert "Traceback" not in output, output
     assert output.rstrip().splitlines()[-1].startswith("interrupted: "), output
     with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
