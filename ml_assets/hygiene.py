@@ -1,8 +1,8 @@
 """Run hygiene: runs our commands start look like UI-launched ones, and a dead run blocks nothing.
 
 - :func:`execute_as_location` runs a job of the code location in this process the way the UI's
-  launch does (the run names its code location and job snapshot), so ``ml-assets demo`` runs show
-  on the job pages and the overview timeline and re-execute without a version warning.
+  launch does (the run names its code location and job), so ``ml-assets demo`` runs show on the
+  job pages and the overview timeline.
 - :func:`reap_dead_runs` finds runs left STARTING/STARTED by a process that no longer exists
   (``kill -9``, the out-of-memory killer), marks them failed and frees their pool slots. Where a
   daemon runs, its run monitoring does this for the runs it launched (dagster.yaml
