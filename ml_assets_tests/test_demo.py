@@ -86,7 +86,7 @@ def test_the_demo_models_learn(home):
     baseline and the detector's validation loss falls."""
     import pandas as pd
 
-    reports = run_demo(images=160, folds=2, epochs=8, echo=lambda _: None)
+    reports = run_demo(images=240, folds=2, echo=lambda _: None)  # each kind's demo epochs
     classifier = reports["image_classifier"]
     assert classifier["mean"]["macro_f1"] > classifier["baseline"] + 0.3
     assert classifier["promotable"]
