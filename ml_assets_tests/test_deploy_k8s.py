@@ -223,7 +223,10 @@ def test_executor_run_config_validates_for_the_training_job():
         resources=defs.resources,
         executor=k8s_job_executor,
     )
-    job = on_k8s.resolve_job_def("training_job")
+    # Resolving Definitions reads Dagster's current state storage: give it a live instance
+    # (an instance an earlier test entered and disposed can otherwise still be current).
+    with dg.instance_for_test():
+        job = on_k8s.resolve_job_def("training_job")
     assert job.executor_def is k8s_job_executor
     resolved = dg.validate_run_config(job, load(K8S / "executor.yaml"))["execution"]["k8s"]
     assert (
