@@ -163,6 +163,57 @@ def trained_metadata(trained, device) -> dict:
     return metadata
 
 
+def train_partition(
+    context: dg.AssetExecutionContext,
+    kind: ModelKind,
+    home: MLAssetsHome,
+    training_device: TrainingDevice,
+    mlflow_tracking: MLflowTracking,
+    version: str,
+    fold: int | None,
+    config,
+) -> dg.MaterializeResult:
+    """What every model asset does, a fold's (``fold``) or a version's final model
+    (``fold=None``): the device resource's overrides, ``train_fold`` in this process or under
+    torchrun, and the trained model's metadata."""
+    from ml_assets.train.runs import train_fold
+
+    device = training_device.torch_device()
+    settings = config.model_copy(update=training_device.overrides(config))
+    part = "final model" if fold is None else f"fold {fold}"
+    context.log.info(f"training {kind.name} for version {version} {part} on {device}")
+    where = {
+        "run_dir": home.run_dir(kind.name, version, fold),
+        "model_dir": home.model_dir(kind.name, version, fold),
+        "tracking": mlflow_tracking.tracking(home.mlflow_dir),
+        "inputs": inputs_of(kind, home, version, settings),
+        "tags": {
+            "dagster_run_id": context.run_id,
+            "asset_key": context.asset_key.to_user_string(),
+            "version": version,
+            "fold": "final" if fold is None else str(fold),
+        },
+    }
+    if getattr(kind, "distributed", "") == "torchrun" and processes(settings) > 1:
+        trained = train_with_torchrun(context, kind, home, (version, fold), settings, where)
+    else:
+        assignment, folds_digest = load_folds(home, version)
+        ds = load_version(home, version)
+        trained = train_fold(
+            kind,
+            ds,
+            assignment,
+            folds_digest,
+            fold,
+            settings,
+            device,
+            log=context.log.info,
+            **where,
+        )
+    metadata = trained_metadata(trained, device) | {"processes": processes(settings)}
+    return dg.MaterializeResult(metadata=metadata)
+
+
 def processes(config) -> int:
     return config.nproc_per_node * config.nnodes
 
@@ -195,18 +246,26 @@ def train_with_torchrun(context, kind: ModelKind, home, partition, settings, whe
     return distributed.trained_from_messages(invocation.get_custom_messages())
 
 
-def promotion_config(kind: ModelKind) -> type[dg.Config]:
-    """The gate's launchpad config, with the kind's own default floor."""
+def promotion_config(kind: ModelKind, champion: bool = False) -> type[dg.Config]:
+    """A promotion gate's launchpad config, with the kind's own default floor; ``champion``
+    adds the tolerance against the current champion (the final model's gate)."""
+    fields = {
+        "floor": Field(
+            default=kind.promotion_floor,
+            description=f"Least mean {kind.primary_metric} across folds to promote",
+        )
+    }
+    if champion:
+        fields["tolerance"] = Field(
+            default=0.01,
+            description=f"How much lower than the champion's mean {kind.primary_metric} a "
+            "candidate may score and still be promoted",
+        )
+    name = kind.name.title().replace("_", "") + ("Champion" if champion else "Promotion")
     return type(
-        f"{kind.name.title().replace('_', '')}PromotionConfig",
+        f"{name}Config",
         (dg.Config,),
-        {
-            "__annotations__": {"floor": float},
-            "floor": Field(
-                default=kind.promotion_floor,
-                description=f"Least mean {kind.primary_metric} across folds to promote",
-            ),
-        },
+        {"__annotations__": dict.fromkeys(fields, float), **fields},
     )
 
 
@@ -235,41 +294,10 @@ def build_pipeline(kind: ModelKind) -> KindPipeline:
         training_device: TrainingDevice,
         mlflow_tracking: MLflowTracking,
     ) -> dg.MaterializeResult:
-        from ml_assets.train.runs import train_fold
-
         version, fold = version_fold(context)
-        assignment, folds_digest = load_folds(home, version)
-        device = training_device.torch_device()
-        settings = config.model_copy(update=training_device.overrides(config))
-        context.log.info(f"training {kind.name} for version {version} fold {fold} on {device}")
-        where = {
-            "run_dir": home.run_dir(kind.name, version, fold),
-            "model_dir": home.model_dir(kind.name, version, fold),
-            "tracking": mlflow_tracking.tracking(home.mlflow_dir),
-            "inputs": inputs_of(kind, home, version, settings),
-            "tags": {
-                "dagster_run_id": context.run_id,
-                "asset_key": kind.name,
-                "version": version,
-                "fold": str(fold),
-            },
-        }
-        if getattr(kind, "distributed", "") == "torchrun" and processes(settings) > 1:
-            trained = train_with_torchrun(context, kind, home, (version, fold), settings, where)
-        else:
-            trained = train_fold(
-                kind,
-                load_version(home, version),
-                assignment,
-                folds_digest,
-                fold,
-                settings,
-                device,
-                log=context.log.info,
-                **where,
-            )
-        metadata = trained_metadata(trained, device) | {"processes": processes(settings)}
-        return dg.MaterializeResult(metadata=metadata)
+        return train_partition(
+            context, kind, home, training_device, mlflow_tracking, version, fold, config
+        )
 
     @dg.asset(
         name=kind.evaluation_name,

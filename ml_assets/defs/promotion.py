@@ -16,15 +16,15 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from ml_assets.defs.datasets import load_folds, load_version
+from ml_assets.defs.datasets import load_version
 from ml_assets.defs.models import (
     GPU_OP_TAGS,
     KIND_TAG,
     ON_NEW_UPSTREAM,
-    inputs_of,
     model_checks,
     numbers,
-    trained_metadata,
+    promotion_config,
+    train_partition,
 )
 from ml_assets.defs.partitions import dataset_versions, fold_partitions
 from ml_assets.defs.resources import MLAssetsHome, MLflowTracking, TrainingDevice
@@ -33,26 +33,6 @@ from ml_assets.train.kinds import ModelKind
 CHAMPION_ALIAS = "champion"
 # Kinds with an exporter in ml_assets.train.export.
 EXPORTABLE = ("image_classifier", "lora_classifier", "yolo_detector")
-
-
-def gate_config(kind: ModelKind) -> type[dg.Config]:
-    """The promotion gate's launchpad config, with the kind's own default floor."""
-    return type(
-        f"{kind.name.title().replace('_', '')}ChampionConfig",
-        (dg.Config,),
-        {
-            "__annotations__": {"floor": float, "tolerance": float},
-            "floor": Field(
-                default=kind.promotion_floor,
-                description=f"Least mean {kind.primary_metric} across folds to promote",
-            ),
-            "tolerance": Field(
-                default=0.01,
-                description=f"How much lower than the champion's mean {kind.primary_metric} a "
-                "candidate may score and still be promoted",
-            ),
-        },
-    )
 
 
 def read_champion(home: MLAssetsHome, kind: ModelKind) -> dict | None:
@@ -73,7 +53,7 @@ def read_report(home: MLAssetsHome, kind: ModelKind, version: str) -> dict:
 
 def build_promotion(kind: ModelKind, report: dg.AssetsDefinition):
     """The final model, its checks and the promoted champion of one kind."""
-    gate = gate_config(kind)
+    gate = promotion_config(kind, champion=True)
     tags = {KIND_TAG: kind.name}
 
     @dg.asset(
@@ -95,37 +75,16 @@ def build_promotion(kind: ModelKind, report: dg.AssetsDefinition):
         training_device: TrainingDevice,
         mlflow_tracking: MLflowTracking,
     ) -> dg.MaterializeResult:
-        from ml_assets.train.runs import cross_validated_config, train_fold
+        from ml_assets.train.runs import cross_validated_config
 
         version = context.partition_key
         folds = [int(k) for k in fold_partitions.get_partition_keys()]
         config = cross_validated_config(
             kind, [home.model_dir(kind.name, version, f) for f in folds]
         )
-        assignment, folds_digest = load_folds(home, version)
-        device = training_device.torch_device()
-        settings = config.model_copy(update=training_device.overrides(config))
-        trained = train_fold(
-            kind,
-            load_version(home, version),
-            assignment,
-            folds_digest,
-            None,
-            settings,
-            device,
-            run_dir=home.run_dir(kind.name, version, None),
-            model_dir=home.model_dir(kind.name, version, None),
-            tracking=mlflow_tracking.tracking(home.mlflow_dir),
-            log=context.log.info,
-            inputs=inputs_of(kind, home, version, settings),
-            tags={
-                "dagster_run_id": context.run_id,
-                "asset_key": f"{kind.name}_final",
-                "version": version,
-                "fold": "final",
-            },
+        return train_partition(
+            context, kind, home, training_device, mlflow_tracking, version, None, config
         )
-        return dg.MaterializeResult(metadata=trained_metadata(trained, device))
 
     @dg.asset_check(
         asset=final,
