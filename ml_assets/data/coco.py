@@ -100,7 +100,8 @@ _BYTE_KIND[list(b'[{]}"\\')] = np.arange(1, 7)
 
 
 def coco_layout(src: Path) -> tuple[str, list[tuple[Path, str, str]]] | None:
-    """(layout name, annotation files) of the COCO layout in ``src``, first of ``LAYOUT_ORDER``.
+    """(layout name, annotation files) of the COCO layout in ``src``: the first that matches, in
+    the order of ``ml_assets.data.layouts.LAYOUTS``.
 
     Each file comes as (path, split, folder its ``file_name`` is relative to, "" for ``src``).
     """
@@ -127,12 +128,6 @@ def coco_layout(src: Path) -> tuple[str, list[tuple[Path, str, str]]] | None:
     if is_json_object(src / LABEL_STUDIO_FILE):
         return "label-studio-coco", [(src / LABEL_STUDIO_FILE, "", "")]
     return None
-
-
-def coco_files(src: Path) -> list[tuple[Path, str, str]]:
-    """The annotation files of ``src`` (see ``coco_layout``); none when it holds no COCO layout."""
-    layout = coco_layout(src)
-    return layout[1] if layout else []
 
 
 def is_json_object(path: Path) -> bool:

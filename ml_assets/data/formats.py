@@ -15,7 +15,6 @@ from ml_assets.data.layouts import (
     detect_format,
     detect_layout,
     read_source,
-    resolve_format,
 )
 from ml_assets.data.tables import Dataset, DatasetError, Issues
 from ml_assets.data.validate import validate_dataset
@@ -28,7 +27,6 @@ __all__ = [
     "detect_format",
     "detect_layout",
     "read_dataset",
-    "resolve_format",
     "write_dataset",
 ]
 WRITERS = {

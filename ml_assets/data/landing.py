@@ -83,7 +83,7 @@ def is_single(files: set[str], folders: set[str]) -> bool:
     """The module's rule: is the landing root itself one dataset? The names are the readers'
     own (imported here: they pull pandas, which ``ml-assets ingest`` does not need)."""
     from ml_assets.data import coco, yolo
-    from ml_assets.data.layouts import EXPORT_FOLDERS, SPLIT_NAMES
+    from ml_assets.data.layouts import export_part
 
     annotation_files = {
         coco.ANNOTATION_FILE,
@@ -93,11 +93,7 @@ def is_single(files: set[str], folders: set[str]) -> bool:
         yolo.DARKNET_DATA,
         yolo.DARKNET_NAMES,
     }
-    return (
-        not folders
-        or bool(files & annotation_files)
-        or any(f in EXPORT_FOLDERS or f.lower() in SPLIT_NAMES or f[:4] == "obj_" for f in folders)
-    )
+    return not folders or bool(files & annotation_files) or any(export_part(f) for f in folders)
 
 
 def split(url: str, items: list[Item], writing: set[str]) -> Listing:
@@ -127,16 +123,8 @@ class LocalFolder:
         return self.root.is_dir()
 
     def listing(self) -> Listing:
-        """One stat per file, and a folder at a time: the top level decides the datasets."""
-        files, folders = set(), set()
-        with os.scandir(self.root) as entries:
-            for entry in entries:
-                if not entry.name.startswith("."):
-                    (folders if entry.is_dir() else files).add(entry.name)
-        if is_single(files, folders):
-            return Listing([Drop("", self.url, stat_walk(self.root))], [])
-        drops = [Drop(n, str(self.root / n), stat_walk(self.root / n)) for n in sorted(folders)]
-        return Listing(drops, sorted(files))
+        """One stat per file; the top level decides the datasets (:func:`split`)."""
+        return split(self.url, stat_walk(self.root), set())
 
     def manifest(self, drop: Drop, store: Store, cache: HashCache) -> list[Entry]:
         """Hash the files the listing saw, through the hash cache (no second walk)."""
@@ -287,12 +275,18 @@ def add_dataset(src: Path, landing: Landing, name: str | None = None, replace: b
     if not src.is_dir():
         raise FileNotFoundError(f"{src} is not a folder")
     name = name if name is not None else src.name
-    if not name or "/" in name or "\\" in name or name.startswith(".") or name in ("..",):
+    if not name or "/" in name or "\\" in name or name.startswith("."):
         raise ValueError(f"dataset name {name!r}: use a plain folder name (no '/', no leading '.')")
     if isinstance(landing, LocalFolder) and landing.root.is_relative_to(src):
         raise ValueError(f"{src} holds the landing folder {landing.root}: copy a dataset folder")
     if next(walk(src), None) is None:
         raise ValueError(f"{src} holds no visible files")
+    root = landing.listing().drops if landing.exists() else []
+    if root and root[0].name == "" and root[0].items:
+        raise ValueError(
+            f"{landing.url} is itself one dataset: {name}/ would be read as part of it; move that "
+            "dataset into a folder of its own first (each top-level folder is then a dataset)"
+        )
     target = f"{landing.url.rstrip('/')}/{name}"
     if not replace and landing.has(name):
         raise FileExistsError(f"{target} already exists: pass --replace to replace it")
@@ -371,10 +365,12 @@ def check(
 
 
 def default_client():
-    """An S3 client configured by the environment, built the way dagster-aws builds its own."""
-    from dagster_aws.s3.utils import construct_s3_client
+    """An S3 client configured by the environment (``AWS_ENDPOINT_URL`` and keys), with
+    retries as dagster-aws configures its own (defs/resources.py builds the resource's)."""
+    import boto3
+    from botocore.config import Config
 
-    return construct_s3_client(max_attempts=5)
+    return boto3.client("s3", config=Config(retries={"max_attempts": 5, "mode": "standard"}))
 
 
 @contextlib.contextmanager

@@ -117,7 +117,6 @@ LAYOUTS = (
     ),
 )
 BY_NAME = {layout.name: layout for layout in LAYOUTS}
-DEFAULT = {"coco": "coco", "voc": "voc", "yolo": "yolo", "imagefolder": "imagefolder"}
 
 
 def candidates(src: Path) -> list[Layout]:
@@ -144,7 +143,7 @@ def detect_layout(src: Path, fmt: str = "auto") -> Layout:
         return BY_NAME["imagefolder"]
     found = [layout for layout in candidates(src) if fmt in ("auto", layout.format)]
     if fmt != "auto":
-        return found[0] if found else BY_NAME[DEFAULT[fmt]]  # its reader says what is missing
+        return found[0] if found else BY_NAME[fmt]  # its reader says what is missing
     if len(found) > 1:
         listed = "; ".join(f"{layout.format} ({layout.files})" for layout in found)
         options = " or ".join(f"--from {layout.format}" for layout in found)
@@ -152,7 +151,7 @@ def detect_layout(src: Path, fmt: str = "auto") -> Layout:
     if found:
         return found[0]
     folders = imagefolder.class_folders(src)
-    refused = sorted(f.name for f in folders if _export_part(f.name))
+    refused = sorted(f.name for f in folders if export_part(f.name))
     if refused:
         raise ValueError(
             f"{src}: no annotation file found, and the sub-folders {', '.join(refused)} are "
@@ -174,11 +173,6 @@ def detect_format(src: Path) -> str:
     return detect_layout(src).format
 
 
-def resolve_format(src: Path, fmt: str) -> str:
-    """``fmt``, or the detected format when it is "auto"."""
-    return detect_layout(src, fmt).format
-
-
 def read_source(src: Path, fmt: str = "auto", issues: Issues | None = None) -> Dataset:
     """Read ``src`` in its detected layout (``fmt`` chooses the format); ``attrs["layout"]`` and
     ``attrs["warnings"]`` (text) say what was read and what looked odd."""
@@ -191,7 +185,8 @@ def read_source(src: Path, fmt: str = "auto", issues: Issues | None = None) -> D
     return ds
 
 
-def _export_part(name: str) -> bool:
+def export_part(name: str) -> bool:
+    """A folder named like a split or a part of an export (never a class of an image folder)."""
     return name.lower() in SPLIT_NAMES or name in EXPORT_FOLDERS or name.startswith("obj_")
 
 

@@ -18,7 +18,6 @@ shuffle buffer, so memory holds the buffer, never the dataset.
 
 from __future__ import annotations
 
-import hashlib
 import io
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from pathlib import Path
 import orjson
 
 from ml_assets.data.atomic import atomic_dir
+from ml_assets.data.store import hash_file, is_url
 from ml_assets.data.tables import Dataset
 
 INDEX = "index.json"
@@ -125,7 +125,7 @@ def write_shards(
                 "name": name,
                 "samples": count,
                 "bytes": (tmp / name).stat().st_size,
-                "sha256": sha256_file(tmp / name),
+                "sha256": hash_file(tmp / name),
             }
             for name, count in counts.items()
         ]
@@ -139,14 +139,6 @@ def write_shards(
         }
         (tmp / INDEX).write_bytes(orjson.dumps(index, option=orjson.OPT_INDENT_2))
     return index
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(2**20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_index(location: str | Path) -> dict:
@@ -174,7 +166,7 @@ def verify_shards(folder: Path) -> list[str]:
         path = folder / shard["name"]
         if not path.is_file():
             problems.append(f"{path}: missing")
-        elif path.stat().st_size != shard["bytes"] or sha256_file(path) != shard["sha256"]:
+        elif path.stat().st_size != shard["bytes"] or hash_file(path) != shard["sha256"]:
             problems.append(f"{path}: size or sha256 differs from {INDEX}")
     return problems
 
@@ -182,14 +174,12 @@ def verify_shards(folder: Path) -> list[str]:
 def open_url(url: str):
     """A readable binary stream: a local path, ``s3://`` through boto3 (configured from the
     environment), anything else through webdataset's ``gopen`` (``pipe:``, ``http(s)://``)."""
-    if url.startswith("s3://"):
-        import boto3
+    if is_url(url):
+        from ml_assets.data.landing import default_client, s3_errors
 
         bucket, _, key = url[len("s3://") :].partition("/")
-        try:
-            return boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"]
-        except Exception as err:  # botocore's ClientError and connection errors
-            raise OSError(f"{url}: {err}") from err
+        with s3_errors(f"reading {url}"):
+            return default_client().get_object(Bucket=bucket, Key=key)["Body"]
     if "://" in url or url.startswith("pipe:"):
         from webdataset.gopen import gopen
 

@@ -250,7 +250,8 @@ class Store:
         digest = hashlib.sha256()
         fd, tmp = tempfile.mkstemp(prefix=".put.", dir=objects)
         try:
-            with open_source(source) as src, os.fdopen(fd, "wb") as dst:
+            # The temporary file first: it is closed even when opening the source fails.
+            with os.fdopen(fd, "wb") as dst, open_source(source) as src:
                 while chunk := src.read(CHUNK):
                     digest.update(chunk)
                     dst.write(chunk)

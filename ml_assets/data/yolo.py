@@ -249,7 +249,7 @@ def _darknet_config(src: Path, issues: Issues) -> Config | None:
     names_file = src / DARKNET_NAMES
     settings: dict[str, str] = {}
     if (src / DARKNET_DATA).is_file():
-        for line in (src / DARKNET_DATA).read_text(encoding="utf-8").splitlines():
+        for line in _text(src / DARKNET_DATA).splitlines():
             key, sep, value = line.partition("=")
             if sep:
                 settings[key.strip()] = value.strip()
@@ -290,8 +290,16 @@ def _classes_config(src: Path, issues: Issues) -> Config | None:
     return names, list(range(len(names))), entries
 
 
+def _text(path: Path) -> str:
+    """A config or list file's text; one that is not UTF-8 is an error naming it."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise DatasetError("yaml-malformed", path.name, "", f"not UTF-8 text: {err}") from err
+
+
 def _lines(path: Path) -> list[str]:
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [line.strip() for line in _text(path).splitlines() if line.strip()]
 
 
 def _add_images(
@@ -309,8 +317,7 @@ def _add_images(
         roboflow = target.name in IMAGE_DIRS and target.parent.resolve() != src.resolve()
         split = target.name if under_images else target.parent.name if roboflow else key
     elif target.suffix == ".txt" and target.is_file():
-        lines = [line.strip() for line in target.read_text(encoding="utf-8").splitlines()]
-        files = [target.parent / line for line in lines if line]
+        files = [target.parent / line for line in _lines(target)]
         split = key
     elif not target.exists():
         issues.warning("split-missing", yaml_path, key, f"{target} does not exist: no {key} images")
