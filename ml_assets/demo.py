@@ -12,7 +12,6 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-import orjson
 import pandas as pd
 
 from ml_assets import runtime
@@ -145,11 +144,14 @@ def run_jobs(defs, instance, home: Path, landing: Path, kinds, epochs, folds, se
         key = dg.MultiPartitionKey({"version": version, "fold": str(fold)})
         run("training_job", key, trained, ops)
     checks = run("report_job", version, [dg.AssetKey(k.report_name) for k in kinds])
+    from ml_assets.defs.resources import MLAssetsHome
+    from ml_assets.evaluate.report import read_report
+
     reports = {}
     for k in kinds:
-        path = home / "reports" / k.name / version / "report.json"
-        reports[k.name] = orjson.loads(path.read_bytes()) | {
-            "path": str(path.parent),
+        folder = MLAssetsHome(root=str(home)).report_dir(k.name, version)
+        reports[k.name] = read_report(folder) | {
+            "path": str(folder),
             "promotable": checks.get(k.gate_name, False),
         }
     return reports
@@ -201,6 +203,7 @@ HEADLINE = {
     "lora_classifier": ["accuracy", "macro_f1", "weighted_f1", "ece", "samples"],
     "yolo_detector": ["AP", "AP50", "AP75", "AR100", "ultralytics_map50_95", "instances"],
     "lora_detector": ["AP", "AP50", "AP75", "AR100", "instances"],
+    "lora_segmenter": ["mask_iou", "boundary_iou", "box_mask_iou", "objects"],
 }
 COUNTS = ("samples", "images", "instances", "detections", "objects")
 
@@ -208,8 +211,10 @@ COUNTS = ("samples", "images", "instances", "detections", "objects")
 def report_table(report: dict, headline: bool = False) -> pd.DataFrame:
     """Per-fold metrics with mean and standard deviation rows, for printing; ``headline`` keeps
     the kind's main columns."""
-    table = pd.DataFrame([r["metrics"] for r in report["folds"]])
-    table.index = [f"fold {r['fold']}" for r in report["folds"]]
+    from ml_assets.evaluate.report import per_fold_table
+
+    table = per_fold_table(report["folds"])  # COCO's -1 left out, as in the mean
+    table.index = [f"fold {i}" for i in table.index]
     table.loc["mean"] = pd.Series(report["mean"])
     table.loc["std"] = pd.Series(report["std"])
     if headline:

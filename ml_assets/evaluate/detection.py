@@ -11,7 +11,6 @@ predicted boxes.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -21,7 +20,6 @@ from ml_assets.evaluate.coco import (
     RECALL_THRESHOLDS,
     coco_metrics,
     detections_from_arrays,
-    write_results,
 )
 from ml_assets.train.kinds import Scores, class_list
 
@@ -38,7 +36,6 @@ def detection_scores(
     ds: Dataset,
     image_ids: Sequence[int],
     detections: pd.DataFrame,
-    results_path: Path | None = None,
 ) -> Scores:
     """COCO metrics of ``detections`` (columns :data:`DETECTION_COLUMNS`) on ``image_ids``.
 
@@ -49,12 +46,11 @@ def detection_scores(
     (non-crowd ground-truth boxes) and ``detections``.
     ``per_class`` (index: class name): ``AP``, ``AP50``, ``VOC_AP50`` (NaN for a class without
     ground truth in these images), ``ground_truth`` and ``detections``.
-    ``predictions``: the detections in category-id order. ``plots``: ``pr_curves`` (precision
+    ``predictions``: the detections as given. ``plots``: ``pr_curves`` (precision
     against recall at IoU .5 per class, COCO's interpolated curve) and ``samples`` (a few images
     with true and predicted boxes). ``extra``: ``classes`` (id and name in model order) and
     ``coco_stats`` (the 12 numbers as a list, pycocotools' order).
-    With ``results_path`` the detections are also written there as a COCO results file,
-    atomically.
+    ``ml_assets.evaluate.report.write_detections`` writes them as a COCO results file.
     """
     image_ids = list(dict.fromkeys(int(i) for i in image_ids))
     detections = _checked(detections)
@@ -65,8 +61,6 @@ def detection_scores(
         detections[["x", "y", "w", "h"]].to_numpy(),
         detections["score"],
     )
-    if results_path is not None:
-        write_results(results_path, records)
     found = coco_metrics(ground_truth, records)
     truth = ds.annotations[ds.annotations["image_id"].isin(image_ids)]
     voc = voc_ap50(truth, detections)
@@ -232,7 +226,8 @@ def samples_png(
 
     names = ds.category_names
     truth = ds.annotations[ds.annotations["image_id"].isin(image_ids)]
-    with_truth = [i for i in image_ids if i in set(truth["image_id"].tolist())]
+    have = set(truth["image_id"].tolist())
+    with_truth = [i for i in image_ids if i in have]
     chosen = (with_truth or list(image_ids))[:count]
     files = ds.images.drop_duplicates("image_id").set_index("image_id")["file_name"]
     shown = detections[detections["score"] >= min_score]

@@ -96,8 +96,8 @@ def read_fold_records(folders: dict[int, Path], folds_digest: str) -> list[dict]
     return records
 
 
-# Per-class numbers that sum a class up, best first: F1 for classifiers, AP for detectors.
-CLASS_METRICS = ("f1", "AP", "ap50_95", "iou")
+# Per-class numbers that sum a class up: F1 (classifiers), AP (detectors), mask IoU (segmenter).
+CLASS_METRICS = ("f1", "AP", "mask_iou")
 
 
 def per_fold_table(records: list[dict]) -> pd.DataFrame:
@@ -244,13 +244,20 @@ def write_report(folder: Path, report: dict, plots: dict[str, bytes]) -> Path:
     return Path(folder)
 
 
+def read_report(folder: Path) -> dict:
+    """The ``report.json`` a report folder holds; a clear error when there is none yet."""
+    path = Path(folder) / "report.json"
+    if not path.exists():
+        raise FileNotFoundError(f"no report at {path}: materialize the report first")
+    return orjson.loads(path.read_bytes())
+
+
 def previous_report(folders: list[Path]) -> dict | None:
     """The newest existing report among ``folders`` (report folders of earlier versions, oldest
     first), or None."""
     for folder in reversed(folders):
-        path = Path(folder) / "report.json"
-        if path.exists():
-            return orjson.loads(path.read_bytes())
+        if (Path(folder) / "report.json").exists():
+            return read_report(folder)
     return None
 
 

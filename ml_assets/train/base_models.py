@@ -26,6 +26,7 @@ import orjson
 
 from ml_assets.data.atomic import atomic_dir, link_or_copy, write_bytes
 from ml_assets.data.store import Store, manifest_key, scan
+from ml_assets.train.classifier import MEAN, STD
 
 # Architectures init_base_model writes; the classifier ones build an image backbone, the two
 # teachers come from ml_assets.train.lora_teachers.
@@ -35,8 +36,8 @@ ARCHS = CLASSIFIER_ARCHS + TEACHER_ARCHS
 MANIFEST = "manifest.json"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 TINY_SIDE = 32  # input side of the tiny models
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
+IMAGENET_MEAN = MEAN.tolist()  # the timm classifier's normalization, one home
+IMAGENET_STD = STD.tolist()
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,7 @@ def init_base_model(folder: Path, arch: str, tiny: bool = False, seed: int = 0) 
         raise FileExistsError(f"{folder} already exists: a new base model needs a new folder")
     with atomic_dir(folder) as tmp:
         if arch in TEACHER_ARCHS:
-            _teacher_init(arch)(tmp, tiny)
+            _teacher_init(arch)(tmp, tiny, seed)
         else:
             import torch
             from transformers import AutoModel

@@ -751,6 +751,82 @@ def training_inputs(ds: Dataset, train_ids, val_ids, class_ids, config, inputs=N
     return train, collect_crops(val)
 
 
+def check_known(ds: Dataset, classes: list[dict], model_dir: Path) -> None:
+    """Refuse a dataset with categories the model at ``model_dir`` was not trained on."""
+    unknown = set(ds.annotations["category_id"]) - {c["id"] for c in classes}
+    if unknown:
+        raise ValueError(f"{model_dir}: the model does not know category ids {sorted(unknown)}")
+
+
+def score_crops(
+    model, classes: list[dict], ds: Dataset, image_ids, device, model_dir: Path, tta: bool
+) -> Scores:
+    """A classifier (images -> logits, ``ml_assets_img_size`` inputs) scored on the crops of
+    ``image_ids``: the metrics of ``classification_metrics`` and, with ``tta``, the same with
+    horizontal-flip test-time augmentation (``*_tta``); confusion and reliability plots."""
+    from ml_assets.evaluate.classification import classification_metrics
+    from ml_assets.evaluate.plots import confusion_png, reliability_png
+
+    check_known(ds, classes, model_dir)
+    names = [c["name"] for c in classes]
+    crops = extract_crops(ds, image_ids, [c["id"] for c in classes], model.ml_assets_img_size)
+    probabilities = predict(model, crops.images, device)
+    predicted = probabilities.argmax(axis=1) if len(probabilities) else np.zeros(0, int)
+    found = classification_metrics(crops.labels, predicted, names, probabilities)
+    metrics = {k: v for k, v in found.items() if isinstance(v, int | float)}
+    if tta:  # the flipped pass only: the plain probabilities are already here
+        flipped = (probabilities + predict(model, crops.images[:, :, ::-1].copy(), device)) / 2
+        with_tta = classification_metrics(crops.labels, flipped.argmax(axis=1), names, flipped)
+        metrics |= {
+            f"{k}_tta": v
+            for k, v in with_tta.items()
+            if isinstance(v, int | float) and k != "samples"
+        }
+    predictions = pd.DataFrame(
+        {
+            "annotation_id": crops.annotation_ids,
+            "true": np.asarray(names)[crops.labels],
+            "predicted": np.asarray(names)[predicted],
+            "confidence": probabilities.max(axis=1) if len(probabilities) else np.zeros(0),
+        }
+    )
+    return Scores(
+        metrics=metrics,
+        per_class=found["per_class"],
+        predictions=predictions,
+        extra={"classes": names, "confusion": found["confusion"].tolist()},
+        plots={
+            "confusion_matrix": confusion_png(found["confusion"], names, "held out"),
+            "reliability": reliability_png(found["reliability"], "held out"),
+        },
+    )
+
+
+def classify_images(
+    model, classes: list[dict], images: Sequence[Path], device, tta: bool, batch_size: int = 64
+) -> pd.DataFrame:
+    """Class probabilities of whole image files, read and predicted ``batch_size`` at a time:
+    one row per image (``file``, ``predicted``, ``confidence``, ``p_<class>``)."""
+    names = [c["name"] for c in classes]
+    size = (model.ml_assets_img_size, model.ml_assets_img_size)
+    parts = [np.zeros((0, len(names)), np.float32)]
+    for start in range(0, len(images), batch_size):
+        pixels = []
+        for path in images[start : start + batch_size]:
+            try:
+                with Image.open(path) as image:
+                    pixels.append(np.asarray(image.convert("RGB").resize(size)))
+            except OSError as err:
+                raise ValueError(f"{path}: cannot read image: {err}") from err
+        parts.append(predict(model, np.stack(pixels), device, tta=tta))
+    probabilities = np.concatenate(parts)
+    frame = pd.DataFrame(probabilities, columns=[f"p_{n}" for n in names])
+    frame.insert(0, "confidence", probabilities.max(axis=1) if len(frame) else [])
+    frame.insert(0, "predicted", np.asarray(names, dtype=object)[probabilities.argmax(axis=1)])
+    frame.insert(0, "file", [str(p) for p in images])
+    return frame
+
+
 class ImageClassifier:
     """The timm classifier as a model kind (see ``ml_assets.train.kinds``)."""
 
@@ -808,48 +884,9 @@ class ImageClassifier:
         device,
         inputs: dict[str, Path] | None = None,
     ) -> Scores:
-        from ml_assets.evaluate.classification import classification_metrics
-        from ml_assets.evaluate.plots import confusion_png, reliability_png
-
         model, meta = load_classifier(model_dir, device)
-        names = [c["name"] for c in meta["classes"]]
-        known = {c["id"] for c in meta["classes"]}
-        unknown = set(ds.annotations["category_id"]) - known
-        if unknown:
-            raise ValueError(f"{model_dir}: the model does not know category ids {sorted(unknown)}")
-        config = ClassifierConfig(**meta["config"])
-        crops = extract_crops(ds, image_ids, [c["id"] for c in meta["classes"]], config.img_size)
-        probabilities = predict(model, crops.images, device)
-        predicted = probabilities.argmax(axis=1) if len(probabilities) else np.zeros(0, int)
-        found = classification_metrics(crops.labels, predicted, names, probabilities)
-        metrics = {k: v for k, v in found.items() if isinstance(v, int | float)}
-        plots = {
-            "confusion_matrix": confusion_png(found["confusion"], names, "held out"),
-            "reliability": reliability_png(found["reliability"], "held out"),
-        }
-        if config.tta:
-            flipped = predict(model, crops.images, device, tta=True)
-            with_tta = classification_metrics(crops.labels, flipped.argmax(axis=1), names, flipped)
-            metrics |= {
-                f"{k}_tta": v
-                for k, v in with_tta.items()
-                if isinstance(v, int | float) and k != "samples"
-            }
-        predictions = pd.DataFrame(
-            {
-                "annotation_id": crops.annotation_ids,
-                "true": np.asarray(names)[crops.labels],
-                "predicted": np.asarray(names)[predicted],
-                "confidence": probabilities.max(axis=1) if len(probabilities) else np.zeros(0),
-            }
-        )
-        return Scores(
-            metrics=metrics,
-            per_class=found["per_class"],
-            predictions=predictions,
-            extra={"classes": names, "confusion": found["confusion"].tolist()},
-            plots=plots,
-        )
+        tta = ClassifierConfig(**meta["config"]).tta
+        return score_crops(model, meta["classes"], ds, image_ids, device, model_dir, tta)
 
     def baseline(self, folds: list[dict]) -> float:
         """Macro F1 of always answering the most common class of the held-out folds."""
@@ -860,26 +897,8 @@ class ImageClassifier:
     def predict(self, model_dir: Path, images: Sequence[Path], device) -> pd.DataFrame:
         """Class probabilities of whole images (with flip TTA when the config asks for it)."""
         model, meta = load_classifier(model_dir, device)
-        config = ClassifierConfig(**meta["config"])
-        names = [c["name"] for c in meta["classes"]]
-        size = (config.img_size, config.img_size)
-        pixels = []
-        for path in images:
-            try:
-                with Image.open(path) as image:
-                    pixels.append(np.asarray(image.convert("RGB").resize(size)))
-            except OSError as err:
-                raise ValueError(f"{path}: cannot read image: {err}") from err
-        batch = np.stack(pixels) if pixels else np.zeros((0, *size, 3), np.uint8)
-        probabilities = predict(model, batch, device, tta=config.tta)
-        if not len(probabilities):
-            probabilities = np.zeros((0, len(names)), np.float32)
-        frame = pd.DataFrame(probabilities, columns=[f"p_{n}" for n in names])
-        best = probabilities.argmax(axis=1) if len(probabilities) else np.zeros(0, int)
-        frame.insert(0, "confidence", probabilities.max(axis=1) if len(frame) else [])
-        frame.insert(0, "predicted", np.asarray(names, dtype=object)[best])
-        frame.insert(0, "file", [str(p) for p in images])
-        return frame
+        tta = ClassifierConfig(**meta["config"]).tta
+        return classify_images(model, meta["classes"], images, device, tta)
 
     def load(self, model_dir: Path, device):
         return load_classifier(model_dir, device)[0]

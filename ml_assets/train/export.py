@@ -72,6 +72,9 @@ def export_model(model_dir: Path, out_dir: Path) -> Path:
     if (model_dir / "classifier.json").exists():
         return export_classifier(model_dir, out_dir)
     if (model_dir / "lora.json").exists():
+        kind = orjson.loads((model_dir / "lora.json").read_bytes()).get("kind")
+        if kind != "lora_classifier":  # the LoRA teachers write lora.json too
+            raise ValueError(f"{model_dir}: no exporter for {kind} models")
         return export_lora_classifier(model_dir, out_dir)
     if (model_dir / "detector.json").exists():
         return export_yolo(model_dir, out_dir)
@@ -274,9 +277,7 @@ def check_onnx(out_dir: Path, inputs: np.ndarray, model_dir: Path | None = None)
     network = _pytorch_network(info, Path(model_dir) if model_dir else Path(info["source"]))
     with torch.inference_mode():
         reference = _first_output(network(torch.from_numpy(x)))
-    diff = float(np.abs(exported[0] - reference).max()) if reference.size else 0.0
-    if exported[0].shape != reference.shape:
-        diff = float("inf")
+    diff = max_difference(exported[0], reference)
     found = {
         "max_abs_diff": diff,
         "outputs": names[:1],
@@ -288,8 +289,15 @@ def check_onnx(out_dir: Path, inputs: np.ndarray, model_dir: Path | None = None)
         with _quiet_torch_warnings(), torch.inference_mode():
             traced = torch.jit.load(str(out_dir / info["torchscript"]), map_location="cpu")
             scripted = _first_output(traced(torch.from_numpy(x)))
-        found["torchscript_max_abs_diff"] = float(np.abs(scripted - reference).max())
+        found["torchscript_max_abs_diff"] = max_difference(scripted, reference)
     return found
+
+
+def max_difference(found: np.ndarray, reference: np.ndarray) -> float:
+    """Largest absolute difference; infinite when the shapes differ."""
+    if found.shape != reference.shape:
+        return float("inf")
+    return float(np.abs(found - reference).max()) if reference.size else 0.0
 
 
 # --- helpers -------------------------------------------------------------------------------------

@@ -183,16 +183,6 @@ def parameter_counts(model) -> dict[str, int]:
     return {"trainable_parameters": int(trainable), "total_parameters": int(total)}
 
 
-class TrainableOnly:
-    """What a checkpoint keeps of a PEFT model: adapters and head, never the frozen base."""
-
-    def __init__(self, model) -> None:
-        self.model = model
-
-    def state_dict(self) -> dict:
-        return timm_recipe.trained_state(self.model, trainable_only=True)
-
-
 def train_lora(
     model,
     crops: timm_recipe.Crops,
@@ -354,40 +344,19 @@ class LoraClassifier:
         device,
         inputs: dict[str, Path] | None = None,
     ) -> Scores:
-        """Macro F1 and friends on ``image_ids``; the base model is the one the adapter names
+        """The classifier's scores on ``image_ids``; the base model is the one the adapter names
         (its snapshot and hash in ``lora.json``), whatever ``inputs`` say."""
-        from ml_assets.evaluate.classification import classification_metrics
-        from ml_assets.evaluate.plots import confusion_png
-
         model, meta = load_lora(model_dir, device)
-        names = [c["name"] for c in meta["classes"]]
-        unknown = set(ds.annotations["category_id"]) - {c["id"] for c in meta["classes"]}
-        if unknown:
-            raise ValueError(f"{model_dir}: the model does not know category ids {sorted(unknown)}")
-        ids = [c["id"] for c in meta["classes"]]
-        crops = timm_recipe.extract_crops(ds, image_ids, ids, model.ml_assets_img_size)
-        probabilities = timm_recipe.predict(model, crops.images, device)
-        predicted = probabilities.argmax(axis=1) if len(probabilities) else np.zeros(0, int)
-        found = classification_metrics(crops.labels, predicted, names)
-        predictions = pd.DataFrame(
-            {
-                "annotation_id": crops.annotation_ids,
-                "true": np.asarray(names)[crops.labels],
-                "predicted": np.asarray(names)[predicted],
-                "confidence": probabilities.max(axis=1) if len(probabilities) else np.zeros(0),
-            }
+        scores = timm_recipe.score_crops(
+            model, meta["classes"], ds, image_ids, device, model_dir, tta=False
         )
-        return Scores(
-            metrics={k: found[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "samples")},
-            per_class=found["per_class"],
-            predictions=predictions,
-            extra={
-                "classes": names,
-                "confusion": found["confusion"].tolist(),
-                "base_model_hash": meta["base_model"]["hash"],
-            },
-            plots={"confusion_matrix": confusion_png(found["confusion"], names, "held out")},
-        )
+        scores.extra["base_model_hash"] = meta["base_model"]["hash"]
+        return scores
+
+    def predict(self, model_dir: Path, images: Sequence[Path], device) -> pd.DataFrame:
+        """Class probabilities of whole images, as the timm classifier's ``predict``."""
+        model, meta = load_lora(model_dir, device)
+        return timm_recipe.classify_images(model, meta["classes"], images, device, tta=False)
 
     def baseline(self, folds: list[dict]) -> float:
         return timm_recipe.IMAGE_CLASSIFIER.baseline(folds)

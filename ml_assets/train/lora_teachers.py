@@ -50,10 +50,10 @@ from pydantic import Field
 from ml_assets.data.atomic import atomic_dir, write_bytes
 from ml_assets.data.tables import Dataset
 from ml_assets.train.base_models import snapshot_hash
+from ml_assets.train.classifier import CHECKPOINT, trained_state
 from ml_assets.train.kinds import EpochCallback, FitResult, KindConfig, Scores, class_list
-from ml_assets.train.lora import META, TrainableOnly, adapter_megabytes, base_of, read_meta
+from ml_assets.train.lora import META, adapter_megabytes, base_of, read_meta
 
-CHECKPOINT = "checkpoint.pt"
 TINY_SIDE = 64  # input side of the tiny teachers
 # Grounding DINO's code hard-codes the ids BERT's vocabulary gives [CLS] (101), [SEP] (102), "."
 # (1012) and "?" (1029), with [PAD] (0), as the separators between phrases: the small vocabulary
@@ -569,7 +569,7 @@ def _save_checkpoint(path: Path, model, optimizer, state: dict) -> None:
     import torch
 
     buffer = io.BytesIO()
-    trainable = TrainableOnly(model).state_dict()
+    trainable = trained_state(model, trainable_only=True)
     torch.save({"model": trainable, "optimizer": optimizer.state_dict(), "state": state}, buffer)
     write_bytes(path, buffer.getvalue())
 
@@ -603,7 +603,7 @@ def merged_model(folder: Path, device):
     return teacher.peft.merge_and_unload().eval(), read_meta(folder)
 
 
-def _fit(kind, ds, train_ids, config, device, run_dir, on_epoch, inputs, records, step_loss):
+def _fit(kind, ds, config, device, run_dir, on_epoch, inputs, records, step_loss):
     """What both kinds' ``fit`` do around their data and loss."""
     if not inputs or "base_model" not in inputs:
         raise ValueError(f"{kind.name} needs the base model's snapshot folder in inputs")
@@ -942,7 +942,7 @@ class LoraDetector(_LoraTeacherKind):
     def fit(self, ds, train_ids, val_ids, config, device, run_dir, on_epoch=None, inputs=None):
         records = detector_records(ds, train_ids, class_list(ds))
         teacher, history, resumed_from, summary = _fit(
-            self, ds, train_ids, config, device, run_dir, on_epoch, inputs, records, detector_loss
+            self, ds, config, device, run_dir, on_epoch, inputs, records, detector_loss
         )
         summary["train_objects"] = int(sum(len(r["labels"]) for r in records))
         return FitResult(teacher, history, resumed_from, summary)
@@ -997,7 +997,7 @@ class LoraSegmenter(_LoraTeacherKind):
         records, left_out = segmenter_records(ds, train_ids)
         step = functools.partial(segmenter_loss, limit=config.max_objects)
         teacher, history, resumed_from, summary = _fit(
-            self, ds, train_ids, config, device, run_dir, on_epoch, inputs, records, step
+            self, ds, config, device, run_dir, on_epoch, inputs, records, step
         )
         summary["train_objects"] = int(sum(len(r["boxes"]) for r in records))
         summary |= left_out

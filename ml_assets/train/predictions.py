@@ -14,13 +14,11 @@ from pathlib import Path
 
 import orjson
 import pandas as pd
-from PIL import Image
 
 from ml_assets.data.atomic import atomic_dir
+from ml_assets.data.tables import IMAGE_SUFFIXES, image_size
 from ml_assets.train.kinds import ModelKind
 from ml_assets.train.runs import read_lineage
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -43,6 +41,8 @@ def write_predictions(
     position) and write the results to ``out_dir``; returns the summary."""
     if not images:
         raise ValueError("no images to predict on")
+    if not hasattr(kind, "predict"):
+        raise ValueError(f"{kind.name} has no batch prediction: choose another kind")
     ids = list(image_ids) if image_ids is not None else list(range(len(images)))
     classes = read_lineage(model_dir)["classes"]
     frame = kind.predict(model_dir, list(images), device)
@@ -85,8 +85,7 @@ def coco_images(images: Sequence[Path], ids: Sequence[int], classes: list[dict])
     """A COCO file with the images (id, file name, size) and the model's categories."""
     entries = []
     for path, image_id in zip(images, ids, strict=True):
-        with Image.open(path) as image:
-            width, height = image.size
+        width, height = image_size(path)
         entries.append(
             {"id": int(image_id), "file_name": str(path), "width": width, "height": height}
         )

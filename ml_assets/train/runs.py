@@ -10,6 +10,7 @@ model folder atomically.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from collections.abc import Callable
@@ -24,6 +25,7 @@ import pandas as pd
 from ml_assets.data.atomic import atomic_dir
 from ml_assets.data.folds import held_out_ids, training_ids
 from ml_assets.data.tables import Dataset
+from ml_assets.train.distributed import processes
 from ml_assets.train.kinds import (
     FitResult,
     KindConfig,
@@ -102,11 +104,19 @@ def train_fold(
     ``model_dir``; ``fold=None`` trains the final model on every fold (validating on the test
     split when the folds hold one)."""
     config = kind.config_class(**config.model_dump())
-    if config.nproc_per_node * config.nnodes > 1 and not getattr(kind, "distributed", ""):
+    if processes(config) > 1 and not getattr(kind, "distributed", ""):
         raise ValueError(f"{kind.name} trains in one process: set nproc_per_node and nnodes to 1")
     train_ids, val_ids = training_ids(assignment, fold), held_out_ids(assignment, fold)
     version = (tags or {}).get("version", "")
-    key = fingerprint(kind=kind.name, config=config.model_dump(), folds=folds_digest, fold=fold)
+    # The inputs' folders name what training reads beyond the config (a base model's snapshot,
+    # by hash): a run resumes only onto the same ones.
+    key = fingerprint(
+        kind=kind.name,
+        config=config.model_dump(),
+        folds=folds_digest,
+        fold=fold,
+        inputs={k: str(v) for k, v in (inputs or {}).items()},
+    )
     if prepare_run_dir(run_dir, key):
         log(f"{kind.name}: found an interrupted run of the same configuration in {run_dir}")
     started = time.perf_counter()
@@ -122,7 +132,8 @@ def train_fold(
     }
     run_tags = {k: str(v) for k, v in (tags or {}).items()} | {"kind": kind.name}
     name = f"{version}-fold{fold}" if fold is not None else f"{version}-final"
-    with _tracked(tracking, kind.name, name, run_tags) as run:
+    tracked = tracking.run(kind.name, name, run_tags) if tracking else contextlib.nullcontext()
+    with tracked as run:
         if run is not None:
             import mlflow
 
@@ -170,19 +181,6 @@ def _log_history(fit: FitResult) -> None:
         if row["epoch"] < fit.resumed_from:
             numbers = {k: float(v) for k, v in row.items() if k != "epoch" and pd.notna(v)}
             mlflow.log_metrics(numbers, step=int(row["epoch"]))
-
-
-class _tracked:
-    """``tracking.run(...)`` when tracking is configured, else a block yielding None."""
-
-    def __init__(self, tracking: Tracking | None, *args) -> None:
-        self.context = tracking.run(*args) if tracking is not None else None
-
-    def __enter__(self):
-        return self.context.__enter__() if self.context is not None else None
-
-    def __exit__(self, *exc):
-        return self.context.__exit__(*exc) if self.context is not None else False
 
 
 def publish(staged: Path, model_dir: Path) -> Path:

@@ -101,13 +101,3 @@ class Tracking:
         version = str(max(int(v.version) for v in found))
         client.set_registered_model_alias(name, alias, version)
         return version
-
-    def alias_version(self, name: str, alias: str) -> str | None:
-        """The version the alias points at, or None."""
-        from mlflow.exceptions import MlflowException
-        from mlflow.tracking import MlflowClient
-
-        try:
-            return str(MlflowClient(self.uri).get_model_version_by_alias(name, alias).version)
-        except MlflowException:
-            return None
