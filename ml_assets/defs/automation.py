@@ -137,8 +137,9 @@ def weekly_retraining(context: dg.ScheduleEvaluationContext):
     return requests or dg.SkipReason(reason)
 
 
-# Jobs that train a (version, fold): the schedule's and each kind's own.
-TRAINING_JOBS = {"training_job", *(f"{name}_job" for name in KINDS)}
+# Jobs that train a (version, fold): the schedule's, each kind's own, and the implicit asset job
+# that the automation sensor launches its runs under.
+TRAINING_JOBS = {"training_job", "__ASSET_JOB", *(f"{name}_job" for name in KINDS)}
 
 
 automation_sensor = dg.AutomationConditionSensorDefinition(

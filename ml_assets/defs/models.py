@@ -25,6 +25,7 @@ from ml_assets.defs.resources import MLAssetsHome, MLflowTracking, TrainingDevic
 from ml_assets.defs.shards import SHARDS
 from ml_assets.evaluate.plots import markdown_image
 from ml_assets.hygiene import training_run_tags
+from ml_assets.train.distributed import processes
 from ml_assets.train.kinds import ModelKind
 
 # On Kubernetes (dagster-k8s run launcher), each training step asks for one GPU.
@@ -36,7 +37,16 @@ GPU_OP_TAGS = {
 ON_NEW_UPSTREAM = (
     dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed()
 )
+# Model assets: a new snapshot of some base model is not new data for every version's models
+# (base_model is unpartitioned, so plain eager() would retrain them all); a training config
+# names the base model it uses.
+TRAIN_ON_NEW_UPSTREAM = ON_NEW_UPSTREAM.ignore(dg.AssetSelection.assets("base_model"))
 KIND_TAG = "ml_assets/kind"
+
+
+def check_metadata(found: dict) -> dict:
+    """A check's numbers (rounded) and its text, such as the reasons a gate failed."""
+    return numbers(found) | {k: v for k, v in found.items() if isinstance(v, str)}
 
 
 def numbers(values: dict) -> dict[str, float | int]:
@@ -214,10 +224,6 @@ def train_partition(
     return dg.MaterializeResult(metadata=metadata)
 
 
-def processes(config) -> int:
-    return config.nproc_per_node * config.nnodes
-
-
 def train_with_torchrun(context, kind: ModelKind, home, partition, settings, where):
     """``train_fold`` in ``nproc_per_node`` processes under torchrun, launched through Dagster
     Pipes: rank 0's log lines and epochs arrive in this run's logs as they happen, and the
@@ -284,7 +290,7 @@ def build_pipeline(kind: ModelKind) -> KindPipeline:
         tags=tags,
         pool="gpu",
         op_tags=GPU_OP_TAGS,
-        automation_condition=ON_NEW_UPSTREAM,
+        automation_condition=TRAIN_ON_NEW_UPSTREAM,
         description=kind.description,
     )
     def model(
@@ -411,13 +417,11 @@ def build_pipeline(kind: ModelKind) -> KindPipeline:
     def gate(
         context: dg.AssetCheckExecutionContext, config: gate_config, home: MLAssetsHome
     ) -> dg.AssetCheckResult:
-        import orjson
+        from ml_assets.evaluate.report import promotion_decision, read_report
 
-        from ml_assets.evaluate.report import promotion_decision
-
-        path = home.report_dir(kind.name, context.partition_key) / "report.json"
-        passed, metadata = promotion_decision(orjson.loads(path.read_bytes()), config.floor)
-        return dg.AssetCheckResult(passed=passed, metadata=numbers(metadata))
+        report = read_report(home.report_dir(kind.name, context.partition_key))
+        passed, found = promotion_decision(report, config.floor)
+        return dg.AssetCheckResult(passed=passed, metadata=check_metadata(found))
 
     selection = dg.AssetSelection.tag(KIND_TAG, kind.name)
     jobs = [

@@ -21,6 +21,8 @@ from ml_assets.defs.models import (
     GPU_OP_TAGS,
     KIND_TAG,
     ON_NEW_UPSTREAM,
+    TRAIN_ON_NEW_UPSTREAM,
+    check_metadata,
     model_checks,
     numbers,
     promotion_config,
@@ -28,11 +30,12 @@ from ml_assets.defs.models import (
 )
 from ml_assets.defs.partitions import dataset_versions, fold_partitions
 from ml_assets.defs.resources import MLAssetsHome, MLflowTracking, TrainingDevice
+from ml_assets.train.export import TOLERANCE
 from ml_assets.train.kinds import ModelKind
 
 CHAMPION_ALIAS = "champion"
-# Kinds with an exporter in ml_assets.train.export.
-EXPORTABLE = ("image_classifier", "lora_classifier", "yolo_detector")
+# Kinds with an exporter in ml_assets.train.export (its tolerances name them).
+EXPORTABLE = tuple(TOLERANCE)
 
 
 def read_champion(home: MLAssetsHome, kind: ModelKind) -> dict | None:
@@ -42,13 +45,19 @@ def read_champion(home: MLAssetsHome, kind: ModelKind) -> dict | None:
     return orjson.loads(path.read_bytes()) if path.exists() else None
 
 
-def read_report(home: MLAssetsHome, kind: ModelKind, version: str) -> dict:
-    import orjson
+def decide(home: MLAssetsHome, kind: ModelKind, version: str, config) -> tuple[bool, dict]:
+    """The champion gate's decision for ``version``: its report against the floor, the
+    baseline and the current champion (none when the candidate is the champion itself)."""
+    from ml_assets.evaluate.report import promotion_decision, read_report
 
-    path = home.report_dir(kind.name, version) / "report.json"
-    if not path.exists():
-        raise FileNotFoundError(f"no {kind.report_name} for version {version} at {path}")
-    return orjson.loads(path.read_bytes())
+    champion = read_champion(home, kind)
+    if champion is not None and champion["version"] == version:
+        champion = None  # re-promoting the champion itself: compare with floor and baseline
+    report = read_report(home.report_dir(kind.name, version))
+    passed, found = promotion_decision(report, config.floor, champion, config.tolerance)
+    if champion is None:
+        found["champion_version"] = "none yet"
+    return passed, found | {"score": float(report["mean"][kind.primary_metric])}
 
 
 def build_promotion(kind: ModelKind, report: dg.AssetsDefinition):
@@ -65,7 +74,7 @@ def build_promotion(kind: ModelKind, report: dg.AssetsDefinition):
         tags=tags,
         pool="gpu",
         op_tags=GPU_OP_TAGS,
-        automation_condition=ON_NEW_UPSTREAM,
+        automation_condition=TRAIN_ON_NEW_UPSTREAM,
         description=f"{kind.name} trained on every fold of a version (validated on its test "
         "split when there is one) with the configuration its cross-validation used.",
     )
@@ -98,19 +107,8 @@ def build_promotion(kind: ModelKind, report: dg.AssetsDefinition):
     def beats_champion(
         context: dg.AssetCheckExecutionContext, config: gate, home: MLAssetsHome
     ) -> dg.AssetCheckResult:
-        from ml_assets.evaluate.report import promotion_decision
-
-        version = context.partition_key
-        champion = read_champion(home, kind)
-        if champion is not None and champion["version"] == version:
-            champion = None  # re-promoting the champion itself: compare with floor and baseline
-        passed, found = promotion_decision(
-            read_report(home, kind, version), config.floor, champion, config.tolerance
-        )
-        metadata = {**numbers(found), **{k: v for k, v in found.items() if isinstance(v, str)}}
-        if champion is None:
-            metadata["champion_version"] = "none yet"
-        return dg.AssetCheckResult(passed=passed, metadata=metadata)
+        passed, found = decide(home, kind, context.partition_key, config)
+        return dg.AssetCheckResult(passed=passed, metadata=check_metadata(found))
 
     @dg.asset(
         name=f"promoted_{kind.name}",
@@ -129,15 +127,10 @@ def build_promotion(kind: ModelKind, report: dg.AssetsDefinition):
         home: MLAssetsHome,
         mlflow_tracking: MLflowTracking,
     ) -> dg.MaterializeResult:
-        from ml_assets.evaluate.report import promotion_decision
         from ml_assets.train.runs import promote
 
         version = context.partition_key
-        champion = read_champion(home, kind)
-        if champion is not None and champion["version"] == version:
-            champion = None
-        report_json = read_report(home, kind, version)
-        passed, found = promotion_decision(report_json, config.floor, champion, config.tolerance)
+        passed, found = decide(home, kind, version, config)
         if not passed:  # a launch by hand past a failed gate: the champion stays
             raise dg.Failure(
                 f"version {version} is not promoted: {found['reasons']}",
@@ -148,7 +141,7 @@ def build_promotion(kind: ModelKind, report: dg.AssetsDefinition):
             home.model_dir(kind.name, version, None),
             home.champion_path(kind.name),
             version,
-            float(report_json["mean"][kind.primary_metric]),
+            found["score"],
             mlflow_tracking.tracking(home.mlflow_dir),
             CHAMPION_ALIAS,
         )
@@ -202,9 +195,8 @@ def build_export(kind: ModelKind, promoted: dg.AssetsDefinition, tags: dict):
         return dg.MaterializeResult(
             metadata={
                 **sizes,
-                "formats": ", ".join(
-                    sorted(f.suffix[1:] for f in out.iterdir() if f.stem == "model")
-                ),
+                "formats": ", ".join(f for f in ("onnx", "torchscript") if info.get(f)),
+                **({"torchscript_error": e} if (e := info.get("torchscript_error")) else {}),
                 "opset": int(info.get("opset", 0)),
                 "path": dg.MetadataValue.path(str(out)),
             }
@@ -265,7 +257,7 @@ class PredictionsConfig(dg.Config):
 
 @dg.asset(
     partitions_def=dataset_versions,
-    deps=["raw_dataset"],
+    deps=["annotations"],
     group_name="inference",
     kinds={"pytorch"},
     pool="gpu",
@@ -294,7 +286,7 @@ def predictions(
         unique = ds.images.drop_duplicates("image_id")
         images = [ds.image_path(f) for f in unique["file_name"]]
         ids = unique["image_id"].tolist()
-    out = home.path / "predictions" / kind.name / version
+    out = home.predictions_dir(kind.name, version)
     summary = write_predictions(
         kind, Path(champion["model"]), images, training_device.torch_device(), out, ids
     )

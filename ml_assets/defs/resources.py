@@ -95,6 +95,10 @@ class MLAssetsHome(dg.ConfigurableResource):
         """The deployable export (ONNX, TorchScript) of a version's promoted model."""
         return self.path / "exports" / kind / version
 
+    def predictions_dir(self, kind: str, version: str) -> Path:
+        """A kind's champion's batch predictions over a version (or a folder) of images."""
+        return self.path / "predictions" / kind / version
+
     def champion_path(self, kind: str) -> Path:
         """The record of a kind's current champion (the promoted final model)."""
         return self.path / "models" / kind / "champion.json"
