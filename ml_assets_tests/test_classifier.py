@@ -210,8 +210,10 @@ def test_device_selection():
     import torch
 
     assert select_device("cpu").type == "cpu"
+    mps = torch.backends.mps.is_available()
+    expected = "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
+    assert select_device("auto").type == expected
     if not torch.cuda.is_available():
-        assert select_device("auto").type in {"cpu", "mps"}
         with pytest.raises(RuntimeError, match="no CUDA device"):
             select_device("cuda")
         with pytest.raises(RuntimeError, match="no CUDA device"):

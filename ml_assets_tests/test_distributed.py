@@ -89,7 +89,8 @@ def ingested(tmp_path):
         key = home.store.register(landing)
         instance.add_dynamic_partitions(dataset_versions.name, [key])
         data = [datasets.raw_dataset, datasets.annotations, datasets.folds]
-        assert dg.materialize(data, partition_key=key, resources={"home": home}, instance=instance)
+        done = dg.materialize(data, partition_key=key, resources={"home": home}, instance=instance)
+        assert done.success
         yield instance, home, key
     mlflow.end_run()
 

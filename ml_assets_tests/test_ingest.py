@@ -125,3 +125,15 @@ def test_every_export_layout_dropped_into_the_root_is_one_dataset(tmp_path, layo
     listing = LocalFolder(root).listing()
     assert [drop.name for drop in listing.drops] == [""] and listing.ignored == []
     assert len(listing.drops[0].items) == sum(1 for p in root.rglob("*") if p.is_file())
+
+
+def test_ingest_refuses_a_landing_root_that_is_itself_one_dataset(tmp_path, tiny_sample):
+    import shutil
+
+    from ml_assets.data.landing import LocalFolder, add_dataset
+
+    landing = tmp_path / "landing"
+    shutil.copytree(tiny_sample, landing)  # the demo's layout: a dataset at the root
+    with pytest.raises(ValueError, match="is itself one dataset"):
+        add_dataset(tiny_sample, LocalFolder(landing), "other")
+    assert not (landing / "other").exists()

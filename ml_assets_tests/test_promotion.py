@@ -55,7 +55,8 @@ def cross_validate(instance, home, landing) -> str:
     key = home.store.register(landing)
     instance.add_dynamic_partitions(dataset_versions.name, [key])
     data = [datasets.raw_dataset, datasets.annotations, datasets.folds]
-    assert dg.materialize(data, partition_key=key, resources={"home": home}, instance=instance)
+    done = dg.materialize(data, partition_key=key, resources={"home": home}, instance=instance)
+    assert done.success
     model, evaluation, report = PIPELINE.assets
     for fold in ("0", "1"):
         assert dg.materialize(
@@ -65,7 +66,8 @@ def cross_validate(instance, home, landing) -> str:
             instance=instance,
             run_config={"ops": {"image_classifier": {"config": TINY}}},
         ).success
-    assert dg.materialize([report], partition_key=key, resources=resources(home), instance=instance)
+    done = dg.materialize([report], partition_key=key, resources=resources(home), instance=instance)
+    assert done.success
     return key
 
 

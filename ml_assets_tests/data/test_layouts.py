@@ -236,3 +236,10 @@ def test_readme_lists_every_layout():
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     for layout in LAYOUTS:
         assert f"| `{layout.name}` | {layout.format} |" in readme
+
+
+def test_a_class_list_that_is_not_utf8_is_an_error_naming_it(tmp_path):
+    root = BUILDERS["label-studio-yolo"](tmp_path / "ls")
+    (root / "classes.txt").write_bytes(b"circle\n\xff\xfesquare\n")
+    with pytest.raises(DatasetError, match=r"classes\.txt.*not UTF-8"):
+        read_dataset(root)

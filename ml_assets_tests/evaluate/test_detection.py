@@ -16,6 +16,7 @@ from ml_assets.data.sample import write_sample
 from ml_assets.data.tables import Dataset
 from ml_assets.evaluate.coco import STAT_NAMES
 from ml_assets.evaluate.detection import DETECTION_COLUMNS, detection_scores, voc_ap50
+from ml_assets.evaluate.report import write_detections
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -86,7 +87,8 @@ def pycocotools_eval(root, image_ids, crowd, detections: pd.DataFrame):
 def test_metrics_equal_pycocotools(sample, seed, tmp_path):
     root, ds, held_out, crowd = sample
     detections = perturbed(ds, held_out, seed)
-    scores = detection_scores(ds, held_out, detections, results_path=tmp_path / "dt.json")
+    scores = detection_scores(ds, held_out, detections)
+    write_detections(tmp_path / "dt.json", scores.predictions)
     reference = pycocotools_eval(root, held_out, crowd, detections)
     ours = [scores.metrics[name] for name in STAT_NAMES]
     np.testing.assert_allclose(ours, reference.stats, rtol=0, atol=1e-12)

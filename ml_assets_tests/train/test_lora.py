@@ -225,3 +225,18 @@ def test_the_merged_adapter_exports_to_onnx_that_agrees_with_pytorch(shapes, tra
     crops = np.random.default_rng(0).integers(0, 255, (3, images, images, 3), dtype=np.uint8)
     found = check_onnx(out, crops)
     assert found["passed"] and found["max_abs_diff"] <= 1e-4
+
+
+def test_the_adapter_predicts_whole_images_and_scores_like_the_classifier(
+    shapes, trained, tiny_sample
+):
+    ds, _, val_ids = shapes
+    _, model_dir = trained
+    images = sorted((tiny_sample / "images").iterdir())[:5]
+    frame = lora.LORA_CLASSIFIER.predict(model_dir, images, CPU)
+    assert frame["file"].tolist() == [str(p) for p in images]
+    probabilities = frame[[c for c in frame if c.startswith("p_")]].to_numpy()
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1, rtol=1e-5)
+    scores = lora.LORA_CLASSIFIER.score(model_dir, ds, val_ids, CPU)
+    assert {"weighted_f1", "ece", "top1_accuracy"} <= set(scores.metrics)
+    assert scores.plots["reliability"].startswith(b"\x89PNG")

@@ -31,27 +31,59 @@ def trained(kind, config, ds, folder):
     return model_dir
 
 
+class Detections:
+    """A detector kind whose model answers two fixed boxes: what write_predictions makes of
+    them is then known exactly (training a detector for one epoch finds nothing to check)."""
+
+    name = "stub_detector"
+
+    def predict(self, model_dir, images, device):
+        return pd.DataFrame(
+            {
+                "file": [str(images[0]), str(images[2])],
+                "category_id": [2, 4],
+                "x": [1.5, 10.0],
+                "y": [2.0, 20.0],
+                "w": [8.0, 5.5],
+                "h": [9.0, 6.0],
+                "score": [0.9, 0.4],
+            }
+        )
+
+
 def test_detector_predictions_are_coco_results_pycocotools_loads(sample, tmp_path):
     from pycocotools.coco import COCO
 
     root, ds = sample
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / LINEAGE).write_bytes(orjson.dumps({"classes": class_list(ds)}))
+    images = image_files(root / "images")
+    out = tmp_path / "out"
+    ids = list(range(100, 116))
+    summary = write_predictions(Detections(), model_dir, images, CPU, out, ids)
+    assert orjson.loads((out / "results.json").read_bytes()) == [
+        {"image_id": 100, "category_id": 2, "bbox": [1.5, 2.0, 8.0, 9.0], "score": 0.9},
+        {"image_id": 102, "category_id": 4, "bbox": [10.0, 20.0, 5.5, 6.0], "score": 0.4},
+    ]
+    coco = COCO(str(out / "images.json"))
+    loaded = coco.loadRes(str(out / "results.json"))
+    assert len(loaded.getAnnIds()) == 2 and sorted(coco.getImgIds()) == ids
+    assert {i["width"] for i in coco.dataset["images"]} == {64}
+    names = ds.category_names
+    assert summary["detections"] == 2 and summary["images_with_detections"] == 2
+    assert summary["per_class"] == {names[2]: 1, names[4]: 1}
+
+
+def test_a_trained_detector_predicts_boxes_inside_its_images(sample, tmp_path):
+    root, ds = sample
     config = YoloConfig(epochs=1, imgsz=64, batch=8, workers=0)
     model_dir = trained(YOLO_DETECTOR, config, ds, tmp_path / "yolo")
     images = image_files(root / "images")
-    out = tmp_path / "out"
-    summary = write_predictions(YOLO_DETECTOR, model_dir, images, CPU, out)
-    assert summary["images"] == 16
-    coco = COCO(str(out / "images.json"))
-    results = orjson.loads((out / "results.json").read_bytes())
-    assert len(results) == summary["detections"]
-    if results:  # a 1-epoch detector may find nothing above the threshold
-        loaded = coco.loadRes(str(out / "results.json"))
-        assert len(loaded.getAnnIds()) == len(results)
-        assert {r["category_id"] for r in results} <= set(ds.categories["category_id"])
-    else:
-        assert summary["detections"] == 0
-    sizes = {i["id"]: (i["width"], i["height"]) for i in coco.dataset["images"]}
-    assert set(sizes.values()) == {(64, 64)} and sorted(sizes) == list(range(16))
+    found = YOLO_DETECTOR.predict(model_dir, images, CPU, confidence=0.0)
+    assert len(found) > 0 and set(found["file"]) <= {str(p) for p in images}
+    assert ((found["x"] >= -0.01) & (found["x"] + found["w"] <= 64.01)).all()
+    assert set(found["category_id"]) <= set(ds.categories["category_id"])
 
 
 def test_classifier_predictions_are_probabilities_per_image(sample, tmp_path):
@@ -82,3 +114,6 @@ def test_no_images_and_an_unreadable_image_are_refused(sample, tmp_path):
         write_predictions(IMAGE_CLASSIFIER, model_dir, [broken], CPU, tmp_path / "out")
     with pytest.raises(ValueError, match="no images"):
         write_predictions(IMAGE_CLASSIFIER, model_dir, [], CPU, tmp_path / "out")
+    no_predict = type("Teacher", (), {"name": "lora_segmenter"})()
+    with pytest.raises(ValueError, match="lora_segmenter has no batch prediction"):
+        write_predictions(no_predict, model_dir, [broken], CPU, tmp_path / "out")
