@@ -168,3 +168,33 @@ def test_the_cursor_of_the_one_dataset_sensor_reads_as_a_first_look(landed):
         for old in ("3a52e7e96489", "123456789012", "not json {"):
             result = evaluate_sensor(instance, home, cursor=old)
             assert "the landing root: 13 files, changed" in result.skip_reason.skip_message
+
+
+def test_a_new_base_model_snapshot_retrains_nothing_by_itself(landed):
+    """base_model is unpartitioned: plain eager() would make every LoRA model of every
+    version due whenever any base model is snapshotted again."""
+    landing, home = landed
+    models = dg.AssetSelection.assets("lora_classifier", "lora_classifier_final")
+    with dg.instance_for_test() as instance:
+        key = home.store.register(landing)
+        instance.add_dynamic_partitions(dataset_versions.name, [key])
+        idle = dg.evaluate_automation_conditions(
+            defs=defs, instance=instance, asset_selection=models
+        )
+        assert dg.materialize(
+            INGEST, partition_key=key, resources={"home": home}, instance=instance
+        ).success
+        new = dg.evaluate_automation_conditions(
+            defs=defs, instance=instance, asset_selection=models, cursor=idle.cursor
+        )
+        requested = new.get_requested_partitions(dg.AssetKey("lora_classifier"))
+        assert requested == {f"0|{key}", f"1|{key}"}  # new data: every fold trains
+        for partition in requested:
+            instance.report_runless_asset_event(
+                dg.AssetMaterialization("lora_classifier", partition=partition)
+            )
+        instance.report_runless_asset_event(dg.AssetMaterialization("base_model"))
+        after = dg.evaluate_automation_conditions(
+            defs=defs, instance=instance, asset_selection=models, cursor=new.cursor
+        )
+        assert after.get_requested_partitions(dg.AssetKey("lora_classifier")) == set()
