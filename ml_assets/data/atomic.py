@@ -11,16 +11,19 @@ from pathlib import Path
 
 
 @contextlib.contextmanager
-def atomic_file(path: Path) -> Iterator:
-    """Yield a binary file open under a temporary name beside ``path``; on success it becomes
-    ``path`` (readers see the old file or the whole new one), on failure it goes. For writers
-    that stream (``torch.save``) rather than hand over bytes."""
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary name beside ``path`` for a writer that opens the file itself; on success
+    it becomes ``path`` (readers see the old file or the whole new one), on failure it goes.
+
+    ``torch.save`` is given a name, not an open file: into a Python file object, a Ctrl-C that
+    lands mid-write is swallowed by torch's C++ writer and surfaces as an unrelated
+    ``RuntimeError`` (``unexpected pos``); writing by name, the interrupt arrives afterwards."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            yield handle
+        yield Path(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -30,8 +33,8 @@ def atomic_file(path: Path) -> Iterator:
 
 def write_bytes(path: Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` so that readers see either the old file or the whole new one."""
-    with atomic_file(path) as handle:
-        handle.write(data)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
     return Path(path)
 
 

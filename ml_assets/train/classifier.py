@@ -32,7 +32,7 @@ import pandas as pd
 from PIL import Image
 from pydantic import Field
 
-from ml_assets.data.atomic import atomic_dir, atomic_file
+from ml_assets.data.atomic import atomic_dir, atomic_path
 from ml_assets.data.tables import Dataset
 from ml_assets.train.kinds import EpochCallback, FitResult, KindConfig, Scores, class_list
 
@@ -688,7 +688,7 @@ def save_checkpoint(path: Path, weights: dict, optimizer, scheduler, scaler, sta
 
     inner = getattr(scheduler, "lr_scheduler", None)  # torch's ReduceLROnPlateau inside timm's
     plateau = {"plateau": inner.state_dict()} if inner is not None else {}
-    with atomic_file(path) as handle:
+    with atomic_path(path) as tmp:
         torch.save(
             {
                 "model": weights,
@@ -698,7 +698,7 @@ def save_checkpoint(path: Path, weights: dict, optimizer, scheduler, scaler, sta
                 "state": state,
                 **plateau,
             },
-            handle,
+            tmp,
         )
 
 

@@ -47,7 +47,7 @@ import orjson
 import pandas as pd
 from pydantic import Field
 
-from ml_assets.data.atomic import atomic_dir, write_bytes
+from ml_assets.data.atomic import atomic_dir, atomic_path
 from ml_assets.data.tables import Dataset
 from ml_assets.train.base_models import snapshot_hash
 from ml_assets.train.classifier import CHECKPOINT, trained_state
@@ -564,14 +564,11 @@ def train_adapter(
 
 
 def _save_checkpoint(path: Path, model, optimizer, state: dict) -> None:
-    import io
-
     import torch
 
-    buffer = io.BytesIO()
     trainable = trained_state(model, trainable_only=True)
-    torch.save({"model": trainable, "optimizer": optimizer.state_dict(), "state": state}, buffer)
-    write_bytes(path, buffer.getvalue())
+    with atomic_path(path) as tmp:
+        torch.save({"model": trainable, "optimizer": optimizer.state_dict(), "state": state}, tmp)
 
 
 def save_teacher(teacher: Teacher, folder: Path, meta: dict) -> Path:
