@@ -210,7 +210,7 @@ def run_materialize(workdir: Path, setup: dict) -> dict:
     ultralytics_ready()
     import ultralytics  # noqa: F401  (imported before the clock, as in the plain script)
 
-    model = build_pipeline(YOLO_DETECTOR).assets[0]
+    model = build_pipeline(YOLO_DETECTOR).model
     resources = {
         "home": MLAssetsHome(root=setup["root"], landing=setup["landing"]),
         "training_device": TrainingDevice(device="cpu", threads=setup["threads"]),

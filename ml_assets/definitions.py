@@ -65,7 +65,7 @@ def step_executor():
 
 kinds = deployed_kinds()
 pipelines = [build_pipeline(kind) for kind in kinds]
-promotions = [build_promotion(kind, p.assets[2]) for kind, p in zip(kinds, pipelines, strict=True)]
+promotions = [build_promotion(kind, p.report) for kind, p in zip(kinds, pipelines, strict=True)]
 
 defs = dg.Definitions.merge(
     dg.Definitions(

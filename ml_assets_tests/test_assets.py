@@ -11,8 +11,7 @@ from ml_assets.defs.resources import MLAssetsHome
 
 DATA_ASSETS = [datasets.raw_dataset, datasets.annotations, datasets.folds]
 DATA_CHECKS = [
-    datasets.annotations_schema,
-    datasets.annotations_findings,
+    datasets.annotations_checks,
     datasets.folds_are_disjoint,
 ]
 

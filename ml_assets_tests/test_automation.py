@@ -14,8 +14,7 @@ INGEST = [
     datasets.raw_dataset,
     datasets.annotations,
     datasets.folds,
-    datasets.annotations_schema,
-    datasets.annotations_findings,
+    datasets.annotations_checks,
     datasets.folds_are_disjoint,
 ]
 

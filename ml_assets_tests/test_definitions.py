@@ -35,6 +35,34 @@ def test_code_location_loads_as_dagster_dev_loads_it(tmp_path):
     assert "Validation successful for code location ml_assets" in done.stdout + done.stderr
 
 
+JOB_SNAPSHOTS = """
+from ml_assets.definitions import defs
+for job in sorted(defs.get_repository_def().get_all_jobs(), key=lambda j: j.name):
+    print(job.name, job.get_job_snapshot().snapshot_id)
+"""
+
+
+def test_every_job_has_the_same_snapshot_in_every_process(tmp_path):
+    """A run launched by ``ml-assets demo`` and the code location ``dagster dev`` serves must
+    agree on the job's snapshot, or re-executing the run from the UI warns that it "may be a
+    different version of the job". Asset checks in set order made them differ from process to
+    process (fixed by one op per asset's blocking checks)."""
+    env = {**os.environ, "ML_ASSETS_HOME": str(tmp_path / "home"), "DAGSTER_HOME": str(tmp_path)}
+    outputs = set()
+    for seed in ("1", "2", "3"):
+        done = subprocess.run(
+            [sys.executable, "-c", JOB_SNAPSHOTS],
+            env={**env, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr
+        outputs.add(done.stdout)
+    assert len(outputs) == 1, outputs
+    assert "training_job " in outputs.pop()
+
+
 def test_graph_has_the_data_assets_and_one_pipeline_per_model_kind():
     dg.Definitions.validate_loadable(defs)
     graph = defs.resolve_asset_graph()

@@ -98,7 +98,7 @@ def ingested(tmp_path):
 def train(instance, home, key, settings):
     model, evaluation, _ = PIPELINE.assets
     return dg.materialize(
-        [model, *PIPELINE.checks[:2], evaluation],
+        [model, PIPELINE.model_checks, evaluation],
         partition_key=dg.MultiPartitionKey({"version": key, "fold": "0"}),
         resources={
             "home": home,

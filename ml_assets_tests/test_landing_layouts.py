@@ -17,8 +17,7 @@ from layout_builders import BUILDERS, CLASSES, expected_boxes  # noqa: E402
 ASSETS = [
     datasets.raw_dataset,
     datasets.annotations,
-    datasets.annotations_schema,
-    datasets.annotations_findings,
+    datasets.annotations_checks,
 ]
 
 

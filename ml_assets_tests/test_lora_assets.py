@@ -48,9 +48,8 @@ def snapshot(instance, home, folder) -> dict:
 
 def train(instance, home, key):
     model, evaluation, _ = PIPELINE.assets
-    weights_finite, reloads_identically, _ = PIPELINE.checks
     return dg.materialize(
-        [model, weights_finite, reloads_identically, evaluation],
+        [model, PIPELINE.model_checks, evaluation],
         partition_key=dg.MultiPartitionKey({"version": key, "fold": "0"}),
         resources=resources(home),
         instance=instance,
@@ -122,7 +121,7 @@ def test_lora_classifier_trains_on_a_named_base_snapshot_and_records_its_hash(in
 
 def test_training_names_a_base_model_that_was_never_snapshotted(ingested):
     instance, home, key, _ = ingested
-    model = PIPELINE.assets[0]
+    model = PIPELINE.model
     result = dg.materialize(
         [model],
         partition_key=dg.MultiPartitionKey({"version": key, "fold": "0"}),

@@ -58,9 +58,8 @@ def test_teacher_trains_is_checked_and_evaluated_on_a_named_base(ingested, tmp_p
     base_hash = metadata_of(snapshot, "base_model")[f"{ARCH[name]}_hash"]
     pipeline = build_pipeline(kind)
     model, evaluation, _ = pipeline.assets
-    weights_finite, reloads_identically, _ = pipeline.checks
     result = dg.materialize(
-        [model, weights_finite, reloads_identically, evaluation],
+        [model, pipeline.model_checks, evaluation],
         partition_key=dg.MultiPartitionKey({"version": key, "fold": "0"}),
         resources={
             "home": home,

@@ -49,9 +49,8 @@ def ingested(landed):
 def train(instance, home, key, name, fold=0, settings=None, raise_on_error=True):
     pipeline = PIPELINES[name]
     model, evaluation, _ = pipeline.assets
-    weights_finite, reloads_identically, _ = pipeline.checks
     return dg.materialize(
-        [model, weights_finite, reloads_identically, evaluation],
+        [model, pipeline.model_checks, evaluation],
         partition_key=dg.MultiPartitionKey({"version": key, "fold": str(fold)}),
         resources=resources(home),
         instance=instance,
@@ -90,7 +89,7 @@ def test_every_kind_trains_is_checked_evaluated_and_reported(ingested, name):
 
     pipeline = PIPELINES[name]
     report = dg.materialize(
-        [pipeline.assets[2], pipeline.checks[2]],
+        [pipeline.report, pipeline.gate],
         partition_key=key,
         resources=resources(home),
         instance=instance,
@@ -217,5 +216,5 @@ def test_a_kind_registers_once_and_gets_its_whole_pipeline():
     for kind, pipeline in zip(KINDS.values(), PIPELINES.values(), strict=True):
         names = [a.key.to_user_string() for a in pipeline.assets]
         assert names == [kind.name, kind.evaluation_name, kind.report_name]
-        config = pipeline.assets[0].op.config_schema.config_type
+        config = pipeline.model.op.config_schema.config_type
         assert set(config.fields) == set(kind.config_class.model_fields)

@@ -20,7 +20,7 @@ from ml_assets.train.classifier import IMAGE_CLASSIFIER
 from ml_assets.train.tracking import tracking_uri
 
 PIPELINE = build_pipeline(IMAGE_CLASSIFIER)
-FINAL, PROMOTED, EXPORTED = (PROMOTION := build_promotion(IMAGE_CLASSIFIER, PIPELINE.assets[2]))[0]
+FINAL, PROMOTED, EXPORTED = (PROMOTION := build_promotion(IMAGE_CLASSIFIER, PIPELINE.report))[0]
 *FINAL_CHECKS, ONNX_CHECK = PROMOTION[1]
 TINY = {"epochs": 1, "img_size": 32, "batch_size": 8}
 

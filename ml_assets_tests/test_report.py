@@ -45,7 +45,7 @@ def write_evaluations(
 def report(home: MLAssetsHome, instance, version: str = VERSION):
     instance.add_dynamic_partitions(dataset_versions.name, [version])
     return dg.materialize(
-        [CLASSIFIER.assets[2], CLASSIFIER.checks[2]],
+        [CLASSIFIER.report, CLASSIFIER.gate],
         partition_key=version,
         resources={"home": home},
         instance=instance,

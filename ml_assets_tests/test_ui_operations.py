@@ -11,8 +11,7 @@ from ml_assets.defs.partitions import dataset_versions
 
 DATA_ASSETS = [datasets.raw_dataset, datasets.annotations, datasets.folds]
 DATA_CHECKS = [
-    datasets.annotations_schema,
-    datasets.annotations_findings,
+    datasets.annotations_checks,
     datasets.folds_are_disjoint,
 ]
 
@@ -52,8 +51,7 @@ def test_a_check_executed_alone_runs_for_the_partition_chosen(landed, tmp_path, 
             DATA_ASSETS, partition_key=key, resources={"home": home}, instance=instance
         )
         assert done.success
-        for check in DATA_CHECKS:
-            (check_key,) = check.check_keys
+        for check_key in [key for check in DATA_CHECKS for key in check.check_keys]:
             job = defs.resolve_implicit_global_asset_job_def().get_subset(
                 asset_selection=set(), asset_check_selection={check_key}
             )

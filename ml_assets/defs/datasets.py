@@ -15,7 +15,12 @@ from ml_assets.data.folds import (
     read_folds,
 )
 from ml_assets.data.tables import Dataset, load_tables, save_tables
-from ml_assets.defs.partitions import dataset_versions, fold_partitions
+from ml_assets.defs.partitions import (
+    blocking_checks,
+    dataset_versions,
+    fold_partitions,
+    selected,
+)
 from ml_assets.defs.resources import MLAssetsHome
 from ml_assets.evaluate.plots import markdown_image
 
@@ -133,44 +138,52 @@ def annotations(context: dg.AssetExecutionContext, home: MLAssetsHome) -> dg.Mat
     )
 
 
-@dg.asset_check(
-    asset=annotations,
-    partitions_def=dataset_versions,
-    blocking=True,
-    description="Pandera schemas of the three tables.",
+@dg.multi_asset_check(
+    **blocking_checks(
+        annotations,
+        {
+            "annotations_schema": "Pandera schemas of the three tables.",
+            "annotations_findings": "Data findings (boxes outside images, unknown classes, "
+            "duplicates, ...): errors block everything downstream, warnings are shown but let "
+            "it run.",
+        },
+    )
 )
-def annotations_schema(
-    context: dg.AssetCheckExecutionContext, home: MLAssetsHome
-) -> dg.AssetCheckResult:
+def annotations_checks(context: dg.AssetCheckExecutionContext, home: MLAssetsHome):
+    ds = load_version(home, context.partition_key)
+    if selected(context, "annotations_schema"):
+        yield schema_check(ds)
+    if selected(context, "annotations_findings"):
+        yield findings_check(ds)
+
+
+def schema_check(ds: Dataset) -> dg.AssetCheckResult:
     import pandera.errors
 
-    ds = load_version(home, context.partition_key)
     try:
         ds.validated()
     except (pandera.errors.SchemaErrors, ValueError) as err:
         cases = getattr(err, "failure_cases", None)
         detail = cases.head(50).to_markdown() if cases is not None else str(err)
-        return dg.AssetCheckResult(passed=False, metadata={"failures": dg.MetadataValue.md(detail)})
-    return dg.AssetCheckResult(passed=True, metadata={"rows": len(ds.annotations)})
+        return dg.AssetCheckResult(
+            check_name="annotations_schema",
+            passed=False,
+            metadata={"failures": dg.MetadataValue.md(detail)},
+        )
+    return dg.AssetCheckResult(
+        check_name="annotations_schema", passed=True, metadata={"rows": len(ds.annotations)}
+    )
 
 
-@dg.asset_check(
-    asset=annotations,
-    partitions_def=dataset_versions,
-    blocking=True,
-    description="Data findings (boxes outside images, unknown classes, duplicates, ...): "
-    "errors block everything downstream, warnings are shown but let it run.",
-)
-def annotations_findings(
-    context: dg.AssetCheckExecutionContext, home: MLAssetsHome
-) -> dg.AssetCheckResult:
+def findings_check(ds: Dataset) -> dg.AssetCheckResult:
     from ml_assets.data.validate import findings_frame, validate_dataset
 
-    findings = validate_dataset(load_version(home, context.partition_key), check_files=True)
+    findings = validate_dataset(ds, check_files=True)
     frame = findings_frame(findings)
     errors = int((frame["severity"] == "error").sum()) if len(frame) else 0
     warnings = len(frame) - errors
     return dg.AssetCheckResult(
+        check_name="annotations_findings",
         passed=not findings,
         severity=dg.AssetCheckSeverity.ERROR if errors else dg.AssetCheckSeverity.WARN,
         metadata={

@@ -20,7 +20,14 @@ import pandas as pd
 from pydantic import Field
 
 from ml_assets.defs.datasets import folds, load_folds, load_version
-from ml_assets.defs.partitions import dataset_versions, fold_partitions, version_fold, version_folds
+from ml_assets.defs.partitions import (
+    blocking_checks,
+    dataset_versions,
+    fold_partitions,
+    selected,
+    version_fold,
+    version_folds,
+)
 from ml_assets.defs.resources import MLAssetsHome, MLflowTracking, TrainingDevice
 from ml_assets.defs.shards import SHARDS
 from ml_assets.evaluate.plots import markdown_image
@@ -82,11 +89,22 @@ def inputs_of(kind: ModelKind, home: MLAssetsHome, version: str, config=None) ->
     return found
 
 
-@dataclass
+@dataclass(frozen=True)
 class KindPipeline:
-    assets: list[dg.AssetsDefinition]
-    checks: list[dg.AssetChecksDefinition]
+    model: dg.AssetsDefinition
+    evaluation: dg.AssetsDefinition
+    report: dg.AssetsDefinition
+    model_checks: dg.AssetChecksDefinition
+    gate: dg.AssetChecksDefinition
     jobs: list  # asset jobs, resolved when the Definitions load
+
+    @property
+    def assets(self) -> list[dg.AssetsDefinition]:
+        return [self.model, self.evaluation, self.report]
+
+    @property
+    def checks(self) -> list[dg.AssetChecksDefinition]:
+        return [self.model_checks, self.gate]
 
 
 def model_fold(context) -> tuple[str, int | None]:
@@ -96,58 +114,48 @@ def model_fold(context) -> tuple[str, int | None]:
     return context.partition_key, None
 
 
-def model_checks(asset: dg.AssetsDefinition, kind: ModelKind) -> list[dg.AssetChecksDefinition]:
+def model_checks(asset: dg.AssetsDefinition, kind: ModelKind) -> dg.AssetChecksDefinition:
     """Blocking checks of a model asset (fold or final): finite weights, identical reload."""
 
-    @dg.asset_check(
-        asset=asset,
-        partitions_def=asset.partitions_def,
-        name="weights_finite",
-        blocking=True,
-        description="Every weight of the saved model is a finite number.",
-    )
-    def weights_finite(
-        context: dg.AssetCheckExecutionContext,
-        home: MLAssetsHome,
-        training_device: TrainingDevice,
-    ) -> dg.AssetCheckResult:
-        from ml_assets.train.runs import nonfinite_weights
-
-        model_dir = home.model_dir(kind.name, *model_fold(context))
-        bad = nonfinite_weights(kind, model_dir, training_device.torch_device())
-        return dg.AssetCheckResult(
-            passed=not bad,
-            metadata={"tensors_with_nonfinite_values": len(bad), **dict(list(bad.items())[:20])},
+    @dg.multi_asset_check(
+        **blocking_checks(
+            asset,
+            {
+                "weights_finite": "Every weight of the saved model is a finite number.",
+                "reloads_identically": "The saved model, rebuilt from disk, predicts what the "
+                "trained model predicted on a few held-out images.",
+            },
         )
-
-    @dg.asset_check(
-        asset=asset,
-        partitions_def=asset.partitions_def,
-        name="reloads_identically",
-        blocking=True,
-        description="The saved model, rebuilt from disk, predicts what the trained model "
-        "predicted on a few held-out images.",
     )
-    def reloads_identically(
+    def checks(
         context: dg.AssetCheckExecutionContext,
         home: MLAssetsHome,
         training_device: TrainingDevice,
-    ) -> dg.AssetCheckResult:
-        from ml_assets.train.runs import reload_difference
+    ):
+        from ml_assets.train.runs import nonfinite_weights, reload_difference
 
         version, fold = model_fold(context)
-        found = reload_difference(
-            kind,
-            home.model_dir(kind.name, version, fold),
-            load_version(home, version),
-            training_device.torch_device(),
-        )
-        return dg.AssetCheckResult(
-            passed=found["max_abs_difference"] <= found["tolerance"],
-            metadata={k: float(v) for k, v in found.items()},
-        )
+        model_dir = home.model_dir(kind.name, version, fold)
+        device = training_device.torch_device()
+        if selected(context, "weights_finite"):
+            bad = nonfinite_weights(kind, model_dir, device)
+            yield dg.AssetCheckResult(
+                check_name="weights_finite",
+                passed=not bad,
+                metadata={
+                    "tensors_with_nonfinite_values": len(bad),
+                    **dict(list(bad.items())[:20]),
+                },
+            )
+        if selected(context, "reloads_identically"):
+            found = reload_difference(kind, model_dir, load_version(home, version), device)
+            yield dg.AssetCheckResult(
+                check_name="reloads_identically",
+                passed=found["max_abs_difference"] <= found["tolerance"],
+                metadata={k: float(v) for k, v in found.items()},
+            )
 
-    return [weights_finite, reloads_identically]
+    return checks
 
 
 def trained_metadata(trained, device) -> dict:
@@ -437,4 +445,4 @@ def build_pipeline(kind: ModelKind) -> KindPipeline:
             description=f"Summarize every fold of {kind.name} and apply its promotion gate.",
         ),
     ]
-    return KindPipeline([model, evaluation, report], [*model_checks(model, kind), gate], jobs)
+    return KindPipeline(model, evaluation, report, model_checks(model, kind), gate, jobs)

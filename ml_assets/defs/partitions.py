@@ -27,3 +27,32 @@ def version_fold(
     assert isinstance(key, dg.MultiPartitionKey), f"expected a version/fold key, got {key!r}"
     dims = key.keys_by_dimension
     return dims["version"], int(dims["fold"])
+
+
+def blocking_checks(asset: dg.AssetsDefinition, descriptions: dict[str, str]) -> dict:
+    """Blocking checks of one asset, partitioned as it is, as ``multi_asset_check`` arguments:
+    one op for all of them, which runs the ones selected (``selected(context, name)``), so each
+    can still be executed on its own.
+
+    Why one op: to build a job, Dagster orders an asset's blocking checks by their op output's
+    name, and every ``@asset_check`` op names its output ``result``; two on one asset came out in
+    set order, so the job's snapshot id changed from process to process and re-executing a run
+    from the UI warned that it "may be a different version of the job"."""
+    return {
+        "name": f"{asset.key.to_python_identifier()}_checks",
+        "can_subset": True,
+        "specs": [
+            dg.AssetCheckSpec(
+                name,
+                asset=asset,
+                blocking=True,
+                description=text,
+                partitions_def=asset.partitions_def,
+            )
+            for name, text in descriptions.items()
+        ],
+    }
+
+
+def selected(context: dg.AssetCheckExecutionContext, name: str) -> bool:
+    return any(key.name == name for key in context.selected_asset_check_keys)

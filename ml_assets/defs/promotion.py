@@ -157,7 +157,7 @@ def build_promotion(kind: ModelKind, report: dg.AssetsDefinition):
             }
         )
 
-    assets, checks = [final, promoted], [*model_checks(final, kind), beats_champion]
+    assets, checks = [final, promoted], [model_checks(final, kind), beats_champion]
     if kind.name in EXPORTABLE:
         exported, matches = build_export(kind, promoted, tags)
         assets.append(exported)
