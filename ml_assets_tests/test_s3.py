@@ -199,7 +199,21 @@ def test_ingest_to_s3_and_the_resource_configuration(s3, s3_server, home, tiny_s
     )
     with dg.instance_for_test() as instance:
         first = tick(instance, resource)
-        assert len(tick(instance, resource, first.cursor).run_requests) == 1
+        (request,) = tick(instance, resource, first.cursor).run_requests
+        # Objects missing from the store are fetched again through the resource's client.
+        key = request.partition_key
+        entries = resource.store.manifest(key)
+        for entry in entries:
+            resource.store.object_path(entry.sha256).unlink(missing_ok=True)
+        instance.add_dynamic_partitions(dataset_versions.name, [key])
+        result = dg.materialize(
+            [datasets.raw_dataset],
+            partition_key=key,
+            resources={"home": resource},
+            instance=instance,
+        )
+        (event,) = result.asset_materializations_for_node("raw_dataset")
+        assert event.metadata["new_objects"].value == len({e.sha256 for e in entries})
 
 
 def test_credentials_never_reach_logs_messages_metadata_or_tags(

@@ -280,18 +280,21 @@ class Store:
             return False
         return self.add(source, sha256)[1]
 
-    def ingest(self, key: str, landing: Path | str | None = None) -> IngestStats:
+    def ingest(
+        self, key: str, landing: Path | str | None = None, s3_client: Callable | None = None
+    ) -> IngestStats:
         """Store every file of version ``key`` and build its snapshot folder of links.
 
         Objects of an ``s3://`` landing were stored when the version was registered; one missing
-        from the store is downloaded again with the environment's AWS settings.
+        from the store is downloaded again through ``s3_client()`` (the resource's settings;
+        without it, the environment's AWS settings).
         """
         landing = str(landing) if landing else self.landing_of(key)
         entries = self.manifest(key)
         if is_url(landing):
             from ml_assets.data.landing import S3Folder
 
-            folder = S3Folder.from_url(landing)
+            folder = S3Folder.from_url(landing, s3_client)
             new = sum(self.put(folder.opener(e.path), e.sha256) for e in entries)
         else:
             new = sum(self.put(Path(landing) / e.path, e.sha256) for e in entries)

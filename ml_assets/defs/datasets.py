@@ -63,7 +63,7 @@ def raw_dataset(context: dg.AssetExecutionContext, home: MLAssetsHome) -> dg.Mat
             "starts its ingest (or run `ml-assets demo`); then delete this partition from the "
             "asset's Partitions tab."
         )
-    stats = home.store.ingest(version)
+    stats = home.store.ingest(version, s3_client=home.s3_client)
     files = home.store.files_dir(version)
     return dg.MaterializeResult(
         metadata={
