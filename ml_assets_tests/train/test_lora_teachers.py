@@ -200,8 +200,17 @@ def test_detector_scores_coco_metrics(trained, shapes):
     scores = kind.score(model_dir, ds, val_ids, torch.device("cpu"))
     assert {"AP", "AP50", "AR100"} <= set(scores.metrics)
     assert 0 <= scores.metrics["AP"] <= 1 and kind.baseline([]) == 0.0
-    assert len(scores.predictions) == scores.metrics["detections"] > 0
-    assert set(scores.predictions["category_id"]) <= set(ds.categories["category_id"])
+    found = scores.predictions
+    assert len(found) == scores.metrics["detections"] > 0
+    assert set(found["category_id"]) <= set(ds.categories["category_id"])
+    assert set(found["image_id"]) <= set(val_ids) and found["score"].between(0, 1).all()
+    # Boxes are in the image's own pixels (the processor resized it): inside the 48-px image.
+    assert (found[["x", "y"]] >= -1e-3).all().all() and (found[["w", "h"]] > 0).all().all()
+    assert (found["x"] + found["w"] <= 48 + 1e-3).all() and (
+        found["y"] + found["h"] <= 48 + 1e-3
+    ).all()
+    config = kind.config_class(**lt.read_meta(model_dir)["config"])
+    assert found.groupby("image_id").size().max() <= config.max_detections
     assert scores.extra["base_model_hash"] == snapshot_hash(
         lt.read_meta(model_dir)["base_model"]["folder"]
     )
@@ -216,6 +225,14 @@ def test_segmenter_scores_mask_and_boundary_iou_against_box_baseline(trained, sh
     for key in ("mask_iou", "boundary_iou", "box_mask_iou", "box_boundary_iou"):
         assert 0 <= m[key] <= 1
     assert m["box_mask_iou"] > 0.3  # filling the box is a meaningful trivial answer
+    found = scores.predictions
+    for key in ("mask_iou", "boundary_iou", "box_mask_iou"):
+        assert m[key] == pytest.approx(found[key].mean())
+    # One row per held-out object with a mask, its true area that of its decoded polygon.
+    truth = ds.annotations.set_index("annotation_id").loc[found["annotation_id"]]
+    assert len(found) == ds.annotations["image_id"].isin(val_ids).sum()  # the sample's all have
+    areas = [lt.decode_mask(seg, 48, 48).sum() for seg in truth["segmentation"]]
+    assert found["true_area"].tolist() == areas
     record = {"metrics": m, "extra": scores.extra}
     assert kind.baseline([record, record]) == pytest.approx(m["box_mask_iou"])
 
