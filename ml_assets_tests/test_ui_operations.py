@@ -65,6 +65,28 @@ def test_a_check_executed_alone_runs_for_the_partition_chosen(landed, tmp_path, 
             assert not result.get_asset_materialization_events()  # the asset stays as it was
 
 
+def test_a_check_launched_without_a_partition_says_what_to_do(landed, tmp_path, defs):
+    """What "Execute all" on a partitioned asset's Checks tab launches in Dagster 1.13: a run
+    that names no partition. It fails with what to do instead, not Dagster's invariant error."""
+    _, home = landed
+    graph = defs.resolve_asset_graph()
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        for check_key in graph.asset_check_keys:
+            job = defs.resolve_implicit_global_asset_job_def().get_subset(
+                asset_selection=set(), asset_check_selection={check_key}
+            )
+            result = job.execute_in_process(
+                instance=instance, resources={"home": home}, raise_on_error=False
+            )
+            (failure,) = [e for e in result.all_events if e.is_step_failure]
+            message = failure.step_failure_data.error.message
+            assert "Dagster 1.13 cannot execute a partitioned asset's checks" in message, (
+                check_key,
+                message,
+            )
+            assert "Materialize the asset for the partition" in message
+
+
 def test_a_version_typed_into_add_a_partition_is_refused_with_how_versions_are_made(
     landed, tmp_path
 ):

@@ -17,6 +17,7 @@ from ml_assets.data.folds import (
 from ml_assets.data.tables import Dataset, load_tables, save_tables
 from ml_assets.defs.partitions import (
     blocking_checks,
+    checked_partition,
     dataset_versions,
     fold_partitions,
     selected,
@@ -150,7 +151,7 @@ def annotations(context: dg.AssetExecutionContext, home: MLAssetsHome) -> dg.Mat
     )
 )
 def annotations_checks(context: dg.AssetCheckExecutionContext, home: MLAssetsHome):
-    ds = load_version(home, context.partition_key)
+    ds = load_version(home, checked_partition(context))
     if selected(context, "annotations_schema"):
         yield schema_check(ds)
     if selected(context, "annotations_findings"):
@@ -254,6 +255,6 @@ def load_folds(home: MLAssetsHome, version: str) -> tuple[pd.DataFrame, str]:
 def folds_are_disjoint(
     context: dg.AssetCheckExecutionContext, home: MLAssetsHome
 ) -> dg.AssetCheckResult:
-    version = context.partition_key
+    version = checked_partition(context)
     problems = fold_problems(load_version(home, version).images, load_folds(home, version)[0])
     return dg.AssetCheckResult(passed=not any(problems.values()), metadata=problems)

@@ -22,6 +22,7 @@ from pydantic import Field
 from ml_assets.defs.datasets import folds, load_folds, load_version
 from ml_assets.defs.partitions import (
     blocking_checks,
+    checked_partition,
     dataset_versions,
     fold_partitions,
     selected,
@@ -109,9 +110,10 @@ class KindPipeline:
 
 def model_fold(context) -> tuple[str, int | None]:
     """(version, fold) of a fold model's partition; (version, None) for a final model's."""
-    if isinstance(context.partition_key, dg.MultiPartitionKey):
+    key = checked_partition(context)
+    if isinstance(key, dg.MultiPartitionKey):
         return version_fold(context)
-    return context.partition_key, None
+    return key, None
 
 
 def model_checks(asset: dg.AssetsDefinition, kind: ModelKind) -> dg.AssetChecksDefinition:
@@ -427,7 +429,7 @@ def build_pipeline(kind: ModelKind) -> KindPipeline:
     ) -> dg.AssetCheckResult:
         from ml_assets.evaluate.report import promotion_decision, read_report
 
-        report = read_report(home.report_dir(kind.name, context.partition_key))
+        report = read_report(home.report_dir(kind.name, checked_partition(context)))
         passed, found = promotion_decision(report, config.floor)
         return dg.AssetCheckResult(passed=passed, metadata=check_metadata(found))
 

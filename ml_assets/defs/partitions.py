@@ -56,3 +56,16 @@ def blocking_checks(asset: dg.AssetsDefinition, descriptions: dict[str, str]) ->
 
 def selected(context: dg.AssetCheckExecutionContext, name: str) -> bool:
     return any(key.name == name for key in context.selected_asset_check_keys)
+
+
+def checked_partition(context: dg.AssetCheckExecutionContext) -> str:
+    """The partition a check runs for; a run launched without one (the Checks tab's "Execute
+    all" on a partitioned asset, in Dagster 1.13) fails with what to do instead."""
+    if not context.has_partition_key:
+        raise dg.Failure(
+            description="This check runs for one partition (a dataset version), and the run "
+            "names none: Dagster 1.13 cannot execute a partitioned asset's checks on their own. "
+            "Materialize the asset for the partition (its Partitions tab, or the launchpad with "
+            "a partition chosen): its checks run with it."
+        )
+    return context.partition_key

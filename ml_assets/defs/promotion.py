@@ -28,7 +28,7 @@ from ml_assets.defs.models import (
     promotion_config,
     train_partition,
 )
-from ml_assets.defs.partitions import dataset_versions, fold_partitions
+from ml_assets.defs.partitions import checked_partition, dataset_versions, fold_partitions
 from ml_assets.defs.resources import MLAssetsHome, MLflowTracking, TrainingDevice
 from ml_assets.train.export import TOLERANCE
 from ml_assets.train.kinds import ModelKind
@@ -107,7 +107,7 @@ def build_promotion(kind: ModelKind, report: dg.AssetsDefinition):
     def beats_champion(
         context: dg.AssetCheckExecutionContext, config: gate, home: MLAssetsHome
     ) -> dg.AssetCheckResult:
-        passed, found = decide(home, kind, context.partition_key, config)
+        passed, found = decide(home, kind, checked_partition(context), config)
         return dg.AssetCheckResult(passed=passed, metadata=check_metadata(found))
 
     @dg.asset(
@@ -215,7 +215,7 @@ def build_export(kind: ModelKind, promoted: dg.AssetsDefinition, tags: dict):
     ) -> dg.AssetCheckResult:
         from ml_assets.train.export import check_onnx
 
-        version = context.partition_key
+        version = checked_partition(context)
         found = check_onnx(
             home.exports_dir(kind.name, version),
             sample_images(home, version),
