@@ -3,6 +3,7 @@ settings every kind has, YOLO's own DDP device list and its refusal on CPU."""
 
 import dagster as dg
 import mlflow
+import numpy as np
 import pytest
 
 from ml_assets.data.sample import write_sample
@@ -10,7 +11,8 @@ from ml_assets.defs import datasets
 from ml_assets.defs.models import build_pipeline
 from ml_assets.defs.partitions import dataset_versions
 from ml_assets.defs.resources import MLAssetsHome, MLflowTracking, TrainingDevice
-from ml_assets.train.classifier import IMAGE_CLASSIFIER, ClassifierConfig
+from ml_assets.train import distributed
+from ml_assets.train.classifier import IMAGE_CLASSIFIER, ClassifierConfig, Crops, build_loader
 from ml_assets.train.distributed import torchrun_command
 from ml_assets.train.registry import KINDS
 from ml_assets.train.yolo import YoloConfig, device_argument, train_arguments
@@ -25,6 +27,20 @@ DOUBLE = {**SETTINGS, "batch_size": 8, "nproc_per_node": 2}
 # held-out fold agree within this much. On 96 tiny images two single-process runs already
 # differ by up to 0.2 in accuracy from run to run on this CPU, hence 0.3.
 TOLERANCE = 0.3
+
+
+def test_a_rank_never_gets_a_last_batch_of_one(monkeypatch):
+    """Batch norm cannot train on one sample: the partial last batch is dropped when this
+    rank's share (not the whole set) would leave one. 6 images, 2 ranks, batches of 2: each
+    rank reads 3, so its last batch would hold one."""
+    crops = Crops(np.zeros((6, 8, 8, 3), np.uint8), np.arange(6) % 2, np.arange(6))
+    config = ClassifierConfig(batch_size=2, img_size=8, augment="none")
+    single, _ = build_loader(crops, config, augment=True)
+    assert [len(labels) for _, labels in single] == [2, 2, 2]
+    monkeypatch.setattr(distributed, "world", lambda: (1, 2))
+    ranked, reseed = build_loader(crops, config, augment=True)
+    reseed(0)
+    assert [len(labels) for _, labels in ranked] == [2]
 
 
 def test_every_kind_has_the_launch_settings_and_torchrun_gets_them():

@@ -319,6 +319,7 @@ def build_loader(
             data, size, rank, shuffle=augment, seed=config.seed
         )
         reseed = _also(reseed, sampler.set_epoch)
+    samples = len(sampler) if sampler is not None else len(crops.labels)  # this rank's
     loader = DataLoader(
         data,
         batch_size=config.batch_size,
@@ -328,7 +329,7 @@ def build_loader(
         num_workers=config.workers,
         # timm's Mixup pairs samples (batches must be full), and batch norm cannot train on a
         # last batch of one sample.
-        drop_last=augment and (mixing or len(crops.labels) % config.batch_size == 1),
+        drop_last=augment and (mixing or samples % config.batch_size == 1),
         worker_init_fn=(lambda worker: reseed(torch.initial_seed() % 2**31)),
         pin_memory=False,
     )
