@@ -75,9 +75,9 @@ def test_ctrl_c_during_a_checkpoint_write_is_a_keyboard_interrupt_and_keeps_the_
                 with atomic_path(target) as tmp:
                     torch.save({"w": weights["w"] + step}, tmp)
                 outcomes.append(step)
+                signal.setitimer(signal.ITIMER_REAL, 0)
             except KeyboardInterrupt:
                 outcomes.append("interrupted")
-            signal.setitimer(signal.ITIMER_REAL, 0)
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)

@@ -39,10 +39,9 @@ EXPORTABLE = tuple(TOLERANCE)
 
 
 def read_champion(home: MLAssetsHome, kind: ModelKind) -> dict | None:
-    import orjson
+    from ml_assets.train.runs import read_champion as read_record
 
-    path = home.champion_path(kind.name)
-    return orjson.loads(path.read_bytes()) if path.exists() else None
+    return read_record(home.champion_path(kind.name))
 
 
 def decide(home: MLAssetsHome, kind: ModelKind, version: str, config) -> tuple[bool, dict]:

@@ -809,14 +809,15 @@ def classify_images(
     """Class probabilities of whole image files, read and predicted ``batch_size`` at a time:
     one row per image (``file``, ``predicted``, ``confidence``, ``p_<class>``)."""
     names = [c["name"] for c in classes]
-    size = (model.ml_assets_img_size, model.ml_assets_img_size)
+    size = model.ml_assets_img_size
     parts = [np.zeros((0, len(names)), np.float32)]
     for start in range(0, len(images), batch_size):
         pixels = []
         for path in images[start : start + batch_size]:
             try:
                 with Image.open(path) as image:
-                    pixels.append(np.asarray(image.convert("RGB").resize(size)))
+                    # the whole image, resized as in training and in the export
+                    pixels.append(crop_box(image.convert("RGB"), 0, 0, *image.size, size, 0.0))
             except OSError as err:
                 raise ValueError(f"{path}: cannot read image: {err}") from err
         parts.append(predict(model, np.stack(pixels), device, tta=tta))

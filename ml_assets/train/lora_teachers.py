@@ -50,7 +50,7 @@ from pydantic import Field
 from ml_assets.data.atomic import atomic_dir, atomic_path
 from ml_assets.data.tables import Dataset
 from ml_assets.train.base_models import snapshot_hash
-from ml_assets.train.classifier import CHECKPOINT, trained_state
+from ml_assets.train.classifier import CHECKPOINT, check_known, trained_state
 from ml_assets.train.kinds import EpochCallback, FitResult, KindConfig, Scores, class_list
 from ml_assets.train.lora import META, adapter_megabytes, base_of, read_meta
 
@@ -950,14 +950,11 @@ class LoraDetector(_LoraTeacherKind):
         from ml_assets.evaluate.detection import detection_scores
 
         teacher = load_teacher(model_dir, device)
-        known = {c["id"] for c in teacher.classes}
-        unknown = set(ds.annotations["category_id"]) - known
-        if unknown:
-            raise ValueError(f"{model_dir}: the model does not know category ids {sorted(unknown)}")
+        check_known(ds, teacher.classes, model_dir)
         config = LoraDetectorConfig(**read_meta(model_dir)["config"])
         detections = detect(teacher, ds, image_ids, config.max_detections)
         scores = detection_scores(ds, image_ids, detections)
-        scores.extra["base_model_hash"] = read_meta(model_dir)["base_model"]["hash"]
+        scores.extra["base_model_hash"] = teacher.base_hash
         return scores
 
     def baseline(self, folds: list[dict]) -> float:
@@ -1004,12 +1001,10 @@ class LoraSegmenter(_LoraTeacherKind):
         """Mask IoU and boundary IoU per object on ``image_ids`` (objects with a mask), and the
         same for the box-filling baseline mask; the base model is the one the adapter names."""
         teacher = load_teacher(model_dir, device)
+        check_known(ds, teacher.classes, model_dir)
         records, left_out = segmenter_records(ds, image_ids)
         images = ds.images.drop_duplicates("image_id").set_index("image_id")
         names = {c["id"]: c["name"] for c in teacher.classes}
-        unknown = set(ds.annotations["category_id"]) - set(names)
-        if unknown:
-            raise ValueError(f"{model_dir}: the model does not know category ids {sorted(unknown)}")
         data = _Images(ds, records, teacher)
         rows = []
         for i in range(len(data)):
@@ -1051,7 +1046,7 @@ class LoraSegmenter(_LoraTeacherKind):
             "objects": len(predictions),
             "box_mask_iou": means["box_mask_iou"],
             "boundary": f"boundary IoU, band {BOUNDARY_DILATION:.0%} of the image diagonal",
-            "base_model_hash": read_meta(model_dir)["base_model"]["hash"],
+            "base_model_hash": teacher.base_hash,
         }
         return Scores(metrics, per_class, predictions, extra)
 

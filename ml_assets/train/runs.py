@@ -239,6 +239,11 @@ def cross_validated_config(kind: ModelKind, fold_dirs: list[Path]) -> KindConfig
     return kind.config_class(**configs[0])
 
 
+def read_champion(record_path: Path) -> dict | None:
+    """The champion record ``promote`` wrote at ``record_path``; None before the first."""
+    return orjson.loads(Path(record_path).read_bytes()) if Path(record_path).exists() else None
+
+
 def promote(
     kind: str,
     model_dir: Path,
@@ -254,7 +259,7 @@ def promote(
     from ml_assets.data.atomic import write_bytes
 
     lineage = read_lineage(model_dir)
-    previous = orjson.loads(record_path.read_bytes()) if Path(record_path).exists() else None
+    previous = read_champion(record_path)
     if previous is not None:
         previous.pop("previous", None)  # one step of history in the record, all of it in MLflow
     mlflow_version = None

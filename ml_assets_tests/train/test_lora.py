@@ -12,6 +12,7 @@ from safetensors import safe_open
 from ml_assets.cli import main
 from ml_assets.data.formats import read_dataset
 from ml_assets.data.store import Store
+from ml_assets.train import classifier as timm_recipe
 from ml_assets.train import lora
 from ml_assets.train.base_models import describe_base_model, snapshot_base_model
 from ml_assets.train.kinds import class_list
@@ -237,6 +238,17 @@ def test_the_adapter_predicts_whole_images_and_scores_like_the_classifier(
     assert frame["file"].tolist() == [str(p) for p in images]
     probabilities = frame[[c for c in frame if c.startswith("p_")]].to_numpy()
     np.testing.assert_allclose(probabilities.sum(axis=1), 1, rtol=1e-5)
+    # Whole images are resized as training crops and the export's preprocessing are: bilinear.
+    model = lora.LORA_CLASSIFIER.load(model_dir, CPU)
+    side = model.ml_assets_img_size
+    pixels = []
+    for path in images:
+        with Image.open(path) as image:
+            assert image.size != (side, side)  # so the resize matters
+            resized = image.convert("RGB").resize((side, side), Image.Resampling.BILINEAR)
+            pixels.append(np.asarray(resized))
+    expected = timm_recipe.predict(model, np.stack(pixels), CPU, tta=False)
+    np.testing.assert_allclose(probabilities, expected, atol=1e-6)
     scores = lora.LORA_CLASSIFIER.score(model_dir, ds, val_ids, CPU)
     assert {"weighted_f1", "ece", "top1_accuracy"} <= set(scores.metrics)
     assert scores.plots["reliability"].startswith(b"\x89PNG")
