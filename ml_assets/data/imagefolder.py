@@ -74,7 +74,7 @@ def read_imagefolder(src: Path, issues: Issues | None = None) -> Dataset:
     categories = categories_from_columns(
         {"category_id": list(range(len(folders))), "name": [f.name for f in folders]}
     )
-    return Dataset(images, annotations, categories, root=src)
+    return Dataset(images, annotations, categories, root=src, attrs={"task": "classify"})
 
 
 def write_imagefolder(ds: Dataset, dst: Path, overwrite: bool = False) -> Path:

@@ -26,6 +26,12 @@ image at ``<its image folder>/[<split>/]<image_key(file_name, split)>``: the key
 without a leading ``images/``, ``JPEGImages/`` or ``obj_<subset>_data/`` folder and without a
 leading folder named like its split (before or after the image folder: ``images/train/``,
 ``train/images/``), so a dataset read from any layout lands at the same relative place again.
+
+What the labels are (``task_of``): ``classify`` (one whole-image label per image, an image
+folder), ``detect`` (boxes), ``segment`` (masks: polygons or RLE), ``pose`` (boxes whose
+keypoints came with them) or ``obb`` (oriented boxes, kept as 4-point polygons). A reader that
+knows sets ``Dataset.attrs["task"]``; otherwise masks make it ``segment`` and boxes ``detect``.
+``save_tables`` keeps the task and layout beside the tables (``dataset.json``).
 """
 
 from __future__ import annotations
@@ -165,8 +171,28 @@ class Dataset:
         return self.root / file_name
 
 
+TASKS = ("classify", "detect", "segment", "pose", "obb")
+DATASET_FILE = "dataset.json"  # beside the tables: what the labels are and where they came from
+
+
+def has_masks(annotations: pd.DataFrame) -> bool:
+    """Whether any annotation carries a segmentation (a polygon or an RLE mask)."""
+    return bool(
+        len(annotations) and annotations["segmentation"].map(lambda s: bool(s) and s == s).any()
+    )
+
+
+def task_of(ds: Dataset) -> str:
+    """What the labels of ``ds`` are, one of :data:`TASKS` (see the module docstring)."""
+    task = ds.attrs.get("task")
+    if task:
+        return task
+    return "segment" if has_masks(ds.annotations) else "detect"
+
+
 def save_tables(ds: Dataset, folder: Path) -> Path:
-    """Write the three tables as Parquet into ``folder`` atomically (segmentation as JSON text)."""
+    """Write the three tables as Parquet into ``folder`` atomically (segmentation as JSON text),
+    and ``dataset.json`` (task, layout) beside them."""
     import orjson
 
     from ml_assets.data.atomic import atomic_dir
@@ -180,6 +206,8 @@ def save_tables(ds: Dataset, folder: Path) -> Path:
         ds.images.to_parquet(tmp / "images.parquet", index=False)
         annotations.to_parquet(tmp / "annotations.parquet", index=False)
         ds.categories.to_parquet(tmp / "categories.parquet", index=False)
+        about = {"task": task_of(ds), "layout": ds.attrs.get("layout", "")}
+        (tmp / DATASET_FILE).write_bytes(orjson.dumps(about))
     return Path(folder)
 
 
@@ -194,11 +222,13 @@ def load_tables(folder: Path, root: Path | None = None) -> Dataset:
     annotations["segmentation"] = [
         None if s is None else orjson.loads(s) for s in annotations["segmentation"]
     ]
+    about = folder / DATASET_FILE  # tables saved before it existed: task_of decides
     return Dataset(
         pd.read_parquet(folder / "images.parquet"),
         annotations,
         pd.read_parquet(folder / "categories.parquet"),
         root,
+        orjson.loads(about.read_bytes()) if about.exists() else {},
     )
 
 
