@@ -13,10 +13,7 @@ this order, the first that matches wins (``coco_layout``):
   several splits, using ``images/<split>/``; it is also the layout of the COCO releases and of
   ultralytics' COCO copy. ``cvat-coco`` is the same with one file, ``instances_default.json``
   (CVAT's "COCO 1.0", images in ``images/default/`` or ``images/``).
-- ``roboflow-coco``: ``ROOT/<split>/_annotations.coco.json`` with the images beside it. Roboflow
-  adds a placeholder category named after the project (every real category names it as its
-  supercategory); when no annotation uses it, it is dropped
-  (``Dataset.attrs["placeholder_categories"]`` names it).
+- ``roboflow-coco``: ``ROOT/<split>/_annotations.coco.json`` with the images beside it.
 - ``label-studio-coco``: ``ROOT/result.json`` (a JSON object; Label Studio's task export, a list,
   is not COCO) whose ``file_name`` is relative to ``ROOT`` (``images/<name>``).
 
@@ -29,6 +26,11 @@ integer are the same id (``"7"`` refers to image ``7``). Two records of one file
 are an error naming both (``images[3]``, ``images[7]``); an annotation that refers to an image or
 category that does not exist is an error naming it (for numbered ids; kept ids are left to
 ``validate``).
+
+Roboflow's placeholder category is recognised by what it is, in any layout (its split files are
+often moved into ``coco-splits``): id 0, used by no annotation, and named as the supercategory of
+every other category (Roboflow names it after the project). It is dropped, and
+``Dataset.attrs["placeholder_categories"]`` names it ([] when there is none).
 
 Category ids are otherwise kept as they are (1..90 with gaps is fine). ``iscrowd`` is kept; polygon
 and RLE segmentations are kept unchanged. Where an annotation has a segmentation but no usable box
@@ -157,9 +159,9 @@ def read_coco(src: Path, issues: Issues | None = None) -> Dataset:
     ds = _assemble(parts, issues)
     ds.root = src
     ds.attrs.update(layout=name, boxes_from_masks=sum(p.from_masks for p in parts))
-    if name == "roboflow-coco":
-        ds.categories, dropped = _without_placeholder(ds.categories, ds.annotations)
-        ds.attrs["placeholder_categories"] = dropped
+    ds.categories, ds.attrs["placeholder_categories"] = _without_placeholder(
+        ds.categories, ds.annotations
+    )
     return ds
 
 
@@ -599,22 +601,17 @@ def _number_categories(parts: list[_Part], issues: Issues) -> tuple[pd.DataFrame
 def _without_placeholder(
     categories: pd.DataFrame, annotations: pd.DataFrame
 ) -> tuple[pd.DataFrame, list[str]]:
-    """Roboflow's categories without its placeholder: the unused category named after the
-    project, which every other category names as its supercategory."""
+    """``categories`` without Roboflow's placeholder (module docstring), and its name if found."""
     if "supercategory" not in categories.columns or len(categories) < 2:
         return categories, []
-    used = set(annotations["category_id"].tolist())
-    placeholder = [
-        (i, name)
-        for i, (category_id, name) in enumerate(
-            zip(categories["category_id"], categories["name"], strict=True)
-        )
-        if category_id not in used and (categories["supercategory"].drop(index=i) == name).all()
-    ]
-    if len(placeholder) != 1:
+    at = np.flatnonzero(categories["category_id"].to_numpy() == 0)
+    if len(at) != 1 or (annotations["category_id"] == 0).any():
         return categories, []
-    i, name = placeholder[0]
-    return categories.drop(index=i).reset_index(drop=True), [name]
+    name = categories["name"].iloc[at[0]]
+    others = categories.drop(index=categories.index[at[0]])
+    if not (others["supercategory"] == name).all():
+        return categories, []
+    return others.reset_index(drop=True), [str(name)]
 
 
 def _uniform(values: list[Any], kinds: str, shape: tuple[int, ...]) -> np.ndarray | None:

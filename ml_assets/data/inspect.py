@@ -1,4 +1,5 @@
-"""Dataset statistics as plain numbers, and a small multi-panel figure of them."""
+"""What a dataset is (``describe``), its statistics as plain numbers (``summarize``), and a small
+multi-panel figure of them."""
 
 from __future__ import annotations
 
@@ -8,9 +9,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ml_assets.data.tables import Dataset
+from ml_assets.data.tables import Dataset, splits, task_of
 
 QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def describe(ds: Dataset) -> dict[str, Any]:
+    """What the reader found: the task of the labels, the images per split, and where the reader
+    says so, the dataset YAML it read, the keypoint shape and the placeholder classes dropped."""
+    found: dict[str, Any] = {"task": task_of(ds)}
+    counts = splits(ds.images).value_counts()
+    found["splits"] = {str(k): int(counts[k]) for k in sorted(counts.index) if k}
+    for key in ("yaml", "kpt_shape", "placeholder_categories"):
+        if ds.attrs.get(key):
+            found[key] = ds.attrs[key]
+    return found
 
 
 def summarize(ds: Dataset) -> dict[str, Any]:

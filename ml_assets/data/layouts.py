@@ -6,16 +6,19 @@ never guesses silently. The rule, in order:
 1. A layout with an annotation file (COCO JSON, VOC XML, a YOLO yaml / ``obj.data`` /
    ``classes.txt``) beats a folder structure. Within one format the first match in ``LAYOUTS``
    order wins (``annotations.json`` before ``annotations/instances_*.json`` before Roboflow's
-   ``<split>/_annotations.coco.json`` before ``result.json``; ``data.yaml`` before ``obj.data``
-   before ``classes.txt``).
+   ``<split>/_annotations.coco.json`` before ``result.json``; a dataset YAML of any name
+   (``data.yaml``, ``coco8.yaml``: several are refused) before ``obj.data`` before
+   ``classes.txt``).
 2. Annotation files of two formats (say ``annotations.json`` and ``data.yaml``) stop detection
    with a message naming the candidates: pass ``--from <format>`` to choose.
-3. Without an annotation file, a folder is an image-folder classification set (``<class>/<image>``)
-   only when none of its sub-folders is named like a split (``train``, ``val``, ``valid``,
-   ``test``...) or like a part of an export (``images``, ``labels``, ``annotations``...): those
-   are refused with a message saying what was found, since reading them as classes would
-   misread an export whose annotation file is missing. ``--from imagefolder`` reads them as
-   classes anyway.
+3. Without an annotation file, a folder is an image-folder classification set, the reader's
+   ``imagefolder_layout`` says which: ``<split>/<class>/<image>`` (``imagefolder-splits``) when
+   every sub-folder is named like a split (``train``, ``val``, ``valid``, ``test``...), else
+   ``<class>/<image>``. Sub-folders named like a part of an export (``images``, ``labels``,
+   ``annotations``...), split folders beside other folders, and class folders that hold an
+   export or a dataset (annotation files, export parts, splits) are refused with a message
+   saying what was found: reading them as classes would misread an export whose annotation file
+   is missing, or a folder of datasets. ``--from imagefolder`` applies the same rule.
 
 ``READERS`` lives here, not in ``formats``, so that ``validate`` reads sources without importing
 ``formats`` (which imports ``validate``).
@@ -28,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ml_assets.data import coco, imagefolder, voc, yolo
-from ml_assets.data.tables import Dataset, Issues
+from ml_assets.data.tables import Dataset, DatasetError, Issues
 
 FORMATS = ("coco", "voc", "yolo", "imagefolder")
 Reader = Callable[[Path, Issues | None], Dataset]
@@ -38,10 +41,6 @@ READERS: dict[str, Reader] = {
     "yolo": yolo.read_yolo,
     "imagefolder": imagefolder.read_imagefolder,
 }
-SPLIT_NAMES = frozenset({"train", "training", "val", "valid", "validation", "test", "testing"})
-EXPORT_FOLDERS = frozenset(
-    {"images", "labels", "annotations", "Annotations", "JPEGImages", "ImageSets"}
-)
 
 
 @dataclass(frozen=True)
@@ -87,7 +86,7 @@ LAYOUTS = (
     Layout(
         "yolo",
         "yolo",
-        "data.yaml + images/<split>/ + labels/<split>/",
+        "a dataset YAML (data.yaml, coco8.yaml...) + images/<split>/ + labels/<split>/",
         "ultralytics, ml_assets",
     ),
     Layout(
@@ -110,6 +109,12 @@ LAYOUTS = (
     ),
     Layout("labelimg-yolo", "yolo", "images/ + labels/ with labels/classes.txt", "LabelImg: YOLO"),
     Layout(
+        "imagefolder-splits",
+        "imagefolder",
+        "<split>/<class>/<image>, split: train, val (valid, validation), test (classification)",
+        "ultralytics (classify), torchvision ImageFolder per split, ml_assets (several splits)",
+    ),
+    Layout(
         "imagefolder",
         "imagefolder",
         "<class>/<image> (classification)",
@@ -119,14 +124,16 @@ LAYOUTS = (
 BY_NAME = {layout.name: layout for layout in LAYOUTS}
 
 
-def candidates(src: Path) -> list[Layout]:
-    """The annotation-file layouts found in ``src``, at most one per format."""
+def candidates(src: Path, fmt: str = "auto") -> list[Layout]:
+    """The annotation-file layouts found in ``src``, at most one per format (of ``fmt`` only,
+    unless "auto")."""
     src = Path(src)
-    names = [
-        (coco.coco_layout(src) or (None,))[0],
-        "voc" if (src / "Annotations").is_dir() else None,
-        yolo.yolo_layout(src),
-    ]
+    detectors: dict[str, Callable[[], str | None]] = {
+        "coco": lambda: (coco.coco_layout(src) or (None,))[0],
+        "voc": lambda: "voc" if (src / "Annotations").is_dir() else None,
+        "yolo": lambda: yolo.yolo_layout(src),
+    }
+    names = [detect() for name, detect in detectors.items() if fmt in ("auto", name)]
     return [BY_NAME[name] for name in names if name]
 
 
@@ -140,8 +147,8 @@ def detect_layout(src: Path, fmt: str = "auto") -> Layout:
     if fmt not in ("auto", *FORMATS):
         raise ValueError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
     if fmt == "imagefolder":
-        return BY_NAME["imagefolder"]
-    found = [layout for layout in candidates(src) if fmt in ("auto", layout.format)]
+        return _imagefolder_layout(src)
+    found = candidates(src, fmt)
     if fmt != "auto":
         return found[0] if found else BY_NAME[fmt]  # its reader says what is missing
     if len(found) > 1:
@@ -150,22 +157,20 @@ def detect_layout(src: Path, fmt: str = "auto") -> Layout:
         raise ValueError(f"{src} holds the layouts of several formats: {listed}. Pass {options}")
     if found:
         return found[0]
-    folders = imagefolder.class_folders(src)
-    refused = sorted(f.name for f in folders if export_part(f.name))
-    if refused:
-        raise ValueError(
-            f"{src}: no annotation file found, and the sub-folders {', '.join(refused)} are "
-            "named like the splits or parts of an exported dataset, so they are not read as "
-            f"classes. Supported layouts: {_listing()}. If the sub-folders really are the "
-            "classes, pass --from imagefolder"
-        )
-    if folders:
-        return BY_NAME["imagefolder"]
+    if imagefolder.class_folders(src):
+        return _imagefolder_layout(src)
     hint = _unsupported(src)
     raise ValueError(
         f"{src}: no known dataset layout{hint}. Supported layouts: {_listing()}; "
         "see the README for how to bring another one"
     )
+
+
+def _imagefolder_layout(src: Path) -> Layout:
+    try:
+        return BY_NAME[imagefolder.imagefolder_layout(src)]
+    except DatasetError as error:
+        raise ValueError(f"{error}. Supported layouts: {_listing()}") from None
 
 
 def detect_format(src: Path) -> str:
@@ -183,11 +188,6 @@ def read_source(src: Path, fmt: str = "auto", issues: Issues | None = None) -> D
     ds.attrs["layout"] = ds.attrs.get("layout") or layout.name
     ds.attrs["warnings"] = [str(warning) for warning in issues.warnings]
     return ds
-
-
-def export_part(name: str) -> bool:
-    """A folder named like a split or a part of an export (never a class of an image folder)."""
-    return name.lower() in SPLIT_NAMES or name in EXPORT_FOLDERS or name.startswith("obj_")
 
 
 def _listing() -> str:

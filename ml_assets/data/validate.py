@@ -6,12 +6,15 @@ finding and the rest is still checked; then it runs ``validate_dataset`` with th
 ``validate_dataset`` checks the tables alone (cheap enough for an asset check), and the image
 files too with ``check_files=True``.
 
-Codes (severity): ``format-unknown`` (no layout, or several: see ``layouts``), ``json-malformed``,
+Codes (severity): ``format-unknown`` (no layout, or several, or an image folder whose layout is
+refused, or several dataset YAML files: see ``layouts``), ``not-a-class`` (a class folder that
+holds an export or a dataset: see ``imagefolder``), ``json-malformed``,
 ``xml-malformed``, ``yaml-malformed``, ``label-malformed``, ``coco-missing``, ``coco-field``,
 ``xml-field``, ``yaml-missing``, ``yaml-field``, ``images-missing``, ``category-conflict``, and
 COCO's ``image-id-duplicate`` / ``annotation-id-duplicate`` naming both records (error, from the
 readers); ``label-orphan`` (warning: a label file without an image); ``split-missing`` (warning: a
-split the yaml names is not in the folder); ``image-id-duplicate``,
+split the yaml names is not in the folder); ``yaml-path`` (warning: the yaml's ``path`` is not a
+folder here); ``image-id-duplicate``,
 ``file-name-duplicate``, ``annotation-id-duplicate``, ``category-duplicate``, ``image-size-invalid``,
 ``path-escape`` (absolute or ``..``), ``annotation-orphan`` (its image does not exist),
 ``unknown-category``, ``box-nan``, ``box-size`` (zero or negative), ``box-outside`` (no overlap

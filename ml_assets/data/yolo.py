@@ -2,16 +2,22 @@
 
 Layouts (``yolo_layout``, first match wins):
 
-- ``yolo``: ``ROOT/data.yaml``, images under ``ROOT/images/<split>/<key>`` and one label file per
+- ``yolo``: a dataset YAML, images under ``ROOT/images/<split>/<key>`` and one label file per
   image at ``ROOT/labels/<split>/<key without suffix>.txt`` (ultralytics finds a label by
-  replacing the last ``/images/`` of the image path with ``/labels/``). The reader takes
-  ``train``, ``val`` and ``test`` from the yaml as a folder, a ``.txt`` list of images, or a list
-  of these, relative to the yaml (or to its ``path``); the split of an image is its folder below
-  ``images/`` (or the yaml key for a list or another folder). A split the yaml names but the
-  folder lacks is a warning (``split-missing``), not an error.
-- ``roboflow-yolo``: the same with Roboflow's ``train: ../train/images`` paths, resolved as
-  ultralytics' ``check_det_dataset`` does (a path starting with ``../`` that does not exist is
-  read without it); the split is the folder above ``images/`` (``train``, ``valid``).
+  replacing the last ``/images/`` of the image path with ``/labels/``). The YAML is read as
+  ultralytics reads the one it is given (``find_yaml``): any file name (``data.yaml``,
+  ``coco8.yaml``: the one ``*.yaml``/``*.yml`` there with ``names``; several are refused with
+  their names), ``names`` as a list or a ``{0..K-1: name}`` mapping (``nc`` alone: ``class_0``
+  ...), ``path`` absolute, relative to the YAML's folder or empty (one that is not a folder here
+  is a ``yaml-path`` warning, and the YAML's folder is used), ``download`` never fetched.
+  ``attrs["yaml"]`` names the file read. The reader takes ``train``, ``val`` and ``test`` as a
+  folder, a ``.txt`` list of images, or a list of these, relative to ``path``; the split of an
+  image is its folder below ``images/`` (or the YAML key for a list or another folder). A split
+  the YAML names but the folder lacks is a warning (``split-missing``), not an error.
+- ``roboflow-yolo``: the same with Roboflow's ``train: ../train/images`` paths (or a
+  ``roboflow`` key), resolved as ultralytics' ``check_det_dataset`` does (a path starting with
+  ``../`` that does not exist is read without it); the split is the folder above ``images/``
+  (``train``, ``valid``).
 - ``cvat-yolo``: CVAT's "YOLO 1.1": ``obj.names`` (one class a line), ``obj.data`` naming a
   ``train.txt`` list (paths under ``data/``, darknet's working folder, read with or without it),
   images and label files side by side in ``obj_train_data/``.
@@ -19,9 +25,23 @@ Layouts (``yolo_layout``, first match wins):
   adds ``notes.json``); ``labelimg-yolo``: ``labels/classes.txt`` beside ``images/`` (LabelImg).
   Every image below ``images/`` is read; its split is its folder below ``images/``, if any.
 
-An image without a label file, or with an empty one, has no boxes. Each line is ``class cx cy w
-h`` (a box, normalized to the image size) or ``class x1 y1 x2 y2 ...`` (a polygon, at least three
-points); the box of a polygon line is the polygon's extent, which is what ultralytics trains on.
+An image without a label file, or with an empty one, has no boxes. What a line is depends on the
+task of the labels (``attrs["task"]``), decided before any line is read, and a line whose count
+of numbers does not fit it is an error naming the file and line:
+
+- ``pose``: the YAML has ``kpt_shape: [K, D]``; a line is ``class cx cy w h`` and K keypoints of
+  D values (x, y[, visibility]). The box is read; the keypoints are kept, in pixels, in a
+  ``keypoints`` column (``attrs["kpt_shape"]``), which ``write_coco`` keeps as the annotations'
+  ``keypoints``; ``write_yolo`` writes the boxes only.
+- ``obb``: the YAML says so: ``task: obb`` in it, or ``obb`` or ``dota`` in its file name
+  (ultralytics' ``dota8.yaml``, ``DOTAv1.yaml``); every line is ``class x1 y1 x2 y2 x3 y3 x4 y4``,
+  read as a 4-point polygon with its extent as the box. Without that word 4-point polygons are
+  segmentation polygons (a rectangle drawn as a polygon is one), as ultralytics reads them.
+- otherwise each line is ``class cx cy w h`` (a box, normalized to the image size) or ``class
+  x1 y1 x2 y2 ...`` (a polygon, at least three points); the box of a polygon line is the
+  polygon's extent, which is what ultralytics trains on. ``segment`` when any line is a polygon,
+  else ``detect``.
+
 Image sizes come from the image headers.
 
 Class mapping: YOLO class indices are 0..K-1. The writer numbers the categories in order of
@@ -31,17 +51,19 @@ it, so COCO -> YOLO -> COCO keeps the original ids. Without it, the class index 
 
 The writer keeps polygon segmentations (one polygon line per object; the parts of a multi-part
 polygon are joined), writes a box line otherwise (RLE masks cannot be held), and leaves out
-``iscrowd`` annotations, as ultralytics' own COCO converter does. Images without a split go to
-``train``; ``val`` points at ``images/val`` (or ``valid``, ``validation``) when there is one, else
-at the training images.
+``iscrowd`` annotations, as ultralytics' own COCO converter does; an ``obb`` set gets
+``task: obb`` in its ``data.yaml``. Images without a split go to ``train``; ``val`` points at
+``images/val`` (or ``valid``, ``validation``) when there is one, else at the training images.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections import defaultdict
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -69,48 +91,69 @@ from ml_assets.data.tables import (
     link_images,
     records_frame,
     splits,
+    task_of,
     write_files,
 )
 
 YAML_FILE = "data.yaml"
+YAML_SUFFIXES = (".yaml", ".yml")
 SPLIT_KEYS = ("train", "val", "test")
 VAL_SPLITS = ("val", "valid", "validation")  # split names written as the yaml's val
 CLASSES_FILE = "classes.txt"
+KEYPOINTS = "keypoints"  # pose: the keypoints of a box, in pixels (x, y[, visibility] each)
 DARKNET_DATA, DARKNET_NAMES = "obj.data", "obj.names"
 _CHUNK = 16384  # annotations turned into label lines at a time
 _BOX_LINE = "%d %.8g %.8g %.8g %.8g\n"  # the class is a float here: %d writes it as an integer
 
 
 def find_yaml(src: Path) -> Path | None:
-    """``data.yaml`` in ``src``, else the only ``*.yaml``/``*.yml`` file there that has ``names``."""
-    if (Path(src) / YAML_FILE).is_file():
-        return Path(src) / YAML_FILE
+    """The dataset YAML of ``src``, whatever its name (``yolo train data=coco8.yaml``): the one
+    ``*.yaml``/``*.yml`` file there that has ``names``, or ``data.yaml`` whatever it holds (its
+    reader says what is wrong). None when there is none; several are refused, naming them."""
+    src = Path(src)
     found = [
-        p for p in sorted([*Path(src).glob("*.yaml"), *Path(src).glob("*.yml")]) if _has_names(p)
+        path
+        for path in sorted(src.iterdir())
+        if path.suffix.lower() in YAML_SUFFIXES
+        and not path.name.startswith(".")
+        and (path.name == YAML_FILE or "names" in _mapping(path))
+        and path.is_file()
     ]
-    return found[0] if len(found) == 1 else None
+    if len(found) > 1:
+        raise DatasetError(
+            "yaml-ambiguous",
+            "",
+            "",
+            f"several dataset YAML files with names: {', '.join(p.name for p in found)}. "
+            "ultralytics reads the one it is given: keep that one in the folder",
+            src,
+        )
+    return found[0] if found else None
 
 
-def _has_names(path: Path) -> bool:
+def _mapping(path: Path) -> dict[str, Any]:
+    """The YAML file at ``path`` when it is a mapping, else {} (unreadable, malformed, a list)."""
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError, UnicodeDecodeError):
-        return False
-    return isinstance(data, dict) and "names" in data
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def yolo_layout(src: Path) -> str | None:
     """The name of the YOLO layout in ``src`` (first match in this order), or None.
 
-    ``roboflow-yolo``/``yolo``: a data.yaml (Roboflow's has a ``roboflow`` key or ``../`` paths);
-    ``cvat-yolo``: ``obj.data`` or ``obj.names``; ``label-studio-yolo``: ``classes.txt`` beside
-    ``images/`` and ``labels/``; ``labelimg-yolo``: ``labels/classes.txt`` beside ``images/``.
+    ``roboflow-yolo``/``yolo``: a dataset YAML (``find_yaml``; Roboflow's has a ``roboflow`` key
+    or ``../`` split paths); ``cvat-yolo``: ``obj.data`` or ``obj.names``; ``label-studio-yolo``:
+    ``classes.txt`` beside ``images/`` and ``labels/``; ``labelimg-yolo``: ``labels/classes.txt``
+    beside ``images/``.
     """
     src = Path(src)
     path = find_yaml(src)
     if path is not None:
-        text = path.read_text(encoding="utf-8", errors="replace")
-        roboflow = "roboflow:" in text or "../" in text
+        data = _mapping(path)
+        paths = [data.get(key) for key in SPLIT_KEYS]
+        roboflow = "roboflow" in data or any(str(p).startswith("../") for p in paths if p)
         return "roboflow-yolo" if roboflow else "yolo"
     if (src / DARKNET_DATA).is_file() or (src / DARKNET_NAMES).is_file():
         return "cvat-yolo"
@@ -137,12 +180,13 @@ def read_yolo(src: Path, issues: Issues | None = None) -> Dataset:
     config = _config(src, issues)
     if config is None:
         return ds
-    names, category_ids, entries = config
-    index = dict(enumerate(category_ids))
-    ds.categories = categories_from_columns({"category_id": category_ids, "name": names})
+    index = dict(enumerate(config.category_ids))
+    ds.categories = categories_from_columns(
+        {"category_id": config.category_ids, "name": config.names}
+    )
     images: list[dict[str, Any]] = []
     columns: dict[str, list[Any]] = defaultdict(list)
-    for image_id, (file_name, split) in enumerate(entries.items()):
+    for image_id, (file_name, split) in enumerate(config.entries.items()):
         try:
             width, height = image_size(src / file_name)
         except OSError as error:
@@ -159,23 +203,40 @@ def read_yolo(src: Path, issues: Issues | None = None) -> Dataset:
                 "split": split,
             }
         )
-        _read_labels(src, label_path(file_name), image_id, width, height, index, columns, issues)
-    _orphan_labels(src, entries, issues)
+        label = label_path(file_name)
+        _read_labels(src, label, (image_id, width, height), index, config, columns, issues)
+    _orphan_labels(src, config.entries, issues)
     ds.images = images_from_columns(
         records_frame(images, ["image_id", "file_name", "width", "height", "split"])
     )
     columns["annotation_id"] = list(range(len(columns["image_id"])))
+    keys = [*ANNOTATION_COLUMNS, *PROVENANCE, *([KEYPOINTS] if config.kpt_shape else [])]
     ds.annotations = annotations_from_columns(
-        {k: columns[k] for k in [*ANNOTATION_COLUMNS, *PROVENANCE] if k not in ("area", "iscrowd")}
+        {k: columns[k] for k in keys if k not in ("area", "iscrowd")}
     )
+    segmented = any(s is not None for s in columns["segmentation"])
+    ds.attrs["task"] = config.task or ("segment" if segmented else "detect")
+    if config.yaml:
+        ds.attrs["yaml"] = config.yaml
+    if config.kpt_shape:
+        ds.attrs["kpt_shape"] = list(config.kpt_shape)
     return ds
 
 
-Config = tuple[list[str], list[int], dict[str, str]]
+@dataclass
+class Config:
+    """What a YOLO layout's class list and config files say."""
+
+    names: list[str]
+    category_ids: list[int]  # the category id of each class index
+    entries: dict[str, str]  # {image file name: split}
+    yaml: str = ""  # the dataset YAML read, relative to the root
+    task: str = ""  # "pose" or "obb" when the YAML says so; else the labels decide
+    kpt_shape: tuple[int, int] | None = None  # (keypoints, values per keypoint) for pose
 
 
 def _config(src: Path, issues: Issues) -> Config | None:
-    """(names, category id per class index, {image file name: split}) or None when unusable."""
+    """The config of the layout in ``src``, or None when unusable."""
     layout = yolo_layout(src)
     if layout in ("yolo", "roboflow-yolo"):
         found = _yaml_config(src, find_yaml(src), issues)
@@ -188,26 +249,29 @@ def _config(src: Path, issues: Issues) -> Config | None:
             "yaml-missing",
             ".",
             "",
-            f"no {YAML_FILE} (or single *.yaml with names), {DARKNET_DATA}, or {CLASSES_FILE} "
+            f"no dataset YAML (a *.yaml with names), {DARKNET_DATA}, or {CLASSES_FILE} "
             "beside images/ and labels/",
         )
         return None
-    if found is not None and not found[2]:
+    if found is not None and not found.entries:
         issues.error("images-missing", ".", "", "no images found in any split")
     return found
 
 
 def _yaml_config(src: Path, path: Path, issues: Issues) -> Config | None:
-    """data.yaml read as ultralytics' ``check_det_dataset`` does (Roboflow's ``../`` included)."""
+    """The dataset YAML read as ultralytics' ``check_det_dataset`` does (Roboflow's ``../``
+    included; ``download`` never fetched)."""
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as error:
         issues.error("yaml-malformed", path, "", f"malformed YAML: {error}")
         return None
     if not isinstance(data, dict):
-        issues.error("yaml-malformed", path, "", "data.yaml must be a mapping")
+        issues.error("yaml-malformed", path, "", f"{path.name} must be a mapping")
         return None
     names = data.get("names")
+    if names is None and isinstance(data.get("nc"), int):
+        names = [f"class_{i}" for i in range(data["nc"])]  # ultralytics' names for nc alone
     if isinstance(names, dict) and all(str(k).isdigit() for k in names):
         names = (
             [str(names[k]) for k in sorted(names, key=int)]
@@ -222,13 +286,24 @@ def _yaml_config(src: Path, path: Path, issues: Issues) -> Config | None:
     if "nc" in data and data["nc"] != len(names):
         issues.error("yaml-field", path, "nc", f"nc is {data['nc']} but names has {len(names)}")
         return None
+    task, kpt_shape = _yaml_task(path, data, issues)
     ids = data.get("category_ids")
     valid_ids = (
         isinstance(ids, list) and len(ids) == len(names) and all(isinstance(i, int) for i in ids)
     )
-    base = path.parent / str(data.get("path") or ".")
-    if not base.is_dir():
-        base = path.parent
+    base = path.parent
+    if data.get("path"):
+        where = path.parent / str(data["path"])  # an absolute path stays as it is
+        if where.is_dir():
+            base = where
+        else:
+            issues.warning(
+                "yaml-path",
+                path,
+                "path",
+                f"{data['path']} is not a folder here: the splits are read relative to "
+                f"{path.name}'s folder",
+            )
     entries: dict[str, str] = {}
     for key in SPLIT_KEYS:
         value = data.get(key)
@@ -237,7 +312,33 @@ def _yaml_config(src: Path, path: Path, issues: Issues) -> Config | None:
             if isinstance(value, str) and not target.exists() and value.startswith("../"):
                 target = base / value[3:]  # ultralytics' rule for Roboflow's exports
             _add_images(src, target, key, entries, path, issues)
-    return [str(n) for n in names], ids if valid_ids else list(range(len(names))), entries
+    return Config(
+        [str(n) for n in names],
+        ids if valid_ids else list(range(len(names))),
+        entries,
+        path.relative_to(src).as_posix(),
+        task,
+        kpt_shape,
+    )
+
+
+def _yaml_task(
+    path: Path, data: dict[str, Any], issues: Issues
+) -> tuple[str, tuple[int, int] | None]:
+    """("pose", kpt_shape) with ``kpt_shape``; ("obb", None) when the YAML says OBB (module
+    docstring); else ("", None): the labels decide between segment and detect."""
+    shape = data.get("kpt_shape")
+    if shape is not None:
+        valid = isinstance(shape, list) and len(shape) == 2 and all(type(v) is int for v in shape)
+        if not valid or shape[0] < 1 or shape[1] not in (2, 3):
+            issues.error(
+                "yaml-field", path, "kpt_shape", f"kpt_shape must be [keypoints, 2 or 3]: {shape}"
+            )
+            return "", None
+        return "pose", (shape[0], shape[1])
+    words = re.split(r"[^a-z0-9]+", path.stem.lower())
+    obb = data.get("task") == "obb" or any(w == "obb" or w.startswith("dota") for w in words)
+    return ("obb" if obb else ""), None
 
 
 def _darknet_config(src: Path, issues: Issues) -> Config | None:
@@ -270,7 +371,7 @@ def _darknet_config(src: Path, issues: Issues) -> Config | None:
             continue
         files = [src / _darknet_path(src, line) for line in _lines(target)]
         _add_files(src, files, split, entries, target, issues)
-    return names, list(range(len(names))), entries
+    return Config(names, list(range(len(names))), entries)
 
 
 def _darknet_path(src: Path, value: str) -> str:
@@ -287,7 +388,7 @@ def _classes_config(src: Path, issues: Issues) -> Config | None:
     names = _lines(path if path.is_file() else src / "labels" / CLASSES_FILE)
     entries: dict[str, str] = {}
     _add_images(src, src / "images", "", entries, path, issues)
-    return names, list(range(len(names))), entries
+    return Config(names, list(range(len(names))), entries)
 
 
 def _text(path: Path) -> str:
@@ -348,13 +449,14 @@ def _add_files(
 def _read_labels(
     src: Path,
     label: str,
-    image_id: int,
-    width: int,
-    height: int,
+    image: tuple[int, int, int],
     index: dict[int, int],
+    config: Config,
     columns: dict[str, list[Any]],
     issues: Issues,
 ) -> None:
+    """The lines of the label file of ``image`` (id, width, height) into ``columns``."""
+    image_id, width, height = image
     try:
         text = (src / label).read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -379,28 +481,55 @@ def _read_labels(
                 f"class {cls} is not in names (0..{len(index) - 1})",
             )
             continue
-        if len(values) == 4:
-            cx, cy, w, h = values * [width, height, width, height]
-            box, segmentation = (cx - w / 2, cy - h / 2, w, h), None
-        elif len(values) >= 6 and len(values) % 2 == 0:
-            xy = values.reshape(-1, 2) * [width, height]
-            (x0, y0), (x1, y1) = xy.min(axis=0), xy.max(axis=0)
-            box, segmentation = (x0, y0, x1 - x0, y1 - y0), [xy.ravel().tolist()]
-        else:
-            issues.error(
-                "label-malformed",
-                label,
-                f"line {number}",
-                "expected 'class cx cy w h' or a polygon of 3+ points",
-            )
+        found = _read_line(values, width, height, config)
+        if isinstance(found, str):
+            issues.error("label-malformed", label, f"line {number}", found)
             continue
+        box, segmentation, keypoints = found
         for name, value in zip("xywh", box, strict=True):
             columns[name].append(float(value))
         columns["image_id"].append(image_id)
         columns["category_id"].append(index[cls])
         columns["segmentation"].append(segmentation)
+        columns[KEYPOINTS].append(keypoints)
         columns[SOURCE_FILE].append(label)
         columns[SOURCE_RECORD].append(f"line {number}")
+
+
+def _read_line(
+    values: np.ndarray, width: int, height: int, config: Config
+) -> tuple[tuple[float, ...], list[list[float]] | None, list[float] | None] | str:
+    """(box, segmentation, keypoints) of a label line's numbers after the class, in pixels; or
+    what the line should have been, when its count does not fit the task."""
+    found = len(values)
+    if config.kpt_shape:
+        points, dims = config.kpt_shape
+        if found != 4 + points * dims:
+            return (
+                f"expected a pose line, 'class cx cy w h' and {points} keypoints of {dims} "
+                f"values (kpt_shape in {config.yaml}): {4 + points * dims} numbers after the "
+                f"class, found {found}"
+            )
+        keypoints = values[4:].reshape(points, dims) * [width, height, 1][:dims]
+        return _box(values[:4], width, height), None, keypoints.ravel().tolist()
+    if config.task == "obb" and found != 8:
+        return (
+            f"expected an oriented box, 'class x1 y1 x2 y2 x3 y3 x4 y4' ({config.yaml} names an "
+            f"OBB dataset): 8 numbers after the class, found {found}"
+        )
+    if found == 4:
+        return _box(values, width, height), None, None
+    if found >= 6 and found % 2 == 0:
+        xy = values.reshape(-1, 2) * [width, height]
+        (x0, y0), (x1, y1) = xy.min(axis=0), xy.max(axis=0)
+        return (x0, y0, x1 - x0, y1 - y0), [xy.ravel().tolist()], None
+    return f"expected 'class cx cy w h' or a polygon of 3+ points, found {found} numbers"
+
+
+def _box(values: np.ndarray, width: int, height: int) -> tuple[float, ...]:
+    """(x, y, w, h) in pixels of the normalized ``cx cy w h``."""
+    cx, cy, w, h = values * [width, height, width, height]
+    return cx - w / 2, cy - h / 2, w, h
 
 
 def _orphan_labels(src: Path, entries: dict[str, str], issues: Issues) -> None:
@@ -438,7 +567,7 @@ def write_yolo(ds: Dataset, dst: Path, overwrite: bool = False) -> Path:
             files = [(f, text) for i, text in texts.items() for f in labels.pop(i, ())]
             done.append(pool.submit(write_files, files))
         done.append(pool.submit(write_files, [(f, "") for fs in labels.values() for f in fs]))
-        write_text(tmp / YAML_FILE, _yaml(categories, sorted(set(split_names))))
+        write_text(tmp / YAML_FILE, _yaml(categories, sorted(set(split_names)), task_of(ds)))
         for future in done:
             future.result()
     return dst
@@ -529,7 +658,7 @@ def _line(
     return f"{cls} {cx:.8g} {cy:.8g} {w:.8g} {h:.8g}\n"
 
 
-def _yaml(categories: pd.DataFrame, split_names: list[str]) -> str:
+def _yaml(categories: pd.DataFrame, split_names: list[str], task: str) -> str:
     others = [f"images/{s}" for s in split_names if s not in (*VAL_SPLITS, "test")]
     train = others if others else [f"images/{s}" for s in split_names]
     config: dict[str, Any] = {"train": train[0] if len(train) == 1 else train}
@@ -539,5 +668,7 @@ def _yaml(categories: pd.DataFrame, split_names: list[str]) -> str:
         config["test"] = "images/test"
     config["names"] = dict(enumerate(categories["name"].tolist()))
     config["category_ids"] = categories["category_id"].tolist()
+    if task == "obb":
+        config["task"] = "obb"
     header = "# written by ml_assets; category_ids[i] is the source category id of class i\n"
     return header + yaml.safe_dump(config, sort_keys=False, allow_unicode=True)

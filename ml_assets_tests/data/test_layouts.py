@@ -34,9 +34,9 @@ def assert_ground_truth(ds) -> None:
             assert error <= 1e-6 * max(sizes[name]), (name, got, want)
 
 
-def test_every_layout_is_listed_once():
+def test_every_box_layout_is_listed_once():
     assert sorted(BUILDERS) == sorted(
-        layout.name for layout in LAYOUTS if layout.name != "imagefolder"
+        layout.name for layout in LAYOUTS if layout.format != "imagefolder"
     )
 
 
@@ -95,9 +95,43 @@ def test_roboflow_placeholder_category_is_kept_when_used(tmp_path):
     (src / "train" / "_annotations.coco.json").write_text(json.dumps(document))
     ds = read_dataset(src)
     assert "pets-x7k2p" in ds.category_names.values()
+    assert ds.attrs["placeholder_categories"] == []
     assert read_dataset(BUILDERS["roboflow-coco"](tmp_path / "clean")).attrs[
         "placeholder_categories"
     ] == ["pets-x7k2p"]
+
+
+def test_roboflow_placeholder_is_dropped_in_the_coco_splits_layout_too(tmp_path):
+    """Roboflow's split files moved into annotations/instances_<split>.json: the placeholder
+    is still what it is (id 0, used by no box, the supercategory of every class)."""
+    rf = BUILDERS["roboflow-coco"](tmp_path / "rf")
+    src = tmp_path / "splits"
+    for split in ("train", "valid"):
+        (src / "annotations").mkdir(parents=True, exist_ok=True)
+        shutil.copy(
+            rf / split / "_annotations.coco.json", src / f"annotations/instances_{split}.json"
+        )
+        shutil.copytree(rf / split, src / "images" / split, ignore=shutil.ignore_patterns("*.json"))
+    ds = read_dataset(src)
+    assert ds.attrs["layout"] == "coco-splits"
+    assert ds.attrs["placeholder_categories"] == ["pets-x7k2p"]
+    assert_ground_truth(ds)
+    assert ds.category_names == {1: "cat", 2: "dog", 3: "bird"}
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda c: c[0].update(id=9),  # not id 0
+        lambda c: c[1].update(supercategory="animals"),  # not every class's supercategory
+    ],
+)
+def test_a_category_that_only_resembles_the_placeholder_is_kept(tmp_path, change):
+    src = BUILDERS["roboflow-coco"](tmp_path / "rf")
+    for split in ("train", "valid"):
+        _edit(src / split / "_annotations.coco.json", lambda d: change(d["categories"]))
+    ds = read_dataset(src)
+    assert len(ds.categories) == 4 and ds.attrs["placeholder_categories"] == []
 
 
 def test_split_files_keep_their_own_ids_when_written_back(tmp_path):
@@ -197,25 +231,35 @@ def test_ids_that_refer_to_nothing_name_the_annotation(tmp_path):
     assert finding.record == 'annotation "2"' and '"ghost"' in finding.message
 
 
-def test_split_folders_without_annotations_are_not_classes(tmp_path):
+@pytest.mark.parametrize("fmt", ["auto", "imagefolder"])
+def test_split_folders_without_annotations_are_not_classes(tmp_path, fmt):
     src = BUILDERS["roboflow-coco"](tmp_path / "rf")
     for split in ("train", "valid"):
         (src / split / "_annotations.coco.json").unlink()
-    with pytest.raises(ValueError, match=r"train, valid.*--from imagefolder"):
-        read_dataset(src)
-    (finding,) = validate_source(src)
-    assert finding.code == "format-unknown" and "--from imagefolder" in finding.message
-    as_classes = read_dataset(src, "imagefolder")  # the user says so
-    assert sorted(as_classes.category_names.values()) == ["train", "valid"]
+    message = (
+        r"train/ holds 3 images directly \(a\.jpg, b\.jpg, c\.jpg\), in no class folder .*"
+        r"valid/ holds 1 images directly \(d\.jpg\).* <split>/<class>/<image>"
+    )
+    with pytest.raises(ValueError, match=message):
+        read_dataset(src, fmt)
+    (finding,) = validate_source(src, fmt)
+    assert finding.code == "format-unknown" and "in no class folder" in finding.message
 
 
-@pytest.mark.parametrize("name", ["label-studio-yolo", "cvat-yolo"])
-def test_an_export_without_its_class_list_is_refused(tmp_path, name):
+@pytest.mark.parametrize("fmt", ["auto", "imagefolder"])
+@pytest.mark.parametrize(
+    ("name", "parts"), [("label-studio-yolo", "images/, labels/"), ("cvat-yolo", "obj_train_data/")]
+)
+def test_an_export_without_its_class_list_is_refused(tmp_path, name, parts, fmt):
     src = BUILDERS[name](tmp_path / name)
     for extra in ("classes.txt", "obj.names", "obj.data", "train.txt"):
         (src / extra).unlink(missing_ok=True)
-    with pytest.raises(ValueError, match="not read as classes"):
-        read_dataset(src)
+    with pytest.raises(
+        ValueError,
+        match=rf"the sub-folders {parts} are named like parts of an exported dataset, so they "
+        "are not read as classes",
+    ):
+        read_dataset(src, fmt)
 
 
 def test_two_formats_in_one_folder_stop_with_the_choice(tmp_path):
