@@ -6,15 +6,18 @@ STAMP := $(VENV)/.installed
 export ML_ASSETS_HOME ?= $(CURDIR)/.ml_assets
 export DAGSTER_HOME ?= $(ML_ASSETS_HOME)/dagster
 # make demo IMAGES=3000 FOLDS=5 EPOCHS=20 MODELS=classifier runs it bigger or narrower;
-# EPOCHS empty: each model kind's own demo setting.
+# EPOCHS empty: each model kind's own demo setting. make train DATASET=name runs the pipeline on
+# your own data in the landing location (ml-assets ingest PATH --name name puts it there);
+# DATASET empty: every dataset there.
 IMAGES ?= 600
 FOLDS ?= 3
 EPOCHS ?=
 MODELS ?= classifier,yolo
+DATASET ?=
 # k of the fold partitions, read when the code location loads: demo and ui must agree.
 export ML_ASSETS_FOLDS := $(FOLDS)
 
-.PHONY: setup demo ui mlflow test test-fast lint format bench clean
+.PHONY: setup demo train ui mlflow test test-fast lint format bench clean
 
 setup: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 
@@ -36,7 +39,11 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 
 demo: setup
 	$(VENV)/bin/ml-assets demo --images $(IMAGES) --folds $(FOLDS) --models $(MODELS) \
-	  $(if $(EPOCHS),--epochs $(EPOCHS))
+	  $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(DATASET),--dataset $(DATASET))
+
+train: setup
+	$(VENV)/bin/ml-assets train --folds $(FOLDS) --models $(MODELS) \
+	  $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(DATASET),--dataset $(DATASET))
 
 MLFLOW_PORT ?= 5000
 UI_PORT ?= 3000

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import click
 
-FORMATS = ["coco", "voc", "yolo"]
-SOURCES = ["auto", "coco", "voc", "yolo", "imagefolder"]
+FORMATS = ["coco", "voc", "yolo", "imagefolder"]
+SOURCES = ["auto", *FORMATS]
 existing_dir = click.Path(exists=True, file_okay=False, path_type=Path)
 
 
@@ -62,11 +62,17 @@ def sample_data(dst: Path, seed: int, images: int, size: int) -> None:
 @main.command()
 @click.argument("landing", type=existing_dir)
 def register(landing: Path) -> None:
-    """Register the files in LANDING as a dataset version and print its key."""
+    """Register each dataset in the folder LANDING as a dataset version and print its key, by
+    the landing sensor's rule: LANDING is one dataset when it looks like one (an annotation
+    file, export or split folders at its top), else each top-level folder is a dataset."""
     from ml_assets import runtime
+    from ml_assets.data.landing import LocalFolder, datasets
+    from ml_assets.data.landing import register as register_dataset
     from ml_assets.data.store import Store
 
-    click.echo(Store(runtime.home() / "store").register(landing))
+    folder, store = LocalFolder(landing), Store(runtime.home() / "store")
+    for drop in datasets(folder):
+        click.echo(f"{drop.name or landing.name}\t{register_dataset(folder, drop, store)}")
 
 
 @main.command()
@@ -88,57 +94,99 @@ def ingest(path: Path, name: str | None, replace: bool, landing: str) -> None:
     click.echo(f"copied {path} to {target}: the landing sensor registers it once it settles")
 
 
+def pipeline_options(command):
+    """The options of every command that runs the pipeline on the landing location."""
+    options = [
+        click.option(
+            "--dataset",
+            default=None,
+            help="Only the dataset of this name in the landing location [every dataset].",
+        ),
+        click.option("--folds", default=3, show_default=True, help="k of k-fold cross-validation."),
+        click.option("--epochs", type=int, default=None, help="Training epochs per fold."),
+        click.option(
+            "--models",
+            default="classifier,yolo",
+            show_default=True,
+            help="Model kinds to train, comma-separated (names or short names: classifier, yolo,"
+            " lora).",
+        ),
+        click.option("--seed", default=0, show_default=True),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @main.command()
 @click.option(
     "--images", default=600, show_default=True, help="Sample images, if landing is empty."
 )
-@click.option("--folds", default=3, show_default=True, help="k of k-fold cross-validation.")
-@click.option(
-    "--epochs", type=int, default=None, help="Training epochs per fold (default: per kind)."
-)
-@click.option(
-    "--models",
-    default="classifier,yolo",
-    show_default=True,
-    help="Model kinds to train, comma-separated (names or short names: classifier, yolo).",
-)
-@click.option("--seed", default=0, show_default=True)
-def demo(images: int, folds: int, epochs: int | None, models: str, seed: int) -> None:
-    """Run the whole pipeline on the landing folder (sample data if empty) and print results."""
+@pipeline_options
+def demo(images: int, dataset: str | None, folds: int, epochs, models: str, seed: int) -> None:
+    """The tour: land sample data if the landing location is empty, then run the whole pipeline
+    on every dataset it holds with the demo's settings (epochs: per kind) and print results."""
+    from ml_assets.demo import run_demo
+
+    run_and_print(run_demo, folds, models, images=images, dataset=dataset, epochs=epochs, seed=seed)
+
+
+@main.command()
+@pipeline_options
+def train(dataset: str | None, folds: int, epochs, models: str, seed: int) -> None:
+    """Run the pipeline on your own data: every dataset in the landing location (`ml-assets
+    ingest PATH --name NAME` puts one there), or --dataset NAME: ingest, k-fold training and
+    evaluation with each kind's default settings, the report and its gate; print results."""
+    from ml_assets.demo import run_pipeline
+
+    run_and_print(run_pipeline, folds, models, dataset=dataset, epochs=epochs, seed=seed)
+
+
+def run_and_print(run, folds: int, models: str, **options) -> None:
+    """Run the pipeline (``run_demo`` or ``run_pipeline``) for the kinds named in ``models`` and
+    print one table per dataset and kind; Ctrl-C ends it with one line and status 130."""
     from ml_assets import runtime
-    from ml_assets.demo import COUNTS, report_table, run_demo
     from ml_assets.train.registry import kind
 
     names = tuple(kind(m.strip()).name for m in models.split(",") if m.strip())
     try:
-        reports = run_demo(
-            images=images, folds=folds, epochs=epochs, seed=seed, models=names, echo=click.echo
-        )
+        results = run(folds=folds, models=names, echo=click.echo, **options)
     except BaseException as interrupted:  # Ctrl-C: one line, not a traceback
         if not is_interrupt(interrupted):
             raise
         click.echo(
             "interrupted: the running run stopped and gave its pool slot back; "
-            "make demo again resumes training from the last checkpoint",
+            "run the command again to resume training from the last checkpoint",
             err=True,
         )
         sys.exit(130)
-    for name, report in reports.items():
-        click.echo(f"\n{name}, version {report['version']}, {folds}-fold cross-validation:\n")
-        whole = {c: (lambda v: str(int(v))) for c in COUNTS}
-        table = report_table(report, headline=True).round(4)
-        formatters = {c: f for c, f in whole.items() if c in table}
-        click.echo(table.to_string(formatters=formatters, na_rep=""))
-        gate = "passed" if report["promotable"] else "FAILED (below the floor or the baseline)"
-        click.echo(
-            f"promotion gate: {gate} (mean {report['primary_metric']} "
-            f"{report['mean'][report['primary_metric']]:.4f}, baseline {report['baseline']:.4f})\n"
-            f"report: {report['path']}/report.md"
-        )
+    for dataset, reports in results.items():
+        for name, report in reports.items():
+            print_report(dataset, name, report, folds)
     click.echo(
         f"\nstate:   {runtime.home()}\n"
         "next:    make ui      (dagster dev on this instance: assets, runs, metadata, checks)\n"
         "         make mlflow  (MLflow UI on the training runs)"
+    )
+
+
+def print_report(dataset: str, name: str, report: dict, folds: int) -> None:
+    from ml_assets.demo import COUNTS, report_table
+
+    title = f"\n{name} on {dataset}, version {report['version']}"
+    if "not_trained" in report:
+        click.echo(f"{title}: not trained: {report['not_trained']}")
+        return
+    click.echo(f"{title}, {folds}-fold cross-validation:\n")
+    whole = {c: (lambda v: str(int(v))) for c in COUNTS}
+    table = report_table(report, headline=True).round(4)
+    formatters = {c: f for c, f in whole.items() if c in table}
+    click.echo(table.to_string(formatters=formatters, na_rep=""))
+    gate = "passed" if report["promotable"] else "FAILED (below the floor or the baseline)"
+    click.echo(
+        f"promotion gate: {gate} (mean {report['primary_metric']} "
+        f"{report['mean'][report['primary_metric']]:.4f}, baseline {report['baseline']:.4f})\n"
+        f"report: {report['path']}/report.md"
     )
 
 
@@ -156,9 +204,11 @@ def is_interrupt(error: BaseException) -> bool:
 def convert(src: Path, dst: Path, to: str, from_: str, overwrite: bool) -> None:
     """Convert the dataset in SRC to another format at DST (atomic: all or nothing)."""
     from ml_assets.data.formats import convert as convert_dataset
+    from ml_assets.data.tables import task_of
 
     ds = convert_dataset(src, dst, to=to, from_=from_, overwrite=overwrite)
-    click.echo(f"wrote {len(ds.images)} images, {len(ds.annotations)} boxes as {to} to {dst}")
+    labels = "image labels" if task_of(ds) == "classify" else "boxes"
+    click.echo(f"wrote {len(ds.images)} images, {len(ds.annotations)} {labels} as {to} to {dst}")
 
 
 @main.command()
@@ -189,12 +239,13 @@ def validate(src: Path, from_: str, as_json: bool, strict: bool) -> None:
 @click.argument("src", type=existing_dir)
 @click.option("--from", "from_", type=click.Choice(SOURCES), default="auto", show_default=True)
 def inspect(src: Path, from_: str) -> None:
-    """Print the detected format and layout, then class histogram, boxes per image, box and
-    image sizes of SRC (JSON); warnings go to stderr."""
+    """Print the detected format and layout, the task of the labels, the images per split (and
+    the dataset YAML read), then class histogram, boxes per image, box and image sizes of SRC
+    (JSON); warnings go to stderr."""
     import orjson
 
     from ml_assets.data.formats import read_dataset
-    from ml_assets.data.inspect import summarize
+    from ml_assets.data.inspect import describe, summarize
     from ml_assets.data.layouts import BY_NAME
 
     ds = read_dataset(src, from_)
@@ -202,7 +253,7 @@ def inspect(src: Path, from_: str) -> None:
     for warning in ds.attrs["warnings"]:
         click.echo(f"warning: {warning}", err=True)
     found = {"format": layout.format, "layout": layout.name, "layout_files": layout.files}
-    summary = found | summarize(ds)
+    summary = found | describe(ds) | summarize(ds)
     click.echo(
         orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY).decode()
     )

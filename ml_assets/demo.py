@@ -1,21 +1,30 @@
-"""The main job end to end, in process, against the Dagster instance in $DAGSTER_HOME.
+"""The pipeline end to end, in process, against the Dagster instance in $DAGSTER_HOME.
 
-Fills an empty landing folder with sample data, registers its version, runs the same jobs that
-`dagster dev` shows (ingest, training and evaluation per fold, report), and returns the report.
-The runs, their metadata and the asset checks are recorded in the instance, so `make ui` shows
-them afterwards.
+:func:`run_pipeline` (``ml-assets train``) runs every dataset the landing location holds (or the
+one named), each registered as its own version by the landing rule the sensor uses
+(``ml_assets.data.landing``): ingest, training and evaluation per fold, and the report, through
+the same jobs `dagster dev` shows. A kind whose needs a version's labels cannot meet is not
+trained on it, and says why (``ml_assets.train.kinds.refusal``). :func:`run_demo` (``ml-assets
+demo``) first lands the sample data when the landing location is empty. Each epoch's progress line
+is echoed as it happens; runs, metadata and checks are recorded in the instance, so `make ui`
+shows them afterwards.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pandas as pd
 
 from ml_assets import runtime
 from ml_assets.data.atomic import write_bytes
+from ml_assets.data.landing import Landing, add_dataset, datasets, landing_location, open_landing
+from ml_assets.data.landing import register as register_dataset
 from ml_assets.data.sample import write_sample
 from ml_assets.data.store import Store
 from ml_assets.hygiene import (
@@ -24,6 +33,8 @@ from ml_assets.hygiene import (
     reap_dead_runs,
     step_errors,
 )
+
+SAMPLE_NAME = "shapes"  # the sample dataset's folder in the landing location
 
 
 def instance_home() -> Path:
@@ -37,16 +48,20 @@ def instance_home() -> Path:
     return folder
 
 
-def prepare_landing(landing: Path, images: int, seed: int, echo: Callable[[str], None]) -> None:
-    if landing.is_dir() and any(landing.iterdir()):
-        echo(
-            f"landing folder {landing} already holds data: using it as it is (make clean to reset)"
-        )
+def the_landing() -> Landing:
+    """The landing location the sensor watches (``$ML_ASSETS_LANDING``, else <home>/landing)."""
+    return open_landing(landing_location("", runtime.home()))
+
+
+def prepare_landing(landing: Landing, images: int, seed: int, echo: Callable[[str], None]) -> None:
+    """Land ``images`` sample images as the dataset ``shapes`` when ``landing`` holds nothing."""
+    if landing.exists() and any(d.items for d in landing.listing().drops):
+        echo(f"the landing location {landing.url} already holds data: using it as it is")
         return
-    if landing.is_dir():
-        landing.rmdir()
-    write_sample(landing, images=images, seed=seed)
-    echo(f"wrote {images} sample images to {landing}")
+    with tempfile.TemporaryDirectory() as tmp:
+        write_sample(Path(tmp) / SAMPLE_NAME, images=images, seed=seed)
+        target = add_dataset(Path(tmp) / SAMPLE_NAME, landing, SAMPLE_NAME)
+    echo(f"wrote {images} sample images to {target}")
 
 
 # Per kind, the training settings the demo uses on 2 CPU cores (``--epochs`` overrides epochs).
@@ -59,6 +74,7 @@ DEMO_SETTINGS = {
     "lora_segmenter": {"epochs": 8, "batch_size": 8, "lr": 1e-3},
 }
 DEFAULT_MODELS = ("image_classifier", "yolo_detector")
+Results = dict[str, dict[str, dict]]  # dataset -> kind -> report, or {"not_trained": reason}
 
 
 def run_demo(
@@ -67,9 +83,27 @@ def run_demo(
     epochs: int | None = None,
     seed: int = 0,
     models: tuple[str, ...] = DEFAULT_MODELS,
+    dataset: str | None = None,
     echo: Callable[[str], None] = print,
-) -> dict[str, dict]:
-    """Run the graph for the given model kinds; return each kind's report by kind name."""
+) -> Results:
+    """The tour: land the sample data if the landing location is empty, then
+    :func:`run_pipeline` with the demo's training settings."""
+    prepare_landing(the_landing(), images, seed, echo)
+    return run_pipeline(folds, epochs, seed, models, dataset, echo, DEMO_SETTINGS)
+
+
+def run_pipeline(
+    folds: int,
+    epochs: int | None = None,
+    seed: int = 0,
+    models: tuple[str, ...] = DEFAULT_MODELS,
+    dataset: str | None = None,
+    echo: Callable[[str], None] = print,
+    settings: dict[str, dict] | None = None,
+) -> Results:
+    """Run the graph for the given model kinds on every dataset of the landing location (or the
+    one called ``dataset``); ``settings`` are training settings per kind (else its defaults).
+    Returns each dataset's reports by kind name."""
     os.environ["ML_ASSETS_FOLDS"] = str(folds)  # read when the definitions load, just below
 
     from ml_assets.definitions import defs
@@ -83,22 +117,56 @@ def run_demo(
         )
     kinds = [kind(name) for name in models]
     home = runtime.home()
-    landing = home / "landing"
-    prepare_landing(landing, images, seed, echo)
-    with in_process_instance(str(instance_home())) as instance:
+    landing = the_landing()
+    drops = datasets(landing, dataset)
+    store = Store(home / "store")
+    results: Results = {}
+    with in_process_instance(str(instance_home())) as instance, echoing_progress(echo):
         reap_dead_runs(instance, echo)
-        return run_jobs(defs, instance, home, landing, kinds, epochs, folds, seed, echo)
+        for drop in drops:
+            version = register_dataset(landing, drop, store)
+            echo(f"dataset {drop.label}: version {version}")
+            results[drop.label] = run_jobs(
+                defs, instance, home, version, kinds, (settings or {}, epochs, folds, seed), echo
+            )
+    return results
 
 
-def run_jobs(defs, instance, home: Path, landing: Path, kinds, epochs, folds, seed, echo):
+@contextlib.contextmanager
+def echoing_progress(echo: Callable[[str], None]) -> Iterator[None]:
+    """Each epoch's progress line (the ``ml_assets.progress`` logger) goes to ``echo`` inside
+    the block: training in this process reports on the terminal as it happens."""
+    from ml_assets.train.runs import PROGRESS_LOGGER
+
+    class Echo(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            echo(f"  {record.getMessage()}")
+
+    logger, handler = logging.getLogger(PROGRESS_LOGGER), Echo()
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def run_jobs(defs, instance, home: Path, version: str, kinds, training, echo) -> dict[str, dict]:
+    """Ingest ``version``, then train, evaluate and report each kind its labels can teach;
+    ``training`` is (settings per kind, epochs, folds, seed). Each kind's report by name."""
     import dagster as dg
 
+    from ml_assets.data.tables import load_tables
     from ml_assets.defs.partitions import dataset_versions
+    from ml_assets.defs.resources import MLAssetsHome
+    from ml_assets.evaluate.report import read_report
+    from ml_assets.train.kinds import refusal
 
-    version = Store(home / "store").register(landing)
+    settings, epochs, folds, seed = training
     if not instance.has_dynamic_partition(dataset_versions.name, version):
         instance.add_dynamic_partitions(dataset_versions.name, [version])
-    echo(f"dataset version {version}")
     tags = {"ml_assets/trigger": "demo"}
     gates = {k.gate_name for k in kinds}
     # Step logs and tracebacks are in make ui; the terminal gets one line per run (and per error).
@@ -130,26 +198,34 @@ def run_jobs(defs, instance, home: Path, landing: Path, kinds, epochs, folds, se
         return checks
 
     run("ingest_job", version)
-    if any("base_model" in k.inputs for k in kinds):
-        prepare_base_models(defs, instance, home, kinds, echo)
-    training = {
-        k.name: DEMO_SETTINGS.get(k.name, {})
+    where = MLAssetsHome(root=str(home))
+    ds = load_tables(where.tables_dir(version))
+    reports, trainable = {}, []
+    for k in kinds:
+        reason = refusal(k, ds)
+        if reason is None:
+            trainable.append(k)
+        else:
+            echo(f"{k.name}: not trained on version {version}: {reason}")
+            reports[k.name] = {"not_trained": reason, "version": version}
+    if not trainable:
+        return reports
+    if any("base_model" in k.inputs for k in trainable):
+        prepare_base_models(defs, instance, home, trainable, echo)
+    configs = {
+        k.name: settings.get(k.name, {})
         | ({"epochs": epochs} if epochs else {})
         | ({"seed": seed} if "seed" in k.config_class.model_fields else {})
-        for k in kinds
+        for k in trainable
     }
-    trained = [dg.AssetKey(n) for k in kinds for n in (k.name, k.evaluation_name)]
-    ops = {"ops": {name: {"config": settings} for name, settings in training.items()}}
+    trained = [dg.AssetKey(n) for k in trainable for n in (k.name, k.evaluation_name)]
+    ops = {"ops": {name: {"config": config} for name, config in configs.items()}}
     for fold in range(folds):
         key = dg.MultiPartitionKey({"version": version, "fold": str(fold)})
         run("training_job", key, trained, ops)
-    checks = run("report_job", version, [dg.AssetKey(k.report_name) for k in kinds])
-    from ml_assets.defs.resources import MLAssetsHome
-    from ml_assets.evaluate.report import read_report
-
-    reports = {}
-    for k in kinds:
-        folder = MLAssetsHome(root=str(home)).report_dir(k.name, version)
+    checks = run("report_job", version, [dg.AssetKey(k.report_name) for k in trainable])
+    for k in trainable:
+        folder = where.report_dir(k.name, version)
         reports[k.name] = read_report(folder) | {
             "path": str(folder),
             "promotable": checks.get(k.gate_name, False),

@@ -14,6 +14,7 @@ for variable in ("YOLO_CONFIG_DIR", "HF_HOME", "TORCH_HOME", "MPLCONFIGDIR"):
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+from real_sets import write_digits  # noqa: E402
 
 from ml_assets.data.sample import write_sample  # noqa: E402
 
@@ -55,3 +56,28 @@ def landed(tmp_path, tiny_sample):
 @pytest.fixture(name="tree_digest")
 def tree_digest_fixture():
     return tree_digest
+
+
+# Real public datasets nobody here wrote (Ultralytics' coco8, coco8-seg, imagenet10; see its
+# SOURCES.md), beside the checkout in ../shared/data/real, or where ML_ASSETS_REAL_DATA says.
+REAL_DATA = Path(
+    os.environ.get("ML_ASSETS_REAL_DATA")
+    or Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+)
+
+
+@pytest.fixture(scope="session")
+def real_data(tmp_path_factory) -> Path:
+    """A copy of the real public datasets (the originals are never handed to a test)."""
+    if not (REAL_DATA / "coco8").is_dir():
+        pytest.skip(f"the real public datasets are not at {REAL_DATA} (set ML_ASSETS_REAL_DATA)")
+    copy = tmp_path_factory.mktemp("real")
+    for name in ("coco8", "coco8-seg", "imagenet10"):
+        shutil.copytree(REAL_DATA / name, copy / name)
+    return copy
+
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory) -> Path:
+    """All 1,797 digits as ``<digit>/<index>.png`` (read-only for tests)."""
+    return write_digits(tmp_path_factory.mktemp("digits") / "digits")

@@ -20,6 +20,7 @@ def test_help_lists_every_command():
         "sample-data",
         "register",
         "demo",
+        "train",
         "convert",
         "validate",
         "inspect",
@@ -37,9 +38,11 @@ def test_sample_data_and_register(tmp_path, home):
     assert (tmp_path / "s" / "annotations.json").is_file()
     again = runner.invoke(main, ["sample-data", str(tmp_path / "s")])
     assert again.exit_code != 0 and "already exists" in again.output
-    key = runner.invoke(main, ["register", str(tmp_path / "s")])
-    assert key.exit_code == 0 and len(key.output.strip()) == 12
-    assert (home / "store" / "versions" / key.output.strip() / "manifest.json").is_file()
+    registered = runner.invoke(main, ["register", str(tmp_path / "s")])
+    assert registered.exit_code == 0, registered.output
+    name, key = registered.output.split()  # the folder is one dataset: its name and version
+    assert name == "s" and len(key) == 12
+    assert (home / "store" / "versions" / key / "manifest.json").is_file()
 
 
 def test_convert_validate_and_inspect_leave_the_source_untouched(

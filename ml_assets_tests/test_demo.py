@@ -12,8 +12,18 @@ from ml_assets.demo import report_table, run_demo
 
 @pytest.mark.slow
 def test_demo_materializes_everything_and_reports(home, tree_digest):
-    reports = run_demo(images=16, folds=2, epochs=1, echo=lambda _: None)
+    lines = []
+    results = run_demo(images=16, folds=2, epochs=1, echo=lines.append)
+    assert list(results) == ["shapes"]  # the sample data lands as a dataset of its own
+    reports = results["shapes"]
     assert set(reports) == {"image_classifier", "yolo_detector"}
+    for fold in (0, 1):  # each epoch's progress line reaches the terminal as it happens
+        assert any(
+            line.startswith(
+                f"  image_classifier {reports['image_classifier']['version']} fold {fold} epoch 1/1: train_loss "
+            )
+            for line in lines
+        ), lines
     report = reports["image_classifier"]
     version = report["version"]
     assert len(version) == 12 and [r["fold"] for r in report["folds"]] == [0, 1]
@@ -74,7 +84,7 @@ def test_demo_materializes_everything_and_reports(home, tree_digest):
     for kind, line in expected.items():
         model = home / "models" / kind / version / "fold-0"
         scored = CliRunner().invoke(
-            main, ["evaluate", str(model), str(home / "landing"), "--device", "cpu"]
+            main, ["evaluate", str(model), str(home / "landing" / "shapes"), "--device", "cpu"]
         )
         assert scored.exit_code == 0, scored.output
         assert scored.output.startswith(f"{kind} on ") and line in scored.output
@@ -86,7 +96,7 @@ def test_the_demo_models_learn(home):
     baseline and the detector's validation loss falls."""
     import pandas as pd
 
-    reports = run_demo(images=240, folds=2, echo=lambda _: None)  # each kind's demo epochs
+    reports = run_demo(images=240, folds=2, echo=lambda _: None)["shapes"]  # demo epochs
     classifier = reports["image_classifier"]
     assert classifier["mean"]["macro_f1"] > classifier["baseline"] + 0.3
     assert classifier["promotable"]
@@ -102,7 +112,8 @@ def test_the_demo_models_learn(home):
 
 @pytest.mark.slow
 def test_ui_shows_the_demo_runs_and_metadata(home):
-    report = run_demo(images=12, folds=2, epochs=1, echo=lambda _: None)["image_classifier"]
+    report = run_demo(images=12, folds=2, epochs=1, echo=lambda _: None)["shapes"]
+    report = report["image_classifier"]
     port = free_port()
     with dagster_dev(home, port):
         runs = graphql(port, "{ runsOrError { ... on Runs { results { jobName status } } } }")

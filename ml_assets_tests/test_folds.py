@@ -112,3 +112,17 @@ def test_fold_problems_finds_unassigned_images_and_leaking_content():
         "images_in_several_folds": 1,
         "contents_in_several_folds": 2,
     }
+
+
+def test_the_datasets_own_test_split_is_held_out_as_it_is():
+    labels = [[1], [2]] * 10
+    sha = [f"{i:064x}" for i in range(19)] + [f"{0:064x}"]  # the last image copies the first
+    ds = make_dataset(labels, sha)
+    ds.images["split"] = ["test"] + ["train"] * 15 + ["val"] * 3 + ["train"]
+    ds.images.loc[1:3, "split"] = "test"  # images 1 to 4 are the test split
+    folds = assign_folds(ds, k=2, seed=0).set_index("image_id")["fold"]
+    assert sorted(folds[folds == TEST_FOLD].index) == [1, 2, 3, 4, 20]  # 20 copies image 1
+    assert set(folds.drop([1, 2, 3, 4, 20])) == {0, 1}
+    with_fraction = assign_folds(ds, k=2, seed=0, test_fraction=0.25).set_index("image_id")
+    held = set(with_fraction.index[with_fraction["fold"] == TEST_FOLD])
+    assert {1, 2, 3, 4, 20} < held and len(held) > 5

@@ -168,7 +168,9 @@ def test_progress_is_one_line_per_epoch_in_the_run_log(ingested):
         if e.message and " epoch " in e.message and e.message.startswith("yolo_detector")
     ]
     assert len(messages) == 2
-    assert messages[0].startswith("yolo_detector epoch 1/2: ") and "left" in messages[0]
+    assert (
+        messages[0].startswith(f"yolo_detector {key} fold 0 epoch 1/2: ") and "left" in messages[0]
+    )
     assert "map50_95" in messages[1] and "box_loss" in messages[1]  # per-epoch validation
 
 

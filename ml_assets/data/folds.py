@@ -5,6 +5,11 @@ stratified with scikit-learn's ``StratifiedKFold`` when every image holds at mos
 with iterative stratification (``iterstrat``'s ``MultilabelStratifiedKFold``, Sechidis et al.
 2011) when images hold several; "no objects" counts as a class of its own so empty images spread
 evenly too. Deterministic for a seed.
+
+A dataset's own test split (images whose ``split`` is ``test`` or ``testing``, as COCO, YOLO, VOC
+and split image folders record it) is held out as it is, whatever the format: it never joins a
+fold, and the final model validates on it. Content found both in it and elsewhere stays with the
+test split, so no copy of a test image is trained on.
 """
 
 from __future__ import annotations
@@ -16,9 +21,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ml_assets.data.tables import Dataset
+from ml_assets.data.tables import Dataset, splits
 
 TEST_FOLD = -1
+TEST_SPLITS = frozenset({"test", "testing"})
 
 
 def _group_labels(ds: Dataset) -> tuple[pd.Series, pd.DataFrame]:
@@ -63,7 +69,8 @@ def assign_folds(
 ) -> pd.DataFrame:
     """Return ``image_id``, ``fold`` (0..k-1, or -1 for the held-out test split) per image.
 
-    With ``test_fraction`` > 0, about that share of images is held out first (stratified the
+    The dataset's own test split is held out (see the module docstring); with
+    ``test_fraction`` > 0, about that share of the other images is held out too (stratified the
     same way) and the k folds are made from the rest.
     """
     if k < 2:
@@ -72,11 +79,12 @@ def assign_folds(
         raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
     group_of_image, hot = _group_labels(ds)
     group_fold = np.full(len(hot), TEST_FOLD)
-    pool = np.arange(len(hot))
+    tested = splits(ds.images).str.lower().isin(TEST_SPLITS).to_numpy()
+    pool = np.setdiff1d(np.arange(len(hot)), group_of_image.to_numpy()[tested])
     if test_fraction > 0:
         parts = max(2, round(1 / test_fraction))
-        held_out = _split(hot, parts, seed) == 0
-        pool = np.flatnonzero(~held_out)
+        held_out = _split(hot.iloc[pool].reset_index(drop=True), parts, seed) == 0
+        pool = pool[~held_out]
     group_fold[pool] = _split(hot.iloc[pool].reset_index(drop=True), k, seed)
     fold = group_fold[group_of_image.to_numpy()]
     return pd.DataFrame({"image_id": group_of_image.index.to_numpy(), "fold": fold})

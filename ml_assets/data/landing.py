@@ -3,7 +3,7 @@
 Which datasets it holds (one rule for both):
 
 - The landing root **is one dataset** when it looks like an export: it has an annotation file at
-  its top (``annotations.json``, ``data.yaml``, ``result.json``, ``classes.txt``, ``obj.data``...),
+  its top (any ``*.json``, ``*.yaml``, ``*.xml``, ``classes.txt``, ``obj.data``...),
   a top-level folder named like a part or split of an export (``images``, ``labels``,
   ``annotations``, ``Annotations``, ``JPEGImages``, ``train``, ``val``...), or no folder at all.
   This is how the demo and older setups drop data straight into the landing root.
@@ -80,20 +80,12 @@ class Listing:
 
 
 def is_single(files: set[str], folders: set[str]) -> bool:
-    """The module's rule: is the landing root itself one dataset? The names are the readers'
-    own (imported here: they pull pandas, which ``ml-assets ingest`` does not need)."""
-    from ml_assets.data import coco, yolo
-    from ml_assets.data.layouts import export_part
+    """The module's rule: is the landing root itself one dataset? It is when it has no folder or
+    shows the signs of an export that an image folder's classes never show (the image-folder
+    reader's own rule, imported here: it pulls pandas, which ``ml-assets ingest`` does not need)."""
+    from ml_assets.data.imagefolder import export_signs
 
-    annotation_files = {
-        coco.ANNOTATION_FILE,
-        coco.LABEL_STUDIO_FILE,
-        yolo.YAML_FILE,
-        yolo.CLASSES_FILE,
-        yolo.DARKNET_DATA,
-        yolo.DARKNET_NAMES,
-    }
-    return not folders or bool(files & annotation_files) or any(export_part(f) for f in folders)
+    return not folders or bool(export_signs(files, folders))
 
 
 def split(url: str, items: list[Item], writing: set[str]) -> Listing:
@@ -307,6 +299,31 @@ def open_landing(location: str | Path, client_factory: Callable[[], Any] | None 
     return LocalFolder(Path(location))
 
 
+def register(landing: Landing, drop: Drop, store: Store, cache: HashCache | None = None) -> str:
+    """Register the dataset ``drop`` of ``landing`` as a version of the store; its key."""
+    return store.register(drop.url, landing.manifest(drop, store, cache or store.cache))
+
+
+def datasets(landing: Landing, name: str | None = None) -> list[Drop]:
+    """The datasets ``landing`` holds by the module's rule (only ``name`` when given), each with
+    visible files; a clear error when there are none, or no dataset is called ``name``."""
+    drops = [d for d in landing.listing().drops if d.items] if landing.exists() else []
+    if not drops:
+        raise ValueError(
+            f"the landing location {landing.url} holds no dataset: add one with "
+            "`ml-assets ingest PATH --name NAME`"
+        )
+    if name is None:
+        return drops
+    found = [d for d in drops if d.name == name]
+    if not found:
+        names = ", ".join(d.name or "(the landing root is one dataset)" for d in drops)
+        raise ValueError(
+            f"no dataset {name!r} in the landing location {landing.url}: it holds {names}"
+        )
+    return found
+
+
 @dataclass
 class Tick:
     """What one look at the landing location found: versions registered now (dataset, key),
@@ -351,8 +368,7 @@ def check(
             seen.append(f"{drop.label}: {size}, changed: waiting one tick for it to settle")
             continue
         cache = cache or store.cache
-        entries = landing.manifest(drop, store, cache)
-        key = store.register(drop.url, entries)
+        key = register(landing, drop, store, cache)
         new_cursor[drop.name] = [fingerprint, key]
         if known(key):
             seen.append(f"{drop.label}: {size}, version {key} is registered already")

@@ -13,6 +13,7 @@ Asset bodies call one pure function (``train.runs.train_fold``, ``evaluate.repor
 its result into metadata.
 """
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import dagster as dg
@@ -192,12 +193,27 @@ def train_partition(
     version: str,
     fold: int | None,
     config,
-) -> dg.MaterializeResult:
+) -> Iterator[dg.MaterializeResult]:
     """What every model asset does, a fold's (``fold``) or a version's final model
-    (``fold=None``): the device resource's overrides, ``train_fold`` in this process or under
-    torchrun, and the trained model's metadata."""
+    (``fold=None``): refuse a version that cannot teach the kind, else the device resource's
+    overrides, ``train_fold`` in this process or under torchrun, and the trained model's
+    metadata. A refused partition yields nothing: it stays unmaterialized, so nothing downstream
+    runs, and an observation on it says why (the assets take ``output_required=False``)."""
+    from ml_assets.train.kinds import refusal
     from ml_assets.train.runs import train_fold
 
+    ds = load_version(home, version)
+    reason = refusal(kind, ds)
+    if reason is not None:
+        context.log.warning(f"not trained: {reason}")
+        context.log_event(
+            dg.AssetObservation(
+                asset_key=context.asset_key,
+                partition=context.partition_key,
+                metadata={"not_trained": reason},
+            )
+        )
+        return
     device = training_device.torch_device()
     settings = config.model_copy(update=training_device.overrides(config))
     part = "final model" if fold is None else f"fold {fold}"
@@ -218,7 +234,6 @@ def train_partition(
         trained = train_with_torchrun(context, kind, home, (version, fold), settings, where)
     else:
         assignment, folds_digest = load_folds(home, version)
-        ds = load_version(home, version)
         trained = train_fold(
             kind,
             ds,
@@ -231,7 +246,7 @@ def train_partition(
             **where,
         )
     metadata = trained_metadata(trained, device) | {"processes": processes(settings)}
-    return dg.MaterializeResult(metadata=metadata)
+    yield dg.MaterializeResult(metadata=metadata)
 
 
 def train_with_torchrun(context, kind: ModelKind, home, partition, settings, where):
@@ -302,6 +317,7 @@ def build_pipeline(kind: ModelKind) -> KindPipeline:
         op_tags=GPU_OP_TAGS,
         automation_condition=TRAIN_ON_NEW_UPSTREAM,
         description=kind.description,
+        output_required=False,  # a version that cannot teach the kind is not trained
     )
     def model(
         context: dg.AssetExecutionContext,
@@ -309,9 +325,9 @@ def build_pipeline(kind: ModelKind) -> KindPipeline:
         home: MLAssetsHome,
         training_device: TrainingDevice,
         mlflow_tracking: MLflowTracking,
-    ) -> dg.MaterializeResult:
+    ):
         version, fold = version_fold(context)
-        return train_partition(
+        yield from train_partition(
             context, kind, home, training_device, mlflow_tracking, version, fold, config
         )
 

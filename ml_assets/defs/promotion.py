@@ -76,13 +76,14 @@ def build_promotion(kind: ModelKind, report: dg.AssetsDefinition):
         automation_condition=TRAIN_ON_NEW_UPSTREAM,
         description=f"{kind.name} trained on every fold of a version (validated on its test "
         "split when there is one) with the configuration its cross-validation used.",
+        output_required=False,  # a version that cannot teach the kind is not trained
     )
     def final(
         context: dg.AssetExecutionContext,
         home: MLAssetsHome,
         training_device: TrainingDevice,
         mlflow_tracking: MLflowTracking,
-    ) -> dg.MaterializeResult:
+    ):
         from ml_assets.train.runs import cross_validated_config
 
         version = context.partition_key
@@ -90,7 +91,7 @@ def build_promotion(kind: ModelKind, report: dg.AssetsDefinition):
         config = cross_validated_config(
             kind, [home.model_dir(kind.name, version, f) for f in folds]
         )
-        return train_partition(
+        yield from train_partition(
             context, kind, home, training_device, mlflow_tracking, version, None, config
         )
 

@@ -34,7 +34,14 @@ from pydantic import Field
 
 from ml_assets.data.atomic import atomic_dir, atomic_path
 from ml_assets.data.tables import Dataset
-from ml_assets.train.kinds import EpochCallback, FitResult, KindConfig, Scores, class_list
+from ml_assets.train.kinds import (
+    EpochCallback,
+    FitResult,
+    KindConfig,
+    Learns,
+    Scores,
+    class_list,
+)
 
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -840,6 +847,7 @@ class ImageClassifier:
     primary_metric = "macro_f1"
     promotion_floor = 0.5
     inputs: tuple[str, ...] = ()
+    learns = Learns("labels")  # object crops, or whole images of an image folder
     distributed = "torchrun"  # fit_loop trains with DDP when torchrun started it
     tags = frozenset({"pytorch", "mlflow"})
     description = (

@@ -31,7 +31,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from ml_assets.data.atomic import write_bytes
-from ml_assets.data.tables import Dataset
+from ml_assets.data.tables import Dataset, has_masks, task_of
 
 # Called after every epoch with (epoch, epochs, row): row holds the epoch's numbers (losses,
 # validation metrics, "seconds"). The callback may raise to stop training (the checkpoint of
@@ -93,6 +93,39 @@ class Scores:
     plots: dict[str, bytes] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Learns:
+    """What a kind learns from (``ModelKind.learns``): ``labels`` is ``"boxes"`` (objects with
+    their place: an image folder's whole-image labels are not boxes), ``"masks"`` (polygons or RLE
+    masks) or ``"labels"`` (one class per image or per object crop: any labelled set), and the
+    least number of classes with labels that it can tell apart."""
+
+    labels: str
+    min_classes: int = 2
+
+
+LABELS = {"boxes": "boxes", "masks": "masks (polygons or RLE)", "labels": "labelled images"}
+
+
+def refusal(kind: ModelKind, ds: Dataset) -> str | None:
+    """Why ``kind`` cannot learn from ``ds``, in one line; None when it can. The one rule every
+    path asks (the model assets before training, the demo before launching)."""
+    learns, task = kind.learns, task_of(ds)
+    wants = f"{kind.name} learns from {LABELS[learns.labels]}"
+    if learns.labels == "boxes" and task == "classify":
+        return f"{wants}; this version is a classification set (one whole-image label per image)"
+    if learns.labels == "masks" and not has_masks(ds.annotations):
+        return f"{wants}; this version has no masks ({task} labels)"
+    used = ds.annotations["category_id"].unique()
+    if len(used) < learns.min_classes:
+        names = ", ".join(sorted(ds.category_names.get(c, str(c)) for c in used)) or "none"
+        return (
+            f"{wants} of at least {learns.min_classes} classes; this version has labels of "
+            f"{len(used)} ({names})"
+        )
+    return None
+
+
 class ModelKind(Protocol):
     name: str  # the model asset, e.g. "image_classifier"
     evaluation_name: str  # e.g. "classifier_evaluation"
@@ -103,6 +136,7 @@ class ModelKind(Protocol):
     promotion_floor: float  # default least mean primary metric the promotion gate asks for
     # Dataset exports the kind trains from (asset names such as "yolo_dataset"), besides folds.
     inputs: tuple[str, ...]
+    learns: Learns  # what it needs in a version's labels (see :func:`refusal`)
     tags: frozenset[str]  # Dagster kinds shown on the assets: "pytorch", "ultralytics", ...
     description: str
     # Several processes (nproc_per_node * nnodes > 1): "torchrun" when fit trains with DDP under

@@ -33,7 +33,14 @@ from ml_assets.data.atomic import atomic_dir
 from ml_assets.data.tables import Dataset
 from ml_assets.train import classifier as timm_recipe
 from ml_assets.train.base_models import describe_base_model, snapshot_hash
-from ml_assets.train.kinds import EpochCallback, FitResult, KindConfig, Scores, class_list
+from ml_assets.train.kinds import (
+    EpochCallback,
+    FitResult,
+    KindConfig,
+    Learns,
+    Scores,
+    class_list,
+)
 
 META = "lora.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -277,6 +284,7 @@ class LoraClassifier:
     primary_metric = "macro_f1"
     promotion_floor = 0.5
     inputs: tuple[str, ...] = ("base_model",)
+    learns = Learns("labels")  # object crops, or whole images of an image folder
     tags = frozenset({"pytorch", "mlflow"})
     description = (
         "A LoRA adapter (PEFT) and a new head on a transformers vision backbone (the base_model "

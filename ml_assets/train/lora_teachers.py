@@ -51,7 +51,14 @@ from ml_assets.data.atomic import atomic_dir, atomic_path
 from ml_assets.data.tables import Dataset
 from ml_assets.train.base_models import snapshot_hash
 from ml_assets.train.classifier import CHECKPOINT, check_known, trained_state
-from ml_assets.train.kinds import EpochCallback, FitResult, KindConfig, Scores, class_list
+from ml_assets.train.kinds import (
+    EpochCallback,
+    FitResult,
+    KindConfig,
+    Learns,
+    Scores,
+    class_list,
+)
 from ml_assets.train.lora import META, adapter_megabytes, base_of, read_meta
 
 TINY_SIDE = 64  # input side of the tiny teachers
@@ -928,6 +935,7 @@ class LoraDetector(_LoraTeacherKind):
     report_name = "lora_detector_report"
     gate_name = "lora_detector_promotable"
     config_class = LoraDetectorConfig
+    learns = Learns("boxes")
     primary_metric = "AP"
     promotion_floor = 0.1
     description = (
@@ -979,6 +987,7 @@ class LoraSegmenter(_LoraTeacherKind):
     report_name = "lora_segmenter_report"
     gate_name = "lora_segmenter_promotable"
     config_class = LoraSegmenterConfig
+    learns = Learns("masks", min_classes=1)  # box prompts to masks: one class is enough
     primary_metric = "mask_iou"
     promotion_floor = 0.5
     description = (

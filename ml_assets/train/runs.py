@@ -11,6 +11,7 @@ model folder atomically.
 from __future__ import annotations
 
 import contextlib
+import logging
 import shutil
 import time
 from collections.abc import Callable
@@ -53,9 +54,14 @@ class TrainedFold:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+PROGRESS_LOGGER = "ml_assets.progress"
+
+
 class Progress:
-    """The per-epoch callback: one line per epoch (epoch i/n, numbers, elapsed, time left) to
-    ``log``, and the epoch's numbers to MLflow when a run is active."""
+    """The per-epoch callback: one line per epoch (what trains, epoch i/n, numbers, elapsed,
+    time left) to ``log`` (the run's log) and to the Python logger ``ml_assets.progress``
+    (which has no handler unless a command that trains gives it one: the terminal), and the
+    epoch's numbers to MLflow when a run is active."""
 
     def __init__(self, log: Callable[[str], None], name: str, track: bool) -> None:
         self.log, self.name, self.track = log, name, track
@@ -69,10 +75,12 @@ class Progress:
         done = epoch - self.first + 1
         left = elapsed / done * (epochs - epoch)
         numbers = " ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "seconds")
-        self.log(
+        line = (
             f"{self.name} epoch {epoch}/{epochs}: {numbers}, "
             f"elapsed {elapsed:.0f}s, about {left:.0f}s left"
         )
+        self.log(line)
+        logging.getLogger(PROGRESS_LOGGER).info(line)
         if self.track:
             import mlflow
 
@@ -140,7 +148,8 @@ def train_fold(
             mlflow.log_params(
                 {**config.model_dump(), "device": str(device), "train_images": len(train_ids)}
             )
-        progress = Progress(log, kind.name, track=run is not None)
+        part = "final" if fold is None else f"fold {fold}"
+        progress = Progress(log, f"{kind.name} {version} {part}", track=run is not None)
         fit = kind.fit(ds, train_ids, val_ids, config, device, run_dir, progress, inputs)
         if fit.resumed_from:
             log(f"{kind.name}: resumed at epoch {fit.resumed_from} from {run_dir}")

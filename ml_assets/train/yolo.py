@@ -50,6 +50,7 @@ from ml_assets.train.kinds import (
     EpochCallback,
     FitResult,
     KindConfig,
+    Learns,
     Scores,
     class_list,
 )
@@ -165,6 +166,7 @@ class YoloDetector:
     primary_metric = "AP"  # COCO mAP@[.5:.95], exact (ml_assets.evaluate.coco)
     promotion_floor = 0.1  # mAP50-95; the demo's from-scratch yolov8n reaches about 0.17
     inputs = (INPUT,)
+    learns = Learns("boxes")
     distributed = "self"  # ultralytics runs its own DDP over a device list
     tags = frozenset({"pytorch", "ultralytics", "mlflow"})
     description = "An ultralytics YOLO detector, trained on every fold but this one."
