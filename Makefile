@@ -87,6 +87,7 @@ bench: setup
 	$(PY) benchmarks/training.py
 	$(PY) benchmarks/lora.py
 	$(PY) benchmarks/scale.py
+	$(PY) benchmarks/store.py
 
 clean:
 	rm -rf $(ML_ASSETS_HOME)

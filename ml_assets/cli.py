@@ -324,3 +324,13 @@ def coco_eval(ground_truth: Path, detections: Path, as_json: bool) -> None:
     click.echo(f"\n{'class':<24} {'AP':>7} {'AP50':>7} {'boxes':>7} {'detections':>10}")
     for c in metrics.classes:
         click.echo(f"{c.name:<24} {c.ap:7.4f} {c.ap50:7.4f} {c.ground_truth:>7} {c.detections:>10}")
+
+
+def register_groups() -> None:
+    """Command groups that live in modules of their own."""
+    from ml_assets.store_cli import store
+
+    main.add_command(store)
+
+
+register_groups()

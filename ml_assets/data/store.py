@@ -43,11 +43,16 @@ class Entry:
     size: int
 
 
-def hash_file(path: Path) -> str:
+def hash_file(path: Path | str) -> str:
+    # os.read on a descriptor: without a buffered file object, a small file costs half as much
+    # (benchmarks/store.py, store verify); hashlib releases the GIL while it hashes a chunk.
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        while chunk := os.read(fd, CHUNK):
             digest.update(chunk)
+    finally:
+        os.close(fd)
     return digest.hexdigest()
 
 
@@ -209,8 +214,10 @@ class Store:
         return self.root / "versions" / key
 
     def files_dir(self, key: str) -> Path:
-        """The read-only snapshot of version ``key``: the dataset as it landed."""
-        return self.version_dir(key) / "files"
+        """The read-only snapshot of version ``key``: the dataset as it landed (refused with
+        :class:`VersionCollectedError` once ``ml-assets store gc`` collected the version)."""
+        self.refuse_collected(key)
+        return self.version_dir(key) / SNAPSHOT
 
     def manifest_path(self, key: str) -> Path:
         return self.version_dir(key) / "manifest.json"
@@ -232,6 +239,7 @@ class Store:
         return key
 
     def manifest(self, key: str) -> list[Entry]:
+        self.refuse_collected(key)
         path = self.manifest_path(key)
         if not path.exists():
             raise KeyError(f"dataset version {key} is not registered (no {path})")
@@ -304,3 +312,31 @@ class Store:
             for e in entries:
                 link_or_copy(self.object_path(e.sha256), tmp / e.path)
         return IngestStats(len(entries), sum(e.size for e in entries), new, len(entries) - new)
+
+    def collected(self, key: str) -> dict | None:
+        """The record ``ml-assets store gc`` left when it collected version ``key``, else None."""
+        path = self.version_dir(key) / TOMBSTONE
+        return orjson.loads(path.read_bytes()) if path.exists() else None
+
+    def refuse_collected(self, key: str) -> None:
+        """Raise :class:`VersionCollectedError` naming what was removed and when, if it was."""
+        record = self.collected(key)
+        if record is not None:
+            raise VersionCollectedError(
+                f"dataset version {key} was collected by `ml-assets store gc` at "
+                f"{record['collected_at']} ({record['reason']}): removed "
+                f"{', '.join(record['removed'])} and the objects no other version uses. To use "
+                f"it again, delete {self.version_dir(key) / TOMBSTONE} and materialize "
+                "raw_dataset for it: the files are copied again from its landing location, if "
+                "they are still there"
+            )
+
+
+# The store over time (ml_assets.data.retention): a version's snapshot folder, and the record
+# left in its folder when it was collected (its manifest stays, as the record of what it held).
+SNAPSHOT = "files"
+TOMBSTONE = "collected.json"
+
+
+class VersionCollectedError(ValueError):
+    """A dataset version whose files ``ml-assets store gc`` removed."""
