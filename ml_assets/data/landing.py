@@ -129,8 +129,11 @@ class LocalFolder:
         """Copy the folder ``src`` to ``<root>/<name>`` under a hidden name, then rename it."""
         from ml_assets.data.atomic import atomic_dir
 
+        def needs() -> int:  # what the copy takes, counted when the disk is full
+            return sum(entry.stat().st_size for _, entry in walk(src))
+
         self.root.mkdir(parents=True, exist_ok=True)
-        with atomic_dir(self.root / name, overwrite=replace) as tmp:
+        with atomic_dir(self.root / name, overwrite=replace, needs=needs) as tmp:
             shutil.copytree(src, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".*"))
 
 

@@ -25,7 +25,7 @@ from typing import BinaryIO
 
 import orjson
 
-from ml_assets.data.atomic import atomic_dir, link_or_copy, write_bytes
+from ml_assets.data.atomic import atomic_dir, link_or_copy, out_of_space, write_bytes
 
 KEY_LENGTH = 12
 CHUNK = 1 << 20
@@ -259,7 +259,11 @@ class Store:
         fd, tmp = tempfile.mkstemp(prefix=".put.", dir=objects)
         try:
             # The temporary file first: it is closed even when opening the source fails.
-            with os.fdopen(fd, "wb") as dst, open_source(source) as src:
+            with (
+                out_of_space(objects, temporary=Path(tmp)),
+                os.fdopen(fd, "wb") as dst,
+                open_source(source) as src,
+            ):
                 while chunk := src.read(CHUNK):
                     digest.update(chunk)
                     dst.write(chunk)
@@ -299,13 +303,19 @@ class Store:
         """
         landing = str(landing) if landing else self.landing_of(key)
         entries = self.manifest(key)
-        if is_url(landing):
-            from ml_assets.data.landing import S3Folder
 
-            folder = S3Folder.from_url(landing, s3_client)
-            new = sum(self.put(folder.opener(e.path), e.sha256) for e in entries)
-        else:
-            new = sum(self.put(Path(landing) / e.path, e.sha256) for e in entries)
+        def missing() -> int:  # what is left to store, counted when the disk is full
+            wanted = {e.sha256: e.size for e in entries}
+            return sum(n for sha, n in wanted.items() if not self.object_path(sha).exists())
+
+        with out_of_space(self.root / "objects", needs=missing):
+            if is_url(landing):
+                from ml_assets.data.landing import S3Folder
+
+                folder = S3Folder.from_url(landing, s3_client)
+                new = sum(self.put(folder.opener(e.path), e.sha256) for e in entries)
+            else:
+                new = sum(self.put(Path(landing) / e.path, e.sha256) for e in entries)
         files = self.files_dir(key)
         # Another run may build the same snapshot at the same time: either result is the same.
         with contextlib.suppress(FileExistsError), atomic_dir(files) as tmp:
