@@ -174,12 +174,20 @@ class MLflowTracking(dg.ConfigurableResource):
         description="Where a local store keeps artifacts: empty means <home>/mlflow/artifacts; "
         "an s3://bucket/prefix puts them on S3 (endpoint and keys from the AWS environment)",
     )
+    ui_url: str = Field(
+        default="",
+        description="Address of the MLflow UI that links open; empty means the tracking "
+        "server's URI when it is http(s), else $ML_ASSETS_MLFLOW_UI (the Makefile sets it from "
+        "MLFLOW_PORT), else mlflow ui's default address",
+    )
     enabled: bool = Field(default=True, description="Track training runs in MLflow")
 
     def tracking(self, local_folder: Path):
+        """Where runs go and the UI address their links use, read from the settings and the
+        environment now; None when tracking is off."""
         import os
 
-        from ml_assets.train.tracking import Tracking
+        from ml_assets.train.tracking import Tracking, ui_address
 
         if not self.enabled:
             return None
@@ -187,4 +195,5 @@ class MLflowTracking(dg.ConfigurableResource):
         # it would carry one home's store into the next run of the same process.
         uri = self.mlflow_tracking_uri or os.environ.get("ML_ASSETS_MLFLOW_URI", "")
         artifacts = self.artifact_root or os.environ.get("ML_ASSETS_MLFLOW_ARTIFACTS", "")
-        return Tracking(uri) if uri else Tracking.local(local_folder, artifacts)
+        ui = ui_address(self.ui_url, uri)
+        return Tracking(uri, ui=ui) if uri else Tracking.local(local_folder, artifacts, ui)

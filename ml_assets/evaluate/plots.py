@@ -123,3 +123,20 @@ def boxes_png(samples: list[dict], title: str, columns: int = 2) -> bytes:
             ax.text(x, y, label, color="white", fontsize=6, va="bottom", backgroundcolor="red")
     fig.suptitle(f"{title} (dashed green: truth, red: predicted)", fontsize="small")
     return png_bytes(fig)
+
+
+def histograms_png(values: dict[str, np.ndarray], title: str, xlabel: str) -> bytes:
+    """Overlaid histograms over [0, 1], one per named set of values (a model against its
+    baseline)."""
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    bins = np.linspace(0.0, 1.0, 21)
+    for name, numbers in values.items():
+        ax.hist(np.asarray(numbers, float), bins=bins, alpha=0.5, edgecolor="black", label=name)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("count")
+    ax.set_title(title)
+    if values:
+        ax.legend(loc="upper left", fontsize="small")
+    return png_bytes(fig)
