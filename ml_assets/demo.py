@@ -107,6 +107,7 @@ def run_pipeline(
     os.environ["ML_ASSETS_FOLDS"] = str(folds)  # read when the definitions load, just below
 
     from ml_assets.definitions import defs
+    from ml_assets.definitions import kinds as deployed
     from ml_assets.defs.partitions import fold_partitions
     from ml_assets.train.registry import kind
 
@@ -116,6 +117,13 @@ def run_pipeline(
             f"before the demo could ask for {folds}: set ML_ASSETS_FOLDS={folds}"
         )
     kinds = [kind(name) for name in models]
+    absent = [k.name for k in kinds if k.name not in {d.name for d in deployed}]
+    if absent:
+        raise ValueError(
+            f"the code location builds only {', '.join(d.name for d in deployed)} "
+            f"(ML_ASSETS_KINDS={os.environ.get('ML_ASSETS_KINDS', '')}), not {', '.join(absent)}: "
+            "set ML_ASSETS_KINDS to the kinds you train (make sets it from MODELS)"
+        )
     home = runtime.home()
     landing = the_landing()
     drops = datasets(landing, dataset)

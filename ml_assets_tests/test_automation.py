@@ -6,7 +6,7 @@ import shutil
 import dagster as dg
 
 from ml_assets.definitions import defs
-from ml_assets.defs import automation, datasets
+from ml_assets.defs import automation, datasets, exports
 from ml_assets.defs.partitions import dataset_versions
 from ml_assets.defs.resources import MLAssetsHome
 
@@ -169,9 +169,10 @@ def test_the_cursor_of_the_one_dataset_sensor_reads_as_a_first_look(landed):
             assert "the landing root: 13 files, changed" in result.skip_reason.skip_message
 
 
-def test_a_new_base_model_snapshot_retrains_nothing_by_itself(landed):
-    """base_model is unpartitioned: plain eager() would make every LoRA model of every
-    version due whenever any base model is snapshotted again."""
+def test_lora_models_wait_for_a_base_model_and_a_new_snapshot_retrains_nothing(landed):
+    """A LoRA kind is not requested while no base model was snapshotted (it could not
+    succeed); base_model is unpartitioned, so a new snapshot of some base model must not make
+    every LoRA model of every version due (the model's fingerprint names its snapshot)."""
     landing, home = landed
     models = dg.AssetSelection.assets("lora_classifier", "lora_classifier_final")
     with dg.instance_for_test() as instance:
@@ -183,8 +184,14 @@ def test_a_new_base_model_snapshot_retrains_nothing_by_itself(landed):
         assert dg.materialize(
             INGEST, partition_key=key, resources={"home": home}, instance=instance
         ).success
-        new = dg.evaluate_automation_conditions(
+        waiting = dg.evaluate_automation_conditions(
             defs=defs, instance=instance, asset_selection=models, cursor=idle.cursor
+        )
+        assert waiting.total_requested == 0  # no base model yet
+        snapshot = {"dagster/data_version": "vit=abc"}
+        instance.report_runless_asset_event(dg.AssetMaterialization("base_model", tags=snapshot))
+        new = dg.evaluate_automation_conditions(
+            defs=defs, instance=instance, asset_selection=models, cursor=waiting.cursor
         )
         requested = new.get_requested_partitions(dg.AssetKey("lora_classifier"))
         assert requested == {f"0|{key}", f"1|{key}"}  # new data: every fold trains
@@ -192,8 +199,137 @@ def test_a_new_base_model_snapshot_retrains_nothing_by_itself(landed):
             instance.report_runless_asset_event(
                 dg.AssetMaterialization("lora_classifier", partition=partition)
             )
-        instance.report_runless_asset_event(dg.AssetMaterialization("base_model"))
+        another = {"dagster/data_version": "vit=abc,vit-large=def"}
+        instance.report_runless_asset_event(dg.AssetMaterialization("base_model", tags=another))
         after = dg.evaluate_automation_conditions(
             defs=defs, instance=instance, asset_selection=models, cursor=new.cursor
         )
         assert after.get_requested_partitions(dg.AssetKey("lora_classifier")) == set()
+
+
+def test_folds_materialized_again_identically_retrain_nothing(tmp_path, tiny_sample):
+    """The retraining storm a user met: re-materializing folds with the same data and seed made
+    every fold of every kind due. Now only a changed fold assignment makes a version's models
+    due, and only that version's."""
+    landing = tmp_path / "landing"
+    shutil.copytree(tiny_sample, landing / "a")
+    shutil.copytree(tiny_sample, landing / "b")
+    (landing / "b" / "NOTES.txt").write_text("another file: another version")
+    home = MLAssetsHome(root=str(tmp_path / "home"), landing=str(landing))
+    models = dg.AssetSelection.assets("image_classifier", "yolo_detector")
+    with dg.instance_for_test() as instance:
+        a, b = (home.store.register(landing / name) for name in "ab")
+        instance.add_dynamic_partitions(dataset_versions.name, [a, b])
+        cursor = dg.evaluate_automation_conditions(
+            defs=defs, instance=instance, asset_selection=models
+        ).cursor
+        for key in (a, b):
+            assert dg.materialize(
+                [*INGEST, exports.yolo_dataset],
+                partition_key=key,
+                resources={"home": home},
+                instance=instance,
+            ).success
+        first = dg.evaluate_automation_conditions(
+            defs=defs, instance=instance, asset_selection=models, cursor=cursor
+        )
+        every = {f"{f}|{v}" for f in "01" for v in (a, b)}
+        for asset in ("image_classifier", "yolo_detector"):
+            assert first.get_requested_partitions(dg.AssetKey(asset)) == every
+        for asset in ("image_classifier", "yolo_detector"):  # as if they trained
+            for partition in every:
+                instance.report_runless_asset_event(
+                    dg.AssetMaterialization(
+                        asset, partition=partition, tags={"dagster/data_version": partition}
+                    )
+                )
+        settled = dg.evaluate_automation_conditions(
+            defs=defs, instance=instance, asset_selection=models, cursor=first.cursor
+        )
+        assert settled.total_requested == 0
+
+        same = dg.materialize(
+            [datasets.folds, datasets.folds_are_disjoint],
+            partition_key=a,
+            resources={"home": home},
+            instance=instance,
+            selection=[datasets.folds],
+        )
+        assert same.success
+        again = dg.evaluate_automation_conditions(
+            defs=defs, instance=instance, asset_selection=models, cursor=settled.cursor
+        )
+        assert again.total_requested == 0  # the same assignment: nothing is due
+
+        reseeded = dg.materialize(
+            [datasets.folds, datasets.folds_are_disjoint],
+            partition_key=a,
+            resources={"home": home},
+            instance=instance,
+            run_config={"ops": {"folds": {"config": {"seed": 7}}}},
+        )
+        assert reseeded.success
+        changed = dg.evaluate_automation_conditions(
+            defs=defs, instance=instance, asset_selection=models, cursor=again.cursor
+        )
+        for asset in ("image_classifier", "yolo_detector"):
+            assert changed.get_requested_partitions(dg.AssetKey(asset)) == {f"0|{a}", f"1|{a}"}
+
+
+def test_a_new_code_version_of_a_kind_retrains_its_models_only(landed):
+    """A kind's code version (its ``version`` and default configuration) changed: every
+    partition of its models is due, other kinds' are not."""
+    import copy
+
+    from ml_assets.defs.models import build_pipeline
+    from ml_assets.train.classifier import IMAGE_CLASSIFIER
+    from ml_assets.train.yolo import YOLO_DETECTOR
+
+    def location(*kinds) -> dg.Definitions:
+        pipelines = [build_pipeline(k) for k in kinds]
+        return dg.Definitions(
+            assets=[
+                *dg.load_assets_from_modules([datasets, exports]),
+                *(a for p in pipelines for a in p.assets),
+            ],
+            asset_checks=[
+                *dg.load_asset_checks_from_modules([datasets]),
+                *(c for p in pipelines for c in p.checks),
+            ],
+            resources=defs.resources,
+        )
+
+    changed = copy.copy(IMAGE_CLASSIFIER)
+    changed.version = "2"
+    before, after = location(IMAGE_CLASSIFIER, YOLO_DETECTOR), location(changed, YOLO_DETECTOR)
+    models = dg.AssetSelection.assets("image_classifier", "yolo_detector")
+    landing, home = landed
+    with dg.instance_for_test() as instance:
+        key = home.store.register(landing)
+        instance.add_dynamic_partitions(dataset_versions.name, [key])
+        assert dg.materialize(
+            [*INGEST, exports.yolo_dataset],
+            partition_key=key,
+            resources={"home": home},
+            instance=instance,
+        ).success
+        for asset in ("image_classifier", "yolo_detector"):
+            for fold in "01":
+                instance.report_runless_asset_event(
+                    dg.AssetMaterialization(asset, partition=f"{fold}|{key}")
+                )
+        settled = dg.evaluate_automation_conditions(
+            defs=before, instance=instance, asset_selection=models
+        )
+        quiet = dg.evaluate_automation_conditions(
+            defs=before, instance=instance, asset_selection=models, cursor=settled.cursor
+        )
+        assert quiet.total_requested == 0
+        new = dg.evaluate_automation_conditions(
+            defs=after, instance=instance, asset_selection=models, cursor=quiet.cursor
+        )
+        assert new.get_requested_partitions(dg.AssetKey("image_classifier")) == {
+            f"0|{key}",
+            f"1|{key}",
+        }
+        assert new.get_requested_partitions(dg.AssetKey("yolo_detector")) == set()

@@ -125,7 +125,13 @@ def read_folds(path: Path, k: int) -> tuple[pd.DataFrame, str]:
         raise ValueError(
             f"{path}: folds {made} do not match k={k} (ML_ASSETS_FOLDS); rematerialize folds"
         )
-    return assignment, hashlib.sha256(data).hexdigest()[:12]
+    return assignment, assignment_digest(data)
+
+
+def assignment_digest(data: bytes) -> str:
+    """The digest of a stored fold assignment (its parquet bytes): what models, evaluations
+    and reports record, and the ``folds`` asset's data version."""
+    return hashlib.sha256(data).hexdigest()[:12]
 
 
 def training_ids(assignment: pd.DataFrame, fold: int | None) -> list[int]:

@@ -211,6 +211,21 @@ def save_tables(ds: Dataset, folder: Path) -> Path:
     return Path(folder)
 
 
+TABLE_FILES = ("images.parquet", "annotations.parquet", "categories.parquet", DATASET_FILE)
+
+
+def tables_digest(folder: Path) -> str:
+    """A short digest of the tables ``save_tables`` wrote in ``folder``: equal tables give equal
+    bytes, so the same digest (the ``annotations`` asset's data version)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in TABLE_FILES:
+        path = Path(folder) / name
+        digest.update(path.read_bytes() if path.exists() else b"")
+    return digest.hexdigest()[:16]
+
+
 def load_tables(folder: Path, root: Path | None = None) -> Dataset:
     """Read tables written by :func:`save_tables`; ``root`` is where image files resolve."""
     import orjson

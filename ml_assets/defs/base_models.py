@@ -52,4 +52,5 @@ def base_model(config: BaseModelConfig, home: MLAssetsHome) -> dg.MaterializeRes
         }
     table = pd.DataFrame(records)[["name", "hash", "model_type", "parameters", "size_bytes"]]
     metadata["table"] = dg.MetadataValue.md(table.to_markdown(index=False))
-    return dg.MaterializeResult(metadata=metadata)
+    snapshots = sorted(f"{r['name']}={r['hash']}" for r in records)
+    return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(",".join(snapshots)))

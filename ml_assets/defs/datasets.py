@@ -10,11 +10,12 @@ from pydantic import Field
 from ml_assets.data.folds import (
     TEST_FOLD,
     assign_folds,
+    assignment_digest,
     fold_histograms,
     fold_problems,
     read_folds,
 )
-from ml_assets.data.tables import Dataset, load_tables, save_tables
+from ml_assets.data.tables import Dataset, load_tables, save_tables, tables_digest
 from ml_assets.defs.partitions import (
     blocking_checks,
     checked_partition,
@@ -67,6 +68,7 @@ def raw_dataset(context: dg.AssetExecutionContext, home: MLAssetsHome) -> dg.Mat
     stats = home.store.ingest(version, s3_client=home.s3_client)
     files = home.store.files_dir(version)
     return dg.MaterializeResult(
+        data_version=dg.DataVersion(version),  # the version key is the content's hash
         metadata={
             "files": stats.files,
             "bytes": stats.bytes,
@@ -75,7 +77,7 @@ def raw_dataset(context: dg.AssetExecutionContext, home: MLAssetsHome) -> dg.Mat
             "format": detect_format(files),
             "path": dg.MetadataValue.path(str(files)),
             "manifest": dg.MetadataValue.path(str(home.store.manifest_path(version))),
-        }
+        },
     )
 
 
@@ -128,6 +130,7 @@ def annotations(context: dg.AssetExecutionContext, home: MLAssetsHome) -> dg.Mat
         for part, number in (value.items() if isinstance(value, dict) else [("", value)])
     }
     return dg.MaterializeResult(
+        data_version=dg.DataVersion(tables_digest(folder)),
         metadata={
             **numbers,
             "boxes_from_masks": int(ds.attrs.get("boxes_from_masks", 0)),
@@ -135,7 +138,7 @@ def annotations(context: dg.AssetExecutionContext, home: MLAssetsHome) -> dg.Mat
             "class_histogram": md_table(histogram.to_frame()),
             "summary_plot": dg.MetadataValue.md(markdown_image(summary_plot_png(ds), "summary")),
             "path": dg.MetadataValue.path(str(folder)),
-        }
+        },
     )
 
 
@@ -151,7 +154,10 @@ def annotations(context: dg.AssetExecutionContext, home: MLAssetsHome) -> dg.Mat
     )
 )
 def annotations_checks(context: dg.AssetCheckExecutionContext, home: MLAssetsHome):
-    ds = load_version(home, checked_partition(context))
+    version = checked_partition(context)
+    if version is None:
+        return
+    ds = load_version(home, version)
     if selected(context, "annotations_schema"):
         yield schema_check(ds)
     if selected(context, "annotations_findings"):
@@ -225,9 +231,12 @@ def folds(
     k = len(fold_partitions.get_partition_keys())
     assignment = assign_folds(ds, k=k, seed=config.seed, test_fraction=config.test_fraction)
     path = home.folds_path(version)
-    write_bytes(path, assignment.to_parquet(index=False))
+    data = assignment.to_parquet(index=False)
+    write_bytes(path, data)
     sizes = assignment["fold"].value_counts().sort_index()
+    # The same assignment (same data, seed and k) is the same data version: nothing is due.
     return dg.MaterializeResult(
+        data_version=dg.DataVersion(assignment_digest(data)),
         metadata={
             "k": k,
             "seed": config.seed,
@@ -237,7 +246,7 @@ def folds(
             "images_per_fold": md_table(sizes.rename("images").to_frame()),
             "objects_per_class_and_fold": md_table(fold_histograms(ds, assignment)),
             "path": dg.MetadataValue.path(str(path)),
-        }
+        },
     )
 
 
@@ -246,15 +255,20 @@ def load_folds(home: MLAssetsHome, version: str) -> tuple[pd.DataFrame, str]:
     return read_folds(home.folds_path(version), len(fold_partitions.get_partition_keys()))
 
 
-@dg.asset_check(
-    asset=folds,
-    partitions_def=dataset_versions,
-    blocking=True,
-    description="Every image has exactly one fold and no image content sits in two folds.",
+@dg.multi_asset_check(
+    **blocking_checks(
+        folds,
+        {
+            "folds_are_disjoint": "Every image has exactly one fold and no image content sits in "
+            "two folds."
+        },
+    )
 )
-def folds_are_disjoint(
-    context: dg.AssetCheckExecutionContext, home: MLAssetsHome
-) -> dg.AssetCheckResult:
+def folds_are_disjoint(context: dg.AssetCheckExecutionContext, home: MLAssetsHome):
     version = checked_partition(context)
+    if version is None:
+        return
     problems = fold_problems(load_version(home, version).images, load_folds(home, version)[0])
-    return dg.AssetCheckResult(passed=not any(problems.values()), metadata=problems)
+    yield dg.AssetCheckResult(
+        check_name="folds_are_disjoint", passed=not any(problems.values()), metadata=problems
+    )

@@ -19,6 +19,14 @@ READ_BY = {
 }
 
 
+def tables_version(home: MLAssetsHome, version: str, what: str) -> dg.DataVersion:
+    """The data version of something written from a version's tables alone (an export, the
+    shards): its kind and the tables' digest."""
+    from ml_assets.data.tables import tables_digest
+
+    return dg.DataVersion(f"{what}-{tables_digest(home.tables_dir(version))}")
+
+
 def count_links(folder: Path) -> tuple[int, int]:
     """(files in ``folder``, how many share their data with another path: the store's copy)."""
     total = linked = 0
@@ -46,13 +54,14 @@ def export_asset(fmt: str) -> dg.AssetsDefinition:
         folder = write_dataset(ds, home.export_dir(fmt, version), fmt, overwrite=True)
         files, linked = count_links(folder)
         return dg.MaterializeResult(
+            data_version=tables_version(home, version, fmt),
             metadata={
                 "images": len(ds.images),
                 "annotations": len(ds.annotations),
                 "files": files,
                 "hard_linked_files": linked,
                 "path": dg.MetadataValue.path(str(folder)),
-            }
+            },
         )
 
     return _export

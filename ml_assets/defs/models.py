@@ -15,6 +15,7 @@ its result into metadata.
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import dagster as dg
 import pandas as pd
@@ -32,7 +33,6 @@ from ml_assets.defs.partitions import (
 )
 from ml_assets.defs.resources import MLAssetsHome, MLflowTracking, TrainingDevice
 from ml_assets.defs.shards import SHARDS
-from ml_assets.evaluate.plots import markdown_image
 from ml_assets.hygiene import training_run_tags
 from ml_assets.train.distributed import processes
 from ml_assets.train.kinds import ModelKind
@@ -41,15 +41,62 @@ from ml_assets.train.kinds import ModelKind
 GPU_OP_TAGS = {
     "dagster-k8s/config": {"container_config": {"resources": {"limits": {"nvidia.com/gpu": "1"}}}}
 }
-# Run when an upstream partition is new or updated, but only once its blocking checks passed:
-# a failed gate in another run (ingest_job's checks) must stop automation too.
-ON_NEW_UPSTREAM = (
-    dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed()
-)
+# Automation: a partition is due when it is missing, when an input's data version changed
+# (a re-materialization with identical output keeps its data version: nothing is due), or when
+# its code version changed (a kind's code or default configuration), and only once its inputs'
+# blocking checks passed. Every asset upstream of a model declares a data version: raw_dataset
+# its content key, annotations and the exports the tables' digest, folds the assignment's digest,
+# a model the fingerprint of what decided it (config, fold assignment, inputs), an evaluation
+# its numbers, a report its summary.
+INPUT_CHANGED = dg.AutomationCondition.any_deps_match(
+    (
+        dg.AutomationCondition.data_version_changed()
+        & ~dg.AutomationCondition.executed_with_root_target()
+    ).with_label("data version changed")
+    | dg.AutomationCondition.will_be_requested()
+).with_label("an input changed")
+
+
+def on_change(ignore: dg.AssetSelection | None = None) -> dg.AutomationCondition:
+    """Due when missing, when an input changed (``ignore``: inputs that do not count) or when
+    the code version changed; never while an input is missing or running or its blocking checks
+    failed."""
+    changed = INPUT_CHANGED if ignore is None else INPUT_CHANGED.ignore(ignore)
+    return (
+        dg.AutomationCondition.in_latest_time_window()
+        & (
+            dg.AutomationCondition.newly_missing()
+            | changed
+            | dg.AutomationCondition.code_version_changed()
+        ).since_last_handled()
+        & ~dg.AutomationCondition.any_deps_missing()
+        & ~dg.AutomationCondition.any_deps_in_progress()
+        & ~dg.AutomationCondition.in_progress()
+    ).with_label("on change") & dg.AutomationCondition.all_deps_blocking_checks_passed()
+
+
+ON_CHANGE = on_change()
 # Model assets: a new snapshot of some base model is not new data for every version's models
-# (base_model is unpartitioned, so plain eager() would retrain them all); a training config
-# names the base model it uses.
-TRAIN_ON_NEW_UPSTREAM = ON_NEW_UPSTREAM.ignore(dg.AssetSelection.assets("base_model"))
+# (base_model is unpartitioned); a training config names the base model it uses, and its
+# snapshot's hash is part of the model's fingerprint.
+TRAIN_ON_CHANGE = on_change(ignore=dg.AssetSelection.assets("base_model"))
+
+
+def code_version(kind: ModelKind) -> str:
+    """A kind's code version: its ``version`` (bumped when its training or scoring changes) and
+    its default configuration; a change makes every partition of its assets due."""
+    from ml_assets.train.kinds import fingerprint
+
+    defaults = kind.config_class().model_dump()
+    return f"{kind.version}-{fingerprint(config=defaults)}"
+
+
+def data_version(**parts) -> dg.DataVersion:
+    from ml_assets.train.kinds import fingerprint
+
+    return dg.DataVersion(fingerprint(**parts))
+
+
 KIND_TAG = "ml_assets/kind"
 
 
@@ -71,8 +118,21 @@ def md_frame(frame: pd.DataFrame, index: bool = True) -> dg.MetadataValue:
     return dg.MetadataValue.md(frame.round(4).to_markdown(index=index))
 
 
-def md_plots(plots: dict[str, bytes]) -> dict[str, dg.MetadataValue]:
-    return {name: dg.MetadataValue.md(markdown_image(png, name)) for name, png in plots.items()}
+def as_metadata(view: dict) -> dict:
+    """An ordered view of ``ml_assets.evaluate.report`` (numbers, text, ``Markdown``, ``Link``,
+    ``Path``) as Dagster metadata, in the same order (the UI shows it so)."""
+    from ml_assets.evaluate.report import Link, Markdown
+
+    def one(value):
+        if isinstance(value, Markdown):
+            return dg.MetadataValue.md(value)
+        if isinstance(value, Link):
+            return dg.MetadataValue.url(value)
+        if isinstance(value, Path):
+            return dg.MetadataValue.path(str(value))
+        return value
+
+    return {k: one(v) for k, v in view.items()}
 
 
 def inputs_of(kind: ModelKind, home: MLAssetsHome, version: str, config=None) -> dict:
@@ -109,9 +169,12 @@ class KindPipeline:
         return [self.model_checks, self.gate]
 
 
-def model_fold(context) -> tuple[str, int | None]:
-    """(version, fold) of a fold model's partition; (version, None) for a final model's."""
+def model_fold(context) -> tuple[str, int | None] | None:
+    """(version, fold) of a fold model's partition; (version, None) for a final model's; None
+    for a run without a partition (``checked_partition``)."""
     key = checked_partition(context)
+    if key is None:
+        return None
     if isinstance(key, dg.MultiPartitionKey):
         return version_fold(context)
     return key, None
@@ -137,7 +200,10 @@ def model_checks(asset: dg.AssetsDefinition, kind: ModelKind) -> dg.AssetChecksD
     ):
         from ml_assets.train.runs import nonfinite_weights, reload_difference
 
-        version, fold = model_fold(context)
+        partition = model_fold(context)
+        if partition is None:
+            return
+        version, fold = partition
         model_dir = home.model_dir(kind.name, version, fold)
         device = training_device.torch_device()
         if selected(context, "weights_finite"):
@@ -245,8 +311,13 @@ def train_partition(
             log=context.log.info,
             **where,
         )
+    from ml_assets.evaluate.report import trained_view
+
     metadata = trained_metadata(trained, device) | {"processes": processes(settings)}
-    yield dg.MaterializeResult(metadata=metadata)
+    metadata = trained_view(metadata, kind.primary_metric)
+    yield dg.MaterializeResult(
+        metadata=metadata, data_version=dg.DataVersion(trained.lineage["fingerprint"])
+    )
 
 
 def train_with_torchrun(context, kind: ModelKind, home, partition, settings, where):
@@ -315,7 +386,8 @@ def build_pipeline(kind: ModelKind) -> KindPipeline:
         tags=tags,
         pool="gpu",
         op_tags=GPU_OP_TAGS,
-        automation_condition=TRAIN_ON_NEW_UPSTREAM,
+        automation_condition=TRAIN_ON_CHANGE,
+        code_version=code_version(kind),
         description=kind.description,
         output_required=False,  # a version that cannot teach the kind is not trained
     )
@@ -340,14 +412,15 @@ def build_pipeline(kind: ModelKind) -> KindPipeline:
         tags=tags,
         pool="gpu",
         op_tags=GPU_OP_TAGS,
-        automation_condition=ON_NEW_UPSTREAM,
+        automation_condition=ON_CHANGE,
+        code_version=code_version(kind),
         description=f"The {kind.name} of this (version, fold) scored on its held-out fold.",
     )
     def evaluation(
         context: dg.AssetExecutionContext, home: MLAssetsHome, training_device: TrainingDevice
     ) -> dg.MaterializeResult:
         from ml_assets.data.folds import held_out_ids
-        from ml_assets.evaluate.report import evaluate_fold
+        from ml_assets.evaluate.report import evaluate_fold, evaluation_view
 
         version, fold = version_fold(context)
         assignment, folds_digest = load_folds(home, version)
@@ -363,14 +436,10 @@ def build_pipeline(kind: ModelKind) -> KindPipeline:
             out,
             inputs_of(kind, home, version),
         )
+        links = {"model": Path(record["model"]), "path": out}
         return dg.MaterializeResult(
-            metadata={
-                **numbers(scores.metrics),
-                "per_class": md_frame(scores.per_class),
-                **md_plots(scores.plots),
-                "model": dg.MetadataValue.path(record["model"]),
-                "path": dg.MetadataValue.path(str(out)),
-            }
+            data_version=data_version(metrics=record["metrics"], per_class=record["per_class"]),
+            metadata=as_metadata(evaluation_view(kind.primary_metric, scores, links)),
         )
 
     @dg.asset(
@@ -380,24 +449,25 @@ def build_pipeline(kind: ModelKind) -> KindPipeline:
         group_name="reports",
         kinds={"pandas"},
         tags=tags,
-        automation_condition=ON_NEW_UPSTREAM,
+        automation_condition=ON_CHANGE,
         description=f"Cross-validated quality of {kind.name} on a dataset version: every fold, "
         "mean and standard deviation, and the baseline of the primary metric.",
     )
-    def report(context: dg.AssetExecutionContext, home: MLAssetsHome) -> dg.MaterializeResult:
-        from ml_assets.evaluate.plots import confusion_png
+    def report(
+        context: dg.AssetExecutionContext, home: MLAssetsHome, mlflow_tracking: MLflowTracking
+    ) -> dg.MaterializeResult:
         from ml_assets.evaluate.report import (
-            per_class_means,
-            per_fold_table,
+            decision_line,
             previous_report,
             read_fold_records,
+            report_plots,
+            report_view,
             summarize,
-            summed_confusion,
             write_report,
         )
 
         version = context.partition_key
-        _, folds_digest = load_folds(home, version)
+        assignment, folds_digest = load_folds(home, version)
         keys = [int(k) for k in fold_partitions.get_partition_keys()]
         folders = {f: home.evaluation_dir(kind.name, version, f) for f in keys}
         records = read_fold_records(folders, folds_digest)
@@ -405,49 +475,40 @@ def build_pipeline(kind: ModelKind) -> KindPipeline:
         earlier = versions[: versions.index(version)] if version in versions else []
         previous = previous_report([home.report_dir(kind.name, v) for v in earlier])
         summary = summarize(kind, version, records, previous)
-        plots = {}
-        confusion = summed_confusion(records)
-        if confusion is not None:
-            names = records[0]["extra"]["classes"]
-            plots["confusion_matrix"] = confusion_png(confusion, names, f"{version}: all folds")
-        out = write_report(home.report_dir(kind.name, version), summary, plots)
-        metadata = {
-            **{f"mean_{k}": round(v, 4) for k, v in summary["mean"].items()},
-            **{f"std_{k}": round(v, 4) for k, v in summary["std"].items()},
-            "baseline": round(summary["baseline"], 4),
-            "folds": len(records),
-            "per_fold": md_frame(per_fold_table(records)),
-            "per_class": md_frame(per_class_means(records)),
-            **md_plots(plots),
-            "report": dg.MetadataValue.path(str(out / "report.html")),
-            "path": dg.MetadataValue.path(str(out)),
-        }
-        change = summary.get("change")
-        if change:
-            metadata["previous_version"] = change["previous_version"]
-            metadata[f"change_{kind.primary_metric}"] = round(
-                change["metrics"].get(kind.primary_metric, 0.0), 4
-            )
-            metadata["better_classes"] = ", ".join(change["better_classes"]) or "none"
-            metadata["worse_classes"] = ", ".join(change["worse_classes"]) or "none"
-        return dg.MaterializeResult(metadata=metadata)
+        plots = report_plots(records, folders, lambda: load_version(home, version), assignment)
+        _, decision = decision_line(summary, kind.promotion_floor)
+        out = write_report(home.report_dir(kind.name, version), summary, plots, decision)
+        links: dict = {"path": out}
+        tracking = mlflow_tracking.tracking(home.mlflow_dir)
+        if tracking is not None:  # report.html opens in the MLflow UI's artifact viewer
+            means = {f"mean_{k}": v for k, v in summary["mean"].items()}
+            links = {"report_html": tracking.log_report(kind.name, version, out, means)} | links
+        view = report_view(summary, plots, kind.promotion_floor, links)
+        numbers_only = {k: summary[k] for k in ("mean", "std", "baseline")}
+        return dg.MaterializeResult(
+            metadata=as_metadata(view), data_version=data_version(**numbers_only)
+        )
 
-    @dg.asset_check(
-        asset=report,
-        partitions_def=dataset_versions,
-        name=kind.gate_name,
-        blocking=True,
-        description=f"Promotion gate: mean {kind.primary_metric} over held-out folds reaches "
-        "the floor and beats the kind's baseline.",
+    @dg.multi_asset_check(
+        **blocking_checks(
+            report,
+            {
+                kind.gate_name: f"Promotion gate: mean {kind.primary_metric} over held-out folds "
+                "reaches the floor and beats the kind's baseline."
+            },
+        )
     )
-    def gate(
-        context: dg.AssetCheckExecutionContext, config: gate_config, home: MLAssetsHome
-    ) -> dg.AssetCheckResult:
+    def gate(context: dg.AssetCheckExecutionContext, config: gate_config, home: MLAssetsHome):
         from ml_assets.evaluate.report import promotion_decision, read_report
 
-        report = read_report(home.report_dir(kind.name, checked_partition(context)))
+        version = checked_partition(context)
+        if version is None:
+            return
+        report = read_report(home.report_dir(kind.name, version))
         passed, found = promotion_decision(report, config.floor)
-        return dg.AssetCheckResult(passed=passed, metadata=check_metadata(found))
+        yield dg.AssetCheckResult(
+            check_name=kind.gate_name, passed=passed, metadata=check_metadata(found)
+        )
 
     selection = dg.AssetSelection.tag(KIND_TAG, kind.name)
     jobs = [

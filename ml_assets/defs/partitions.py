@@ -29,7 +29,9 @@ def version_fold(
     return dims["version"], int(dims["fold"])
 
 
-def blocking_checks(asset: dg.AssetsDefinition, descriptions: dict[str, str]) -> dict:
+def blocking_checks(
+    asset: dg.AssetsDefinition, descriptions: dict[str, str], op: str = "checks"
+) -> dict:
     """Blocking checks of one asset, partitioned as it is, as ``multi_asset_check`` arguments:
     one op for all of them, which runs the ones selected (``selected(context, name)``), so each
     can still be executed on its own.
@@ -37,9 +39,10 @@ def blocking_checks(asset: dg.AssetsDefinition, descriptions: dict[str, str]) ->
     Why one op: to build a job, Dagster orders an asset's blocking checks by their op output's
     name, and every ``@asset_check`` op names its output ``result``; two on one asset came out in
     set order, so the job's snapshot id changed from process to process and re-executing a run
-    from the UI warned that it "may be a different version of the job"."""
+    from the UI warned that it "may be a different version of the job". ``op`` names the op
+    (``<asset>_<op>``) where an asset has a second one (a gate with its own launchpad config)."""
     return {
-        "name": f"{asset.key.to_python_identifier()}_checks",
+        "name": f"{asset.key.to_python_identifier()}_{op}",
         "can_subset": True,
         "specs": [
             dg.AssetCheckSpec(
@@ -58,14 +61,18 @@ def selected(context: dg.AssetCheckExecutionContext, name: str) -> bool:
     return any(key.name == name for key in context.selected_asset_check_keys)
 
 
-def checked_partition(context: dg.AssetCheckExecutionContext) -> str:
-    """The partition a check runs for; a run launched without one (the Checks tab's "Execute
-    all" on a partitioned asset, in Dagster 1.13) fails with what to do instead."""
-    if not context.has_partition_key:
-        raise dg.Failure(
-            description="This check runs for one partition (a dataset version), and the run "
-            "names none: Dagster 1.13 cannot execute a partitioned asset's checks on their own. "
-            "Materialize the asset for the partition (its Partitions tab, or the launchpad with "
-            "a partition chosen): its checks run with it."
-        )
-    return context.partition_key
+def checked_partition(context: dg.AssetCheckExecutionContext) -> str | None:
+    """The partition a check runs for, or None for a run launched without one (the Checks tab's
+    "Execute all" on a partitioned asset, in Dagster 1.13): then the check says in the run's log
+    what to do instead and yields no result, so the run succeeds, the check shows as skipped
+    and the asset keeps the status its partitions' checks gave it (every check here is a
+    ``multi_asset_check``, whose results may be left out, for that reason)."""
+    if context.has_partition_key:
+        return context.partition_key
+    context.log.warning(
+        "skipped: no partition. These checks run for one partition (a dataset version, or a "
+        "version and fold), and this run names none: Dagster 1.13 cannot execute a "
+        "partitioned asset's checks on their own. Materialize the asset for the partition "
+        "(its Partitions tab, or the launchpad with a partition chosen): its checks run with it."
+    )
+    return None

@@ -20,15 +20,21 @@ from ml_assets.defs.datasets import load_version
 from ml_assets.defs.models import (
     GPU_OP_TAGS,
     KIND_TAG,
-    ON_NEW_UPSTREAM,
-    TRAIN_ON_NEW_UPSTREAM,
+    ON_CHANGE,
+    TRAIN_ON_CHANGE,
     check_metadata,
+    code_version,
     model_checks,
     numbers,
     promotion_config,
     train_partition,
 )
-from ml_assets.defs.partitions import checked_partition, dataset_versions, fold_partitions
+from ml_assets.defs.partitions import (
+    blocking_checks,
+    checked_partition,
+    dataset_versions,
+    fold_partitions,
+)
 from ml_assets.defs.resources import MLAssetsHome, MLflowTracking, TrainingDevice
 from ml_assets.train.export import TOLERANCE
 from ml_assets.train.kinds import ModelKind
@@ -42,6 +48,14 @@ def read_champion(home: MLAssetsHome, kind: ModelKind) -> dict | None:
     from ml_assets.train.runs import read_champion as read_record
 
     return read_record(home.champion_path(kind.name))
+
+
+def model_version(home: MLAssetsHome, kind: ModelKind, version: str) -> dg.DataVersion:
+    """The data version of what is made from a version's final model (the champion, its
+    export): the final model's fingerprint."""
+    from ml_assets.train.runs import read_lineage
+
+    return dg.DataVersion(read_lineage(home.model_dir(kind.name, version, None))["fingerprint"])
 
 
 def decide(home: MLAssetsHome, kind: ModelKind, version: str, config) -> tuple[bool, dict]:
@@ -73,7 +87,8 @@ def build_promotion(kind: ModelKind, report: dg.AssetsDefinition):
         tags=tags,
         pool="gpu",
         op_tags=GPU_OP_TAGS,
-        automation_condition=TRAIN_ON_NEW_UPSTREAM,
+        automation_condition=TRAIN_ON_CHANGE,
+        code_version=code_version(kind),
         description=f"{kind.name} trained on every fold of a version (validated on its test "
         "split when there is one) with the configuration its cross-validation used.",
         output_required=False,  # a version that cannot teach the kind is not trained
@@ -95,20 +110,25 @@ def build_promotion(kind: ModelKind, report: dg.AssetsDefinition):
             context, kind, home, training_device, mlflow_tracking, version, None, config
         )
 
-    @dg.asset_check(
-        asset=final,
-        partitions_def=dataset_versions,
-        name="beats_champion",
-        blocking=True,
-        description=f"Promotion gate: the version's mean {kind.primary_metric} across folds "
-        "reaches the floor, beats the baseline, and is not worse than the current champion's "
-        "by more than the tolerance.",
+    @dg.multi_asset_check(
+        **blocking_checks(
+            final,
+            {
+                "beats_champion": f"Promotion gate: the version's mean {kind.primary_metric} "
+                "across folds reaches the floor, beats the baseline, and is not worse than the "
+                "current champion's by more than the tolerance."
+            },
+            op="gate",
+        )
     )
-    def beats_champion(
-        context: dg.AssetCheckExecutionContext, config: gate, home: MLAssetsHome
-    ) -> dg.AssetCheckResult:
-        passed, found = decide(home, kind, checked_partition(context), config)
-        return dg.AssetCheckResult(passed=passed, metadata=check_metadata(found))
+    def beats_champion(context: dg.AssetCheckExecutionContext, config: gate, home: MLAssetsHome):
+        version = checked_partition(context)
+        if version is None:
+            return
+        passed, found = decide(home, kind, version, config)
+        yield dg.AssetCheckResult(
+            check_name="beats_champion", passed=passed, metadata=check_metadata(found)
+        )
 
     @dg.asset(
         name=f"promoted_{kind.name}",
@@ -117,7 +137,7 @@ def build_promotion(kind: ModelKind, report: dg.AssetsDefinition):
         group_name="promotion",
         kinds={"mlflow"},
         tags=tags,
-        automation_condition=ON_NEW_UPSTREAM,
+        automation_condition=ON_CHANGE,
         description=f"The champion {kind.name}: this version's final model, promoted because it "
         "passed beats_champion; the MLflow alias 'champion' points at it.",
     )
@@ -147,6 +167,7 @@ def build_promotion(kind: ModelKind, report: dg.AssetsDefinition):
         )
         previous = record.get("previous") or {}
         return dg.MaterializeResult(
+            data_version=model_version(home, kind, version),
             metadata={
                 "version": version,
                 f"mean_{kind.primary_metric}": round(record["score"], 4),
@@ -154,7 +175,7 @@ def build_promotion(kind: ModelKind, report: dg.AssetsDefinition):
                 "previous_champion": previous.get("version", "none"),
                 "previous_mlflow_model_version": str(previous.get("mlflow_version") or "none"),
                 "model": dg.MetadataValue.path(record["model"]),
-            }
+            },
         )
 
     assets, checks = [final, promoted], [model_checks(final, kind), beats_champion]
@@ -175,7 +196,7 @@ def build_export(kind: ModelKind, promoted: dg.AssetsDefinition, tags: dict):
         group_name="promotion",
         kinds={"onnx"},
         tags=tags,
-        automation_condition=ON_NEW_UPSTREAM,
+        automation_condition=ON_CHANGE,
         description=f"The promoted {kind.name} as ONNX (and TorchScript where the architecture "
         "allows), with its class names, input size and normalization: what a server needs.",
     )
@@ -193,35 +214,39 @@ def build_export(kind: ModelKind, promoted: dg.AssetsDefinition, tags: dict):
             if f.suffix in {".onnx", ".pt"}
         }
         return dg.MaterializeResult(
+            data_version=model_version(home, kind, version),
             metadata={
                 **sizes,
                 "formats": ", ".join(f for f in ("onnx", "torchscript") if info.get(f)),
                 **({"torchscript_error": e} if (e := info.get("torchscript_error")) else {}),
                 "opset": int(info.get("opset", 0)),
                 "path": dg.MetadataValue.path(str(out)),
-            }
+            },
         )
 
-    @dg.asset_check(
-        asset=exported,
-        partitions_def=dataset_versions,
-        name="onnx_matches_pytorch",
-        blocking=True,
-        description="The ONNX model in onnxruntime and the PyTorch model give the same outputs "
-        "on sample images of the version, within the export's stated tolerance.",
+    @dg.multi_asset_check(
+        **blocking_checks(
+            exported,
+            {
+                "onnx_matches_pytorch": "The ONNX model in onnxruntime and the PyTorch model give "
+                "the same outputs on sample images of the version, within the export's stated "
+                "tolerance."
+            },
+        )
     )
-    def onnx_matches_pytorch(
-        context: dg.AssetCheckExecutionContext, home: MLAssetsHome
-    ) -> dg.AssetCheckResult:
+    def onnx_matches_pytorch(context: dg.AssetCheckExecutionContext, home: MLAssetsHome):
         from ml_assets.train.export import check_onnx
 
         version = checked_partition(context)
+        if version is None:
+            return
         found = check_onnx(
             home.exports_dir(kind.name, version),
             sample_images(home, version),
             home.model_dir(kind.name, version, None),
         )
-        return dg.AssetCheckResult(
+        yield dg.AssetCheckResult(
+            check_name="onnx_matches_pytorch",
             passed=bool(found["passed"]),
             metadata=numbers({k: v for k, v in found.items() if k != "passed"}),
         )

@@ -5,6 +5,7 @@ import dagster as dg
 from pydantic import Field
 
 from ml_assets.defs.datasets import annotations, load_version
+from ml_assets.defs.exports import tables_version
 from ml_assets.defs.partitions import dataset_versions
 from ml_assets.defs.resources import MLAssetsHome
 
@@ -41,11 +42,14 @@ def webdataset_shards(
         overwrite=True,
     )
     return dg.MaterializeResult(
+        data_version=tables_version(
+            home, version, f"{SHARDS}-{config.samples_per_shard}-{config.max_shard_bytes}"
+        ),
         metadata={
             "shards": len(index["shards"]),
             "samples": index["samples"],
             "annotations": index["annotations"],
             "bytes": index["bytes"],
             "path": dg.MetadataValue.path(str(folder)),
-        }
+        },
     )

@@ -696,7 +696,9 @@ def save_checkpoint(path: Path, weights: dict, optimizer, scheduler, scaler, sta
 
     inner = getattr(scheduler, "lr_scheduler", None)  # torch's ReduceLROnPlateau inside timm's
     plateau = {"plateau": inner.state_dict()} if inner is not None else {}
-    with atomic_path(path) as tmp:
+    # Written beside the last checkpoint, which stays whole if the disk fills; about its size.
+    previous = path.stat().st_size if path.exists() else None
+    with atomic_path(path, needs=previous) as tmp:
         torch.save(
             {
                 "model": weights,
@@ -847,6 +849,7 @@ class ImageClassifier:
     primary_metric = "macro_f1"
     promotion_floor = 0.5
     inputs: tuple[str, ...] = ()
+    version = "1"
     learns = Learns("labels")  # object crops, or whole images of an image folder
     distributed = "torchrun"  # fit_loop trains with DDP when torchrun started it
     tags = frozenset({"pytorch", "mlflow"})

@@ -137,6 +137,9 @@ class ModelKind(Protocol):
     # Dataset exports the kind trains from (asset names such as "yolo_dataset"), besides folds.
     inputs: tuple[str, ...]
     learns: Learns  # what it needs in a version's labels (see :func:`refusal`)
+    # Bumped when how it trains or scores changes: with its default configuration, the code
+    # version of its assets, so automation retrains every version when it changes.
+    version: str
     tags: frozenset[str]  # Dagster kinds shown on the assets: "pytorch", "ultralytics", ...
     description: str
     # Several processes (nproc_per_node * nnodes > 1): "torchrun" when fit trains with DDP under

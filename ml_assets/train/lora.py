@@ -284,6 +284,7 @@ class LoraClassifier:
     primary_metric = "macro_f1"
     promotion_floor = 0.5
     inputs: tuple[str, ...] = ("base_model",)
+    version = "1"
     learns = Learns("labels")  # object crops, or whole images of an image folder
     tags = frozenset({"pytorch", "mlflow"})
     description = (

@@ -916,6 +916,7 @@ LORA_SEGMENTER_NAME = "lora_segmenter"
 
 
 class _LoraTeacherKind:
+    version = "1"
     inputs: tuple[str, ...] = ("base_model",)
     distributed = ""  # one process: this loop has no DDP (nproc_per_node > 1 is refused)
     tags = frozenset({"pytorch", "mlflow"})

@@ -11,6 +11,7 @@ model folder atomically.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import shutil
 import time
@@ -23,7 +24,7 @@ import numpy as np
 import orjson
 import pandas as pd
 
-from ml_assets.data.atomic import atomic_dir
+from ml_assets.data.atomic import atomic_dir, folder_bytes, write_bytes
 from ml_assets.data.folds import held_out_ids, training_ids
 from ml_assets.data.tables import Dataset
 from ml_assets.train.distributed import processes
@@ -130,6 +131,7 @@ def train_fold(
     started = time.perf_counter()
     lineage = {
         **(tags or {}),
+        "fingerprint": key,  # what decided this model: the model asset's data version
         "kind": kind.name,
         "version": version,
         "fold": fold,
@@ -161,8 +163,10 @@ def train_fold(
             "mlflow_run_id": run.info.run_id if run is not None else None,
             "resumed_from": fit.resumed_from,
         }
-        (staged / LINEAGE).write_bytes(orjson.dumps(lineage, option=orjson.OPT_INDENT_2))
-        np.savez(staged / REFERENCE, image_ids=np.asarray(sample, np.int64), outputs=outputs)
+        write_bytes(staged / LINEAGE, orjson.dumps(lineage, option=orjson.OPT_INDENT_2))
+        reference = io.BytesIO()  # np.savez would add ".npz" to a temporary name
+        np.savez(reference, image_ids=np.asarray(sample, np.int64), outputs=outputs)
+        write_bytes(staged / REFERENCE, reference.getvalue())
         publish(staged, model_dir)
         trained = TrainedFold(model_dir, fit, lineage, len(train_ids), seconds)
         if run is not None:
@@ -194,7 +198,7 @@ def _log_history(fit: FitResult) -> None:
 
 def publish(staged: Path, model_dir: Path) -> Path:
     """Copy the staged model folder to ``model_dir`` in one atomic step."""
-    with atomic_dir(model_dir, overwrite=True) as tmp:
+    with atomic_dir(model_dir, overwrite=True, needs=lambda: folder_bytes(staged)) as tmp:
         shutil.copytree(staged, tmp, dirs_exist_ok=True)
     return model_dir
 

@@ -166,6 +166,7 @@ class YoloDetector:
     primary_metric = "AP"  # COCO mAP@[.5:.95], exact (ml_assets.evaluate.coco)
     promotion_floor = 0.1  # mAP50-95; the demo's from-scratch yolov8n reaches about 0.17
     inputs = (INPUT,)
+    version = "1"
     learns = Learns("boxes")
     distributed = "self"  # ultralytics runs its own DDP over a device list
     tags = frozenset({"pytorch", "ultralytics", "mlflow"})
@@ -217,6 +218,7 @@ class YoloDetector:
                 model = YOLO(config.model)
                 arguments = train_arguments(config) | {"val": bool(len(val_ids))}
             model.add_callback("on_train_epoch_start", seconds.start)
+            model.add_callback("on_pretrain_routine_start", _atomic_checkpoints)
             model.add_callback(
                 "on_model_save", lambda trainer: _epoch_end(trainer, seconds, on_epoch)
             )
@@ -537,6 +539,20 @@ class _EpochTimer:
         record[str(epoch)] = seconds
         write_bytes(self.path, orjson.dumps(record))
         return seconds
+
+
+class _AtomicPath(type(Path())):
+    """A checkpoint path whose ``write_bytes`` writes aside and renames (``data.atomic``):
+    ultralytics writes ``last.pt`` in place, so a full disk would truncate the checkpoint a
+    resume needs; written this way, the previous one stays whole and the error names it."""
+
+    def write_bytes(self, data: bytes) -> int:
+        write_bytes(Path(self), data)
+        return len(data)
+
+
+def _atomic_checkpoints(trainer: Any) -> None:
+    trainer.last, trainer.best = _AtomicPath(trainer.last), _AtomicPath(trainer.best)
 
 
 def _epoch_end(trainer: Any, timer: _EpochTimer, on_epoch: EpochCallback | None) -> None:
