@@ -5,6 +5,7 @@ import pytest
 
 from ml_assets.data.coco import read_coco
 from ml_assets.train.classifier import (
+    CHECKPOINT,
     IMAGE_CLASSIFIER,
     ClassifierConfig,
     Crops,
@@ -15,6 +16,7 @@ from ml_assets.train.classifier import (
     predict,
     save_classifier,
     train_classifier,
+    watched_ids,
 )
 from ml_assets.train.device import select_device
 
@@ -121,6 +123,29 @@ def test_early_stopping_keeps_the_best_epoch(tmp_path):
     assert len(history) < 12
     best = history["val_macro_f1"].idxmax()
     assert len(history) - 1 - best == 2  # stopped two epochs after the best one
+
+
+def test_the_scored_fold_is_watched_never_chosen_by(tmp_path):
+    """With nothing chosen by a score, the model is the last epoch's, whatever the held-out
+    fold says (keeping its best epoch made each fold's score the best of twelve looks at it);
+    early stopping and the plateau schedule choose on a tenth of the training images instead."""
+    import torch
+
+    crops = separable(32)
+    flipped = Crops(crops.images, 1 - crops.labels, crops.annotation_ids)
+    config = ClassifierConfig(img_size=16, epochs=3, batch_size=16)
+    model, history, _ = train_classifier(crops, 2, config, CPU, tmp_path / "a", None, flipped)
+    assert "val_macro_f1" in history  # watched: the progress line shows it
+    last = torch.load(tmp_path / "a" / CHECKPOINT, map_location="cpu", weights_only=False)
+    assert last["state"]["epoch"] == 3 and last["state"]["best_state"] is None
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(tensor, last["model"][name])  # the last epoch's weights
+
+    train, held_out = list(range(100)), list(range(100, 140))
+    assert watched_ids(train, held_out, config) == (train, held_out)
+    for choosing in ({"early_stopping_patience": 2}, {"schedule": "plateau"}):
+        fitted, aside = watched_ids(train, held_out, config.model_copy(update=choosing))
+        assert len(aside) == 10 and sorted(fitted + aside) == train  # never the held-out fold
 
 
 def test_loss_building_blocks():

@@ -68,7 +68,9 @@ class ClassifierConfig(KindConfig):
     weight_decay: float = Field(default=0.05, ge=0, description="Weight decay")
     momentum: float = Field(default=0.9, ge=0, description="SGD momentum")
     schedule: Literal["cosine", "step", "plateau"] = Field(
-        default="cosine", description="Learning-rate schedule (per epoch)"
+        default="cosine",
+        description="Learning-rate schedule (per epoch); plateau follows the macro F1 of a tenth "
+        "of the training images set aside",
     )
     warmup_epochs: int = Field(default=1, ge=0, description="Linear warmup epochs")
     loss: Literal["cross_entropy", "weighted_cross_entropy", "focal"] = Field(
@@ -89,8 +91,9 @@ class ClassifierConfig(KindConfig):
     early_stopping_patience: int = Field(
         default=0,
         ge=0,
-        description="Stop after this many epochs without a better validation macro F1 (0: off); "
-        "the best epoch's weights are kept",
+        description="Stop after this many epochs without a better macro F1 on a tenth of the "
+        "training images set aside (0: off), keeping the best epoch's weights; the held-out "
+        "fold is never used to choose",
     )
     grad_clip: float = Field(default=0.0, ge=0, description="Gradient norm clip; 0 is off")
     amp: bool = Field(default=True, description="Mixed precision on CUDA (ignored on CPU)")
@@ -543,9 +546,10 @@ def fit_loop(
 ):
     """Train ``model`` (images -> logits) on ``crops``, checkpointing into ``run_dir`` after
     every epoch and resuming from a checkpoint found there (``trainable_only``: checkpoints and
-    the best epoch keep only the parameters that train). Returns the model (eval mode, the best
-    epoch's weights when validating), the per-epoch history and the epoch it resumed at (None
-    for a fresh start)."""
+    the best epoch keep only the parameters that train). Returns the model (eval mode: the best
+    epoch's weights when training chooses by ``validation``'s score, see :func:`watched_ids`,
+    else the last epoch's), the per-epoch history and the epoch it resumed at (None for a fresh
+    start)."""
     import torch
     from timm.data import Mixup
     from timm.optim import create_optimizer_v2
@@ -662,7 +666,9 @@ def fit_loop(
         if validation is not None and len(validation.labels):
             model.eval()
             metric = row["val_macro_f1"] = macro_f1(model, validation, num_classes, device)
-            if metric > state["best_f1"]:
+            if not selects_epochs(config):
+                metric = None  # watched only: nothing is chosen by it
+            elif metric > state["best_f1"]:
                 state["best_f1"], state["bad_epochs"] = metric, 0
                 state["best_state"] = {
                     k: v.detach().cpu().clone()
@@ -737,6 +743,28 @@ def load_classifier(folder: Path, device):
     model = build_model(config, len(meta["classes"]))
     model.load_state_dict(load_file(str(folder / "model.safetensors")))
     return model.to(device).eval(), meta
+
+
+SELECTION_SHARE = 0.1  # of the training images, set aside when training chooses by a score
+
+
+def selects_epochs(config: ClassifierConfig) -> bool:
+    """Whether training chooses by a validation score: early stopping (which also keeps the
+    best epoch) or the plateau schedule."""
+    return bool(config.early_stopping_patience) or config.schedule == "plateau"
+
+
+def watched_ids(train_ids, val_ids, config: ClassifierConfig) -> tuple[list[int], list[int]]:
+    """(images to train on, images validated after each epoch). The held-out fold is only
+    watched (the progress line shows its score) unless training chooses by the score
+    (:func:`selects_epochs`): then a seeded tenth of the training images is set aside for it,
+    never the fold that later scores the model, whose score would otherwise be the best of many
+    looks at it."""
+    if not selects_epochs(config):
+        return list(train_ids), list(val_ids)
+    shuffled = np.random.default_rng(config.seed).permutation(np.asarray(train_ids, dtype=int))
+    aside = max(1, round(len(shuffled) * SELECTION_SHARE))
+    return sorted(shuffled[aside:].tolist()), sorted(shuffled[:aside].tolist())
 
 
 def training_inputs(ds: Dataset, train_ids, val_ids, class_ids, config, inputs=None):
@@ -873,6 +901,7 @@ class ImageClassifier:
 
         classes = class_list(ds)
         ids = [c["id"] for c in classes]
+        train_ids, val_ids = watched_ids(train_ids, val_ids, config)
         crops, validation = training_inputs(ds, train_ids, val_ids, ids, config, inputs)
         model, history, resumed_from = train_classifier(
             crops, len(classes), config, device, run_dir, on_epoch, validation

@@ -312,6 +312,7 @@ class LoraClassifier:
         ids = [c["id"] for c in classes]
         model = build_lora_model(base, classes, config)
         size = model.ml_assets_img_size
+        train_ids, val_ids = timm_recipe.watched_ids(train_ids, val_ids, recipe(config))
         crops = timm_recipe.extract_crops(ds, train_ids, ids, size=size)
         validation = timm_recipe.extract_crops(ds, val_ids, ids, size=size)
         model, history, resumed_from = train_lora(
