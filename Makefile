@@ -59,11 +59,12 @@ MLFLOW_UI = $(CURDIR)/$(VENV)/bin/mlflow ui --port $(MLFLOW_PORT) \
 # without the notice that `dg dev` supersedes `dagster dev` (dg is not part of this project).
 ui: setup
 	@mkdir -p $(ML_ASSETS_HOME)/mlflow
-	@echo "MLflow UI: http://127.0.0.1:$(MLFLOW_PORT) (log: $(ML_ASSETS_HOME)/mlflow/ui.log)"
+	@echo "Dagster UI: http://127.0.0.1:$(UI_PORT), MLflow UI: http://127.0.0.1:$(MLFLOW_PORT) (loopback only; MLflow log: $(ML_ASSETS_HOME)/mlflow/ui.log)"
+	@$(VENV)/bin/ml-assets ready-instance
 	@$(MLFLOW_UI) > $(ML_ASSETS_HOME)/mlflow/ui.log 2>&1 & mlflow_ui=$$!; \
 	trap 'kill $$mlflow_ui 2>/dev/null' EXIT; \
 	cd "$(DAGSTER_HOME)" && PYTHONWARNINGS='ignore:Function `dev_command` is superseded' \
-	  "$(CURDIR)/$(VENV)/bin/dagster" dev -p $(UI_PORT) -w "$(CURDIR)/workspace.yaml"
+	  "$(CURDIR)/$(VENV)/bin/dagster" dev -h 127.0.0.1 -p $(UI_PORT) -w "$(CURDIR)/workspace.yaml"
 
 # The MLflow UI alone (make ui starts it too).
 mlflow: setup

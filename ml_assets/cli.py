@@ -190,6 +190,19 @@ def print_report(dataset: str, name: str, report: dict, folds: int) -> None:
     )
 
 
+@main.command("ready-instance")
+def ready_instance() -> None:
+    """Get the Dagster instance in $DAGSTER_HOME ready for `dagster dev` (make ui runs this
+    first): runs whose process died are marked failed and free their pool slots, and the UI's
+    automation state reads on (automation runs through automation_sensor)."""
+    from ml_assets.demo import instance_home
+    from ml_assets.hygiene import in_process_instance, reap_dead_runs, show_automation_on
+
+    with in_process_instance(str(instance_home())) as instance:
+        reap_dead_runs(instance, click.echo)
+        show_automation_on(instance)
+
+
 def is_interrupt(error: BaseException) -> bool:
     """Ctrl-C, as Python raises it or as Dagster re-raises it from inside a run."""
     return type(error).__name__ in ("KeyboardInterrupt", "DagsterExecutionInterruptedError")

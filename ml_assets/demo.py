@@ -31,6 +31,7 @@ from ml_assets.hygiene import (
     execute_as_location,
     in_process_instance,
     reap_dead_runs,
+    show_automation_on,
     step_errors,
 )
 
@@ -131,6 +132,7 @@ def run_pipeline(
     results: Results = {}
     with in_process_instance(str(instance_home())) as instance, echoing_progress(echo):
         reap_dead_runs(instance, echo)
+        show_automation_on(instance)
         for drop in drops:
             version = register_dataset(landing, drop, store)
             echo(f"dataset {drop.label}: version {version}")

@@ -178,6 +178,17 @@ def echoing_slot_waits_in_thread(
         thread.join(timeout=every + 1)
 
 
+def show_automation_on(instance: dg.DagsterInstance) -> None:
+    """Clear the pause flag of Dagster's pre-sensor automation daemon. Automation here runs
+    through ``automation_sensor``, which ignores that flag, but the UI's job and asset pages
+    read it and said "Auto-materialize off / Automation condition evaluation is paused" on a new
+    instance while the sensor ran; cleared, they show what is true (the sensor's own on/off
+    switch is on the Automation page)."""
+    from dagster._daemon.asset_daemon import set_auto_materialize_paused
+
+    set_auto_materialize_paused(instance, False)
+
+
 def in_process_instance(folder: str) -> dg.DagsterInstance:
     """The instance in ``folder`` for runs executed in this process. Their stdout and stderr stay
     on the terminal instead of being captured as compute logs: the capture's helper processes

@@ -86,6 +86,9 @@ def dagster_dev(
         "DAGSTER_HOME": str(dagster_home),
         **(env or {}),
     }
+    # As make ui does first: dead runs marked failed, the UI's automation state what it is.
+    ready = [str(Path(sys.executable).parent / "ml-assets"), "ready-instance"]
+    subprocess.run(ready, cwd=ROOT, env=environment, check=True, capture_output=True)
     command = [
         str(Path(sys.executable).parent / "dagster"),
         "dev",

@@ -207,6 +207,16 @@ def test_lora_models_wait_for_a_base_model_and_a_new_snapshot_retrains_nothing(l
         assert after.get_requested_partitions(dg.AssetKey("lora_classifier")) == set()
 
 
+def ingest_for_two_kinds(instance, home: MLAssetsHome, key: str) -> None:
+    """Ingest ``key`` with what the classifier and the detector train from (the YOLO export)."""
+    assert dg.materialize(
+        [*INGEST, exports.yolo_dataset],
+        partition_key=key,
+        resources={"home": home},
+        instance=instance,
+    ).success
+
+
 def test_folds_materialized_again_identically_retrain_nothing(tmp_path, tiny_sample):
     """The retraining storm a user met: re-materializing folds with the same data and seed made
     every fold of every kind due. Now only a changed fold assignment makes a version's models
@@ -224,12 +234,7 @@ def test_folds_materialized_again_identically_retrain_nothing(tmp_path, tiny_sam
             defs=defs, instance=instance, asset_selection=models
         ).cursor
         for key in (a, b):
-            assert dg.materialize(
-                [*INGEST, exports.yolo_dataset],
-                partition_key=key,
-                resources={"home": home},
-                instance=instance,
-            ).success
+            ingest_for_two_kinds(instance, home, key)
         first = dg.evaluate_automation_conditions(
             defs=defs, instance=instance, asset_selection=models, cursor=cursor
         )
@@ -307,12 +312,7 @@ def test_a_new_code_version_of_a_kind_retrains_its_models_only(landed):
     with dg.instance_for_test() as instance:
         key = home.store.register(landing)
         instance.add_dynamic_partitions(dataset_versions.name, [key])
-        assert dg.materialize(
-            [*INGEST, exports.yolo_dataset],
-            partition_key=key,
-            resources={"home": home},
-            instance=instance,
-        ).success
+        ingest_for_two_kinds(instance, home, key)
         for asset in ("image_classifier", "yolo_detector"):
             for fold in "01":
                 instance.report_runless_asset_event(

@@ -52,6 +52,12 @@ query Jobs($repo: RepositorySelector!) {
     ... on Repository { jobs { name pipelineSnapshotId } }
   }
 }"""
+LATEST_CHECKS = """
+query Latest($asset: AssetKeyInput!) {
+  assetNodeOrError(assetKey: $asset) { ... on AssetNode { assetChecksOrError {
+    ... on AssetChecks { checks { name executionForLatestMaterialization { status runId } } }
+  } } }
+}"""
 CHECK_EXECUTIONS = """
 query Checks($asset: AssetKeyInput!, $name: String!) {
   assetCheckExecutions(assetKey: $asset, checkName: $name, limit: 5) {
@@ -145,9 +151,12 @@ def test_a_new_user_operates_the_pipeline_in_a_real_browser(home, tmp_path):
                 expect(page.get_by_text(group, exact=True).first).to_be_visible()
             page.screenshot(path=str(tmp_path / "lineage.png"))
 
-            # The report and its metrics.
+            # The report leads with the decision, and its report.html opens in the MLflow UI.
             page.goto(f"{base}/assets/classifier_report")
+            decision = re.compile(r"^(promotable: macro_f1 |not promotable: )")
+            expect(page.get_by_text(decision)).to_be_visible()
             expect(page.get_by_text("mean_macro_f1", exact=True)).to_be_visible()
+            expect(page.get_by_text("report_html", exact=True)).to_be_visible()
             expect(page.get_by_text("per_fold", exact=True)).to_be_visible()
             expect(page.get_by_text("Owners", exact=True)).to_be_visible()
             expect(page.get_by_text(re.compile(r"Open models\.py"))).to_be_visible()
@@ -179,9 +188,40 @@ def test_a_new_user_operates_the_pipeline_in_a_real_browser(home, tmp_path):
             expect(page.get_by_text(version).first).to_be_visible()
             page.screenshot(path=str(tmp_path / "check_passed.png"))
 
-            # The demo's runs on the job's page.
+            # "Execute all" (the only clickable button there) launches a run naming no
+            # partition: it succeeds, the check is skipped, and the asset stays healthy.
+            before = {r["runId"] for r in runs(port)}
+            execute_all = page.locator("button", has_text=re.compile(r"Execute all"))
+            assert execute_all.count(), page.locator("button").all_inner_texts()
+            execute_all.first.click()
+            launched = wait_for("the checks' run", lambda: new_run_ids(port, before), 120)
+            (checks_run,) = wait_for("it to end", lambda: finished(port, launched), 300, 3)
+            assert checks_run["status"] == "SUCCESS", checks_run
+            executions = graphql(
+                port,
+                CHECK_EXECUTIONS,
+                {"asset": {"path": ["folds"]}, "name": "folds_are_disjoint"},
+            )["assetCheckExecutions"]
+            skipped = next(e for e in executions if e["runId"] == checks_run["runId"])
+            assert skipped["status"] == "SKIPPED" and skipped["evaluation"] is None, skipped
+            # What the graph colours the asset by: its checks' results for its latest
+            # materialization, still the passed ones of the UI's run above.
+            node = graphql(port, LATEST_CHECKS, {"asset": {"path": ["folds"]}})
+            (check,) = node["assetNodeOrError"]["assetChecksOrError"]["checks"]
+            assert check["executionForLatestMaterialization"]["status"] != "FAILED", check
+            page.goto(f"{base}/assets/folds?view=checks")
+            expect(page.get_by_text("Succeeded").first).to_be_visible()  # still green
+            expect(page.get_by_text("Skipped").first).to_be_visible()  # the click's run
+            page.screenshot(path=str(tmp_path / "checks_executed_without_partition.png"))
+            page.goto(f"{base}/assets/folds?view=lineage")
+            expect(page.get_by_text("annotations", exact=True).first).to_be_visible()
+            expect(page.get_by_text("1 / 1 Passed").first).to_be_visible()  # the graph's node
+            page.screenshot(path=str(tmp_path / "folds_lineage.png"))
+
+            # The demo's runs on the job's page, whose header tells automation's true state.
             page.goto(f"{base}/locations/ml_assets/jobs/training_job/runs")
             expect(page.get_by_text("ml_assets/trigger: demo").first).to_be_visible()
+            expect(page.get_by_text("Auto-materialize on").first).to_be_visible()
             assert page.get_by_text("No runs found").count() == 0
             page.screenshot(path=str(tmp_path / "job_runs.png"))
         finally:
