@@ -215,7 +215,7 @@ def test_a_new_user_operates_the_pipeline_in_a_real_browser(home, tmp_path):
             page.screenshot(path=str(tmp_path / "checks_executed_without_partition.png"))
             page.goto(f"{base}/assets/folds?view=lineage")
             expect(page.get_by_text("annotations", exact=True).first).to_be_visible()
-            expect(page.get_by_text("1 / 1 Passed").first).to_be_visible()  # the graph's node
+            expect(page.get_by_text("1 / 1 Passed").first).to_be_visible(timeout=60_000)
             page.screenshot(path=str(tmp_path / "folds_lineage.png"))
 
             # The demo's runs on the job's page, whose header tells automation's true state.

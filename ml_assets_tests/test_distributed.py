@@ -147,7 +147,7 @@ def test_two_gloo_processes_train_and_evaluate_like_one(ingested):
     logs = [
         e.user_message
         for e in instance.all_logs(double.run_id)
-        if "image_classifier epoch" in e.user_message
+        if e.user_message.startswith("image_classifier ") and " epoch " in e.user_message
     ]
     assert len(logs) == SETTINGS["epochs"] and "epoch 12/12" in logs[-1]
     a = metadata_of(single, "classifier_evaluation")
