@@ -70,9 +70,11 @@ ui: setup
 mlflow: setup
 	$(MLFLOW_UI)
 
+# lint-imports: imports run one way (the layers in pyproject.toml's [tool.importlinter]).
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 test: lint
 	$(VENV)/bin/pytest

@@ -46,8 +46,8 @@ def make_base(folder: Path) -> Path:
 def crops_of(images: int, size: int):
     from ml_assets.data.formats import read_dataset
     from ml_assets.data.sample import write_sample
+    from ml_assets.data.tables import class_list
     from ml_assets.train.classifier import extract_crops
-    from ml_assets.train.kinds import class_list
 
     folder = Path(tempfile.mkdtemp(prefix="lora_bench_")) / "sample"
     ds = read_dataset(write_sample(folder, images=images, seed=0, size=96))

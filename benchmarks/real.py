@@ -9,7 +9,7 @@ The 1,797 digits are written as an image folder, ``<digit>/<index>.png``
 ``DAGSTER_HOME`` under ``--workdir``), then, one after the other:
 
 1. ``ours``: ``ml-assets ingest`` (``ml_assets.data.landing.add_dataset`` into the home's
-   landing) and ``ml-assets train`` (``ml_assets.demo.run_pipeline(folds, models=
+   landing) and ``ml-assets train`` (``ml_assets.local.demo.run_pipeline(folds, models=
    ("image_classifier",), dataset="digits")``) with the classifier's default settings: ingest,
    k folds of training, checks and evaluation, the report. Mean macro F1 of the held-out folds
    from the report (``macro_f1``, without flip TTA, the kind's primary metric). The clock covers
@@ -62,7 +62,7 @@ def run_ours(source: Path, folds: int, epochs: int | None) -> dict:
     """``ml-assets ingest`` then ``ml-assets train`` on the digits, timed together."""
     from ml_assets import runtime
     from ml_assets.data.landing import add_dataset, landing_location, open_landing
-    from ml_assets.demo import run_pipeline
+    from ml_assets.local.demo import run_pipeline
 
     started, cpu = time.perf_counter(), time.process_time()
     add_dataset(source, open_landing(landing_location("", runtime.home())), DATASET)
@@ -211,7 +211,7 @@ def where_ours_went() -> tuple[dict[str, float], float, list[float]]:
     import dagster as dg
     from dagster._core.events import DagsterEventType
 
-    from ml_assets.hygiene import in_process_instance
+    from ml_assets.local.runs import in_process_instance
 
     steps: dict[str, float] = defaultdict(float)
     runs_total = 0.0

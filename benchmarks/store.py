@@ -43,7 +43,7 @@ from ml_assets.data import retention  # noqa: E402
 from ml_assets.data.store import Entry  # noqa: E402
 from ml_assets.defs.partitions import dataset_versions  # noqa: E402
 from ml_assets.defs.resources import MLAssetsHome  # noqa: E402
-from ml_assets.store_cli import store as store_group  # noqa: E402
+from ml_assets.local.store import store as store_group  # noqa: E402
 
 SHARED = 0.9
 

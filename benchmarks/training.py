@@ -81,12 +81,12 @@ def prepare(workdir: Path, args: argparse.Namespace) -> dict:
 
     from ml_assets.data.folds import held_out_ids, read_folds, training_ids
     from ml_assets.data.sample import write_sample
+    from ml_assets.data.tables import class_list
     from ml_assets.defs import datasets, exports
     from ml_assets.defs.datasets import load_version
     from ml_assets.defs.partitions import dataset_versions
     from ml_assets.defs.resources import MLAssetsHome
     from ml_assets.train.classifier import extract_crops
-    from ml_assets.train.kinds import class_list
 
     landing = write_sample(workdir / "landing", images=args.images, seed=0, size=args.size)
     home = MLAssetsHome(root=str(workdir / "home"), landing=str(landing))

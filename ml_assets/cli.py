@@ -126,7 +126,7 @@ def pipeline_options(command):
 def demo(images: int, dataset: str | None, folds: int, epochs, models: str, seed: int) -> None:
     """The tour: land sample data if the landing location is empty, then run the whole pipeline
     on every dataset it holds with the demo's settings (epochs: per kind) and print results."""
-    from ml_assets.demo import run_demo
+    from ml_assets.local.demo import run_demo
 
     run_and_print(run_demo, folds, models, images=images, dataset=dataset, epochs=epochs, seed=seed)
 
@@ -137,7 +137,7 @@ def train(dataset: str | None, folds: int, epochs, models: str, seed: int) -> No
     """Run the pipeline on your own data: every dataset in the landing location (`ml-assets
     ingest PATH --name NAME` puts one there), or --dataset NAME: ingest, k-fold training and
     evaluation with each kind's default settings, the report and its gate; print results."""
-    from ml_assets.demo import run_pipeline
+    from ml_assets.local.demo import run_pipeline
 
     run_and_print(run_pipeline, folds, models, dataset=dataset, epochs=epochs, seed=seed)
 
@@ -171,7 +171,7 @@ def run_and_print(run, folds: int, models: str, **options) -> None:
 
 
 def print_report(dataset: str, name: str, report: dict, folds: int) -> None:
-    from ml_assets.demo import COUNTS, report_table
+    from ml_assets.local.demo import COUNTS, report_table
 
     title = f"\n{name} on {dataset}, version {report['version']}"
     if "not_trained" in report:
@@ -195,8 +195,8 @@ def ready_instance() -> None:
     """Get the Dagster instance in $DAGSTER_HOME ready for `dagster dev` (make ui runs this
     first): runs whose process died are marked failed and free their pool slots, and the UI's
     automation state reads on (automation runs through automation_sensor)."""
-    from ml_assets.demo import instance_home
-    from ml_assets.hygiene import in_process_instance, reap_dead_runs, show_automation_on
+    from ml_assets.local.demo import instance_home
+    from ml_assets.local.runs import in_process_instance, reap_dead_runs, show_automation_on
 
     with in_process_instance(str(instance_home())) as instance:
         reap_dead_runs(instance, click.echo)
@@ -341,7 +341,7 @@ def coco_eval(ground_truth: Path, detections: Path, as_json: bool) -> None:
 
 def register_groups() -> None:
     """Command groups that live in modules of their own."""
-    from ml_assets.store_cli import store
+    from ml_assets.local.store import store
 
     main.add_command(store)
 

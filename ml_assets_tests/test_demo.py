@@ -7,7 +7,7 @@ from click.testing import CliRunner
 from dev_server import dagster_dev, free_port, graphql
 
 from ml_assets.cli import main
-from ml_assets.demo import report_table, run_demo
+from ml_assets.local.demo import report_table, run_demo
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ from ml_assets.defs import datasets
 from ml_assets.defs.models import build_pipeline
 from ml_assets.defs.partitions import dataset_versions
 from ml_assets.defs.resources import MLAssetsHome, MLflowTracking, TrainingDevice
-from ml_assets.train import distributed
+from ml_assets.train import ddp
 from ml_assets.train.classifier import IMAGE_CLASSIFIER, ClassifierConfig, Crops, build_loader
 from ml_assets.train.distributed import torchrun_command
 from ml_assets.train.registry import KINDS
@@ -37,7 +37,7 @@ def test_a_rank_never_gets_a_last_batch_of_one(monkeypatch):
     config = ClassifierConfig(batch_size=2, img_size=8, augment="none")
     single, _ = build_loader(crops, config, augment=True)
     assert [len(labels) for _, labels in single] == [2, 2, 2]
-    monkeypatch.setattr(distributed, "world", lambda: (1, 2))
+    monkeypatch.setattr(ddp, "world", lambda: (1, 2))
     ranked, reseed = build_loader(crops, config, augment=True)
     reseed(0)
     assert [len(labels) for _, labels in ranked] == [2]

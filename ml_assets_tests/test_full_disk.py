@@ -22,9 +22,10 @@ from ml_assets.data.atomic import OutOfSpaceError, out_of_space, write_bytes
 from ml_assets.data.coco import read_coco
 from ml_assets.data.store import Store
 from ml_assets.evaluate.classification import classification_metrics
-from ml_assets.evaluate.report import summarize, write_report
+from ml_assets.evaluate.report import write_report
 from ml_assets.train.classifier import CHECKPOINT, IMAGE_CLASSIFIER, ClassifierConfig
 from ml_assets.train.device import select_device
+from ml_assets.train.evaluation import summarize_folds
 from ml_assets.train.runs import publish
 
 CPU = select_device("cpu")
@@ -194,7 +195,7 @@ def report_of_two_folds() -> dict:
         extra = {"classes": ["a", "b"], "confusion": m["confusion"].tolist()}
         per_class = m["per_class"].reset_index().to_dict("records")
         records.append({"fold": fold, "metrics": metrics, "extra": extra, "per_class": per_class})
-    return summarize(IMAGE_CLASSIFIER, "abcdef123456", records)
+    return summarize_folds(IMAGE_CLASSIFIER, "abcdef123456", records)
 
 
 def test_a_model_or_report_written_to_a_full_disk_keeps_the_old_one_whole(small_fs, tmp_path):

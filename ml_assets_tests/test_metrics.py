@@ -3,8 +3,8 @@ import pytest
 
 from ml_assets.evaluate.classification import classification_metrics
 from ml_assets.evaluate.plots import confusion_png, markdown_image
-from ml_assets.evaluate.report import summarize
 from ml_assets.train.classifier import IMAGE_CLASSIFIER
+from ml_assets.train.evaluation import summarize_folds
 
 
 def test_metrics_match_hand_computed_values():
@@ -32,10 +32,10 @@ def test_fold_summary_is_mean_and_sample_std():
         {"fold": 0, "metrics": {"accuracy": 0.5, "macro_f1": 0.2}, "extra": {"confusion": [[1]]}},
         {"fold": 1, "metrics": {"accuracy": 0.7, "macro_f1": 0.6}, "extra": {"confusion": [[1]]}},
     ]
-    summary = summarize(IMAGE_CLASSIFIER, "v", records)
+    summary = summarize_folds(IMAGE_CLASSIFIER, "v", records)
     assert summary["mean"]["accuracy"] == pytest.approx(0.6)
     assert summary["std"]["macro_f1"] == pytest.approx(np.std([0.2, 0.6], ddof=1))
-    one = summarize(IMAGE_CLASSIFIER, "v", records[:1])
+    one = summarize_folds(IMAGE_CLASSIFIER, "v", records[:1])
     assert one["std"]["accuracy"] == 0 and one["primary_metric"] == "macro_f1"
 
 

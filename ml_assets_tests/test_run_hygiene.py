@@ -12,7 +12,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from ml_assets.hygiene import location_job_origin, slot_wait_message
+from ml_assets.local.runs import location_job_origin, slot_wait_message
 
 ROOT = Path(__file__).resolve().parents[1]
 

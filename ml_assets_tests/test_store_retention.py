@@ -15,7 +15,7 @@ from ml_assets.data.atomic import link_or_copy
 from ml_assets.data.store import TOMBSTONE, VersionCollectedError
 from ml_assets.defs.partitions import dataset_versions
 from ml_assets.defs.resources import MLAssetsHome
-from ml_assets.store_cli import champion_needs, layout, store
+from ml_assets.local.store import champion_needs, layout, store
 from ml_assets.train.runs import promote
 
 KIND = "image_classifier"

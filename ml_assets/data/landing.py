@@ -122,6 +122,10 @@ class LocalFolder:
         """Hash the files the listing saw, through the hash cache (no second walk)."""
         return manifest_of(Path(drop.url), drop.items, cache)
 
+    def opener(self, path: str) -> Path:
+        """The file at ``path`` below the folder (what ``Store.ingest`` reads)."""
+        return self.root / path
+
     def has(self, name: str) -> bool:
         return (self.root / name).exists()
 

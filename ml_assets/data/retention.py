@@ -1,14 +1,14 @@
 """The store over time: what each dataset version costs on disk, which versions a retention rule
 removes, and whether the stored objects still hold the bytes their names promise.
 
-Pure (no Dagster): ``ml_assets.store_cli`` (``ml-assets store ...``) adds what only the Dagster
+Pure (no Dagster): ``ml_assets.local.store`` (``ml-assets store ...``) adds what only the Dagster
 instance and the models know (runs in flight, partitions, champions) and prints.
 
 Layout. A version's outputs are the entries of its store folder (``versions/<key>/``: the
 snapshot ``files/``, its data beside it such as ``tables/`` and ``folds.parquet``, and one folder
 per export format) and, outside the store, ``<area>/<kind>/<key>/`` in every area (models, runs,
 evaluations, reports, model exports, predictions). :class:`Layout` names them;
-``store_cli.layout`` builds it from ``MLAssetsHome``.
+``ml_assets.local.store.layout`` builds it from ``MLAssetsHome``.
 
 Sizes. Every object is counted once, in the store, and split per version into unique bytes
 (objects no other version nor base model uses: what collecting that version alone frees) and

@@ -293,29 +293,32 @@ class Store:
         return self.add(source, sha256)[1]
 
     def ingest(
-        self, key: str, landing: Path | str | None = None, s3_client: Callable | None = None
+        self, key: str, open_file: Callable[[str], Path | Opener] | None = None
     ) -> IngestStats:
         """Store every file of version ``key`` and build its snapshot folder of links.
 
-        Objects of an ``s3://`` landing were stored when the version was registered; one missing
-        from the store is downloaded again through ``s3_client()`` (the resource's settings;
-        without it, the environment's AWS settings).
+        ``open_file(path)`` gives the file at relative ``path`` of the version's landing
+        location: a local file, or a function that opens a stream (an S3 object, see
+        ``ml_assets.data.landing``'s ``opener``). Only files missing from the store are read;
+        without ``open_file``, they are read from the local folder the version was registered
+        from. Objects of an ``s3://`` landing were stored when the version was registered.
         """
-        landing = str(landing) if landing else self.landing_of(key)
         entries = self.manifest(key)
+        if open_file is None:
+            landing = self.landing_of(key)
+            if is_url(landing):
+                raise ValueError(
+                    f"dataset version {key} was registered from {landing}: pass open_file to "
+                    "read its objects"
+                )
+            open_file = Path(landing).joinpath
 
         def missing() -> int:  # what is left to store, counted when the disk is full
             wanted = {e.sha256: e.size for e in entries}
             return sum(n for sha, n in wanted.items() if not self.object_path(sha).exists())
 
         with out_of_space(self.root / "objects", needs=missing):
-            if is_url(landing):
-                from ml_assets.data.landing import S3Folder
-
-                folder = S3Folder.from_url(landing, s3_client)
-                new = sum(self.put(folder.opener(e.path), e.sha256) for e in entries)
-            else:
-                new = sum(self.put(Path(landing) / e.path, e.sha256) for e in entries)
+            new = sum(self.put(open_file(e.path), e.sha256) for e in entries)
         files = self.files_dir(key)
         # Another run may build the same snapshot at the same time: either result is the same.
         with contextlib.suppress(FileExistsError), atomic_dir(files) as tmp:

@@ -454,3 +454,12 @@ def annotations_from_columns(columns: Columns) -> pd.DataFrame:
 
 def categories_from_columns(columns: Columns) -> pd.DataFrame:
     return _with_columns(columns, empty_categories(), {})
+
+
+def class_list(ds: Dataset) -> list[dict]:
+    """Classes in category-id order: class index i of the model is ``classes[i]``."""
+    cats = ds.categories.sort_values("category_id")
+    return [
+        {"id": int(c), "name": str(n)}
+        for c, n in zip(cats["category_id"], cats["name"], strict=True)
+    ]

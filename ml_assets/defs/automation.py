@@ -16,8 +16,8 @@ import dagster as dg
 
 from ml_assets.defs.datasets import folds
 from ml_assets.defs.partitions import dataset_versions, fold_partitions
+from ml_assets.defs.policies import INGEST_RUN_TAGS, in_flight_runs, training_run_tags
 from ml_assets.defs.resources import MLAssetsHome
-from ml_assets.hygiene import INGEST_RUN_TAGS, in_flight_runs, training_run_tags
 from ml_assets.train.registry import KINDS
 
 # The retraining schedule, read when the code location loads (restart make ui to change it):

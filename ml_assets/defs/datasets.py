@@ -55,6 +55,7 @@ def is_quantiles(value) -> bool:
 )
 def raw_dataset(context: dg.AssetExecutionContext, home: MLAssetsHome) -> dg.MaterializeResult:
     from ml_assets.data.formats import detect_format
+    from ml_assets.data.landing import open_landing
 
     version = context.partition_key
     if not home.store.manifest_path(version).exists():  # a key typed into "Add a partition"
@@ -65,7 +66,8 @@ def raw_dataset(context: dg.AssetExecutionContext, home: MLAssetsHome) -> dg.Mat
             "starts its ingest (or run `ml-assets demo`); then delete this partition from the "
             "asset's Partitions tab."
         )
-    stats = home.store.ingest(version, s3_client=home.s3_client)
+    landing = open_landing(home.store.landing_of(version), home.s3_client)
+    stats = home.store.ingest(version, landing.opener)
     files = home.store.files_dir(version)
     return dg.MaterializeResult(
         data_version=dg.DataVersion(version),  # the version key is the content's hash

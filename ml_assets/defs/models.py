@@ -31,10 +31,10 @@ from ml_assets.defs.partitions import (
     version_fold,
     version_folds,
 )
+from ml_assets.defs.policies import training_run_tags
 from ml_assets.defs.resources import MLAssetsHome, MLflowTracking, TrainingDevice
 from ml_assets.defs.shards import SHARDS
-from ml_assets.hygiene import training_run_tags
-from ml_assets.train.distributed import processes
+from ml_assets.train.ddp import processes
 from ml_assets.train.kinds import ModelKind
 
 # On Kubernetes (dagster-k8s run launcher), each training step asks for one GPU.
@@ -420,7 +420,8 @@ def build_pipeline(kind: ModelKind) -> KindPipeline:
         context: dg.AssetExecutionContext, home: MLAssetsHome, training_device: TrainingDevice
     ) -> dg.MaterializeResult:
         from ml_assets.data.folds import held_out_ids
-        from ml_assets.evaluate.report import evaluate_fold, evaluation_view
+        from ml_assets.evaluate.report import evaluation_view
+        from ml_assets.train.evaluation import evaluate_fold
 
         version, fold = version_fold(context)
         assignment, folds_digest = load_folds(home, version)
@@ -462,9 +463,9 @@ def build_pipeline(kind: ModelKind) -> KindPipeline:
             read_fold_records,
             report_plots,
             report_view,
-            summarize,
             write_report,
         )
+        from ml_assets.train.evaluation import summarize_folds
 
         version = context.partition_key
         assignment, folds_digest = load_folds(home, version)
@@ -474,7 +475,7 @@ def build_pipeline(kind: ModelKind) -> KindPipeline:
         versions = context.instance.get_dynamic_partitions(dataset_versions.name)
         earlier = versions[: versions.index(version)] if version in versions else []
         previous = previous_report([home.report_dir(kind.name, v) for v in earlier])
-        summary = summarize(kind, version, records, previous)
+        summary = summarize_folds(kind, version, records, previous)
         plots = report_plots(records, folders, lambda: load_version(home, version), assignment)
         _, decision = decision_line(summary, kind.promotion_floor)
         out = write_report(home.report_dir(kind.name, version), summary, plots, decision)

@@ -15,13 +15,13 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from ml_assets.data.tables import Dataset
+from ml_assets.data.tables import Dataset, class_list
 from ml_assets.evaluate.coco import (
     RECALL_THRESHOLDS,
     coco_metrics,
     detections_from_arrays,
 )
-from ml_assets.train.kinds import Scores, class_list
+from ml_assets.evaluate.scores import Scores
 
 DETECTION_COLUMNS = ["image_id", "category_id", "x", "y", "w", "h", "score"]
 """A detections table: one row per box, in absolute pixels of the original image."""

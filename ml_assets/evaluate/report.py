@@ -1,8 +1,8 @@
 """Evaluations per fold, reports per version and the promotion gate's rule, for every kind.
 
-An evaluation scores the model that lineage names (the same version and fold) on its held-out
-fold and writes ``metrics.json`` (the record reports read), ``predictions.parquet`` and its plots
-into one folder atomically. A report reads every fold's record, refuses records of another fold
+An evaluation (``ml_assets.train.evaluation.evaluate_fold``) scores the model that lineage names
+(the same version and fold) on its held-out fold and writes ``metrics.json`` (the record reports
+read), ``predictions.parquet`` and its plots into one folder atomically. A report reads every fold's record, refuses records of another fold
 assignment, and writes the mean and standard deviation of each metric across folds with the
 baseline of the kind's primary metric.
 """
@@ -10,7 +10,7 @@ baseline of the kind's primary metric.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -19,50 +19,6 @@ import pandas as pd
 
 from ml_assets.data.atomic import atomic_dir
 from ml_assets.data.tables import Dataset
-from ml_assets.train.kinds import ModelKind, Scores
-from ml_assets.train.runs import read_lineage
-
-
-def evaluate_fold(
-    kind: ModelKind,
-    model_dir: Path,
-    ds: Dataset,
-    image_ids: Sequence[int],
-    device,
-    folds_digest: str,
-    out_dir: Path,
-    inputs: dict[str, Path] | None = None,
-) -> tuple[dict, Scores]:
-    """Score the model at ``model_dir`` on ``image_ids``; write and return the fold's record."""
-    lineage = read_lineage(model_dir)
-    if lineage.get("folds_digest") != folds_digest:
-        raise ValueError(
-            f"{model_dir}: this model was trained on another fold assignment "
-            f"({lineage.get('folds_digest')}) than the current one ({folds_digest}); "
-            f"rematerialize {kind.name} for fold {lineage.get('fold')}"
-        )
-    scores = kind.score(model_dir, ds, image_ids, device, inputs)
-    record = {
-        "kind": kind.name,
-        "version": lineage.get("version"),
-        "fold": lineage.get("fold"),
-        "metrics": scores.metrics,
-        "per_class": scores.per_class.reset_index().to_dict("records"),
-        "extra": scores.extra,
-        "model": str(model_dir),
-        "folds_digest": folds_digest,
-        "mlflow_run_id": lineage.get("mlflow_run_id"),
-    }
-    with atomic_dir(out_dir, overwrite=True) as tmp:
-        scores.predictions.to_parquet(tmp / "predictions.parquet", index=False)
-        if {"image_id", "category_id", "score"} <= set(scores.predictions.columns):
-            write_detections(tmp / "results.json", scores.predictions)
-        (tmp / "metrics.json").write_bytes(
-            orjson.dumps(record, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
-        )
-        for name, png in scores.plots.items():
-            (tmp / f"{name}.png").write_bytes(png)
-    return record, scores
 
 
 def write_detections(path: Path, detections: pd.DataFrame) -> None:
@@ -119,19 +75,25 @@ def per_class_means(records: list[dict]) -> pd.DataFrame:
 
 
 def summarize(
-    kind: ModelKind, version: str, records: list[dict], previous: dict | None = None
+    kind: str,
+    version: str,
+    records: list[dict],
+    primary_metric: str,
+    baseline: float,
+    previous: dict | None = None,
 ) -> dict:
-    """Mean and standard deviation (ddof=1, 0 for one fold) of every metric across folds, each
-    class's means, and the change against ``previous`` (the report of the dataset version before
-    this one) when there is one."""
+    """The report of ``kind`` (its name) on ``version``: mean and standard deviation (ddof=1, 0
+    for one fold) of every metric across folds, each class's means, the ``primary_metric`` and
+    its ``baseline`` (a trivial model on the same held-out folds), and the change against
+    ``previous`` (the report of the dataset version before this one) when there is one."""
     table = per_fold_table(records)
     stats = table.agg(["mean", "std"]).T.fillna({"std": 0.0})
     classes = per_class_means(records)
     report = {
-        "kind": kind.name,
+        "kind": kind,
         "version": version,
-        "primary_metric": kind.primary_metric,
-        "baseline": float(kind.baseline(records)),
+        "primary_metric": primary_metric,
+        "baseline": float(baseline),
         "folds": records,
         "mean": {k: float(v) for k, v in stats["mean"].items()},
         "std": {k: float(v) for k, v in stats["std"].items()},

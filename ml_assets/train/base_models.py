@@ -29,7 +29,7 @@ from ml_assets.data.store import Store, manifest_key, scan
 from ml_assets.train.classifier import MEAN, STD
 
 # Architectures init_base_model writes; the classifier ones build an image backbone, the two
-# teachers come from ml_assets.train.lora_teachers.
+# teachers come from ml_assets.train.teacher_models.
 CLASSIFIER_ARCHS = ("vit", "dinov2", "convnext", "swin")
 TEACHER_ARCHS = ("grounding-dino", "sam")
 ARCHS = CLASSIFIER_ARCHS + TEACHER_ARCHS
@@ -155,17 +155,17 @@ def init_base_model(folder: Path, arch: str, tiny: bool = False, seed: int = 0) 
 
 
 def _teacher_init(arch: str):
-    """Part of ``ml_assets.train.lora_teachers``, imported only when asked for (heavy)."""
+    """Part of ``ml_assets.train.teacher_models``, imported only when asked for."""
     name = {"grounding-dino": "init_grounding_dino", "sam": "init_sam"}[arch]
     try:
-        from ml_assets.train import lora_teachers
+        from ml_assets.train import teacher_models
     except ImportError as err:
         raise ValueError(f"architecture {arch!r} is not available: {err}") from err
-    if not hasattr(lora_teachers, name):
+    if not hasattr(teacher_models, name):
         raise ValueError(
-            f"architecture {arch!r} is not available: ml_assets.train.lora_teachers has no {name}"
+            f"architecture {arch!r} is not available: ml_assets.train.teacher_models has no {name}"
         )
-    return getattr(lora_teachers, name)
+    return getattr(teacher_models, name)
 
 
 def check_model_dir(folder: Path) -> dict:

@@ -33,15 +33,9 @@ from PIL import Image
 from pydantic import Field
 
 from ml_assets.data.atomic import atomic_dir, atomic_path
-from ml_assets.data.tables import Dataset
-from ml_assets.train.kinds import (
-    EpochCallback,
-    FitResult,
-    KindConfig,
-    Learns,
-    Scores,
-    class_list,
-)
+from ml_assets.data.tables import Dataset, class_list
+from ml_assets.evaluate.scores import Scores
+from ml_assets.train.kinds import EpochCallback, FitResult, KindConfig, Learns
 
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -302,7 +296,7 @@ def build_loader(
     import torch
     from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-    from ml_assets.train.distributed import world
+    from ml_assets.train.ddp import world
 
     transform, reseed = augmentation(config.augment if augment else "none")
     if isinstance(crops, ShardCrops):
@@ -359,7 +353,7 @@ def _shard_loader(source: ShardCrops, config: ClassifierConfig, transform, resee
     import torch
     from torch.utils.data import DataLoader, IterableDataset
 
-    from ml_assets.train.distributed import world
+    from ml_assets.train.ddp import world
 
     ranks = world()[1]
 
@@ -554,7 +548,7 @@ def fit_loop(
     from timm.data import Mixup
     from timm.optim import create_optimizer_v2
 
-    from ml_assets.train.distributed import barrier, sum_over_ranks, world
+    from ml_assets.train.ddp import barrier, sum_over_ranks, world
 
     if len(crops.labels) == 0:
         raise ValueError("no training samples: the training folds hold no labelled objects")
@@ -897,7 +891,7 @@ class ImageClassifier:
         on_epoch: EpochCallback | None = None,
         inputs: dict[str, Path] | None = None,
     ) -> FitResult:
-        from ml_assets.train.distributed import world
+        from ml_assets.train.ddp import world
 
         classes = class_list(ds)
         ids = [c["id"] for c in classes]

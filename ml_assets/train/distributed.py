@@ -13,7 +13,8 @@ folder, MLflow, lineage, publishing) and sends its log lines and per-epoch progr
 Pipes while it trains and the trained fold as a Pipes message at the end, from which the asset
 builds its metadata; the other ranks run only the kind's ``fit``, whose training loop wraps the
 model in ``DistributedDataParallel``, gives each rank its share of the data and lets rank 0 alone
-write checkpoints. Checkpoints are the single-process ones: a run resumes from either.
+write checkpoints (the DDP primitives those loops use are in ``ml_assets.train.ddp``).
+Checkpoints are the single-process ones: a run resumes from either.
 
 On other nodes (``nnodes > 1``) start the same command by hand or from your scheduler: it is
 logged when the asset launches it. ``batch_size`` is per process: the global batch is
@@ -31,40 +32,7 @@ import orjson
 import pandas as pd
 
 from ml_assets.data.atomic import write_bytes
-
-
-def world() -> tuple[int, int]:
-    """(rank, number of ranks) of this process: (0, 1) outside ``torch.distributed``."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def barrier() -> None:
-    """Wait for every rank (nothing to wait for in a single process)."""
-    import torch.distributed as dist
-
-    if world()[1] > 1:
-        dist.barrier()
-
-
-def sum_over_ranks(*values: float, device) -> tuple[float, ...]:
-    """Each value summed over the ranks (the values themselves in a single process)."""
-    import torch
-    import torch.distributed as dist
-
-    if world()[1] == 1:
-        return values
-    tensor = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(tensor)
-    return tuple(tensor.tolist())
-
-
-def processes(config) -> int:
-    """How many training processes a kind's config asks for."""
-    return config.nproc_per_node * config.nnodes
+from ml_assets.train.ddp import world
 
 
 def torchrun_command(config, request: Path, run_id: str = "ml_assets") -> list[str]:

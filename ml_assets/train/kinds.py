@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ml_assets.data.atomic import write_bytes
 from ml_assets.data.tables import Dataset, has_masks, task_of
+from ml_assets.evaluate.scores import Scores
 
 # Called after every epoch with (epoch, epochs, row): row holds the epoch's numbers (losses,
 # validation metrics, "seconds"). The callback may raise to stop training (the checkpoint of
@@ -74,23 +75,6 @@ class FitResult:
     # Final numbers for the metadata and MLflow metrics; text values (a base model's hash)
     # become metadata text and MLflow tags.
     summary: dict[str, float | str] = field(default_factory=dict)
-
-
-@dataclass
-class Scores:
-    """What ``score`` returns for one held-out set.
-
-    ``metrics`` are flat numbers (the report averages them across folds); ``per_class`` is
-    indexed by class name; ``predictions`` one row per scored object or detection; ``extra``
-    JSON-able details the baseline and the report need (a confusion matrix, class names);
-    ``plots`` PNG bytes by name.
-    """
-
-    metrics: dict[str, float]
-    per_class: pd.DataFrame
-    predictions: pd.DataFrame
-    extra: dict = field(default_factory=dict)
-    plots: dict[str, bytes] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -191,15 +175,6 @@ class ModelKind(Protocol):
         """Raw numeric outputs for a few images, to compare a reloaded model with the trained
         one (same order and shape for the same inputs)."""
         ...
-
-
-def class_list(ds: Dataset) -> list[dict]:
-    """Classes in category-id order: class index i of the model is ``classes[i]``."""
-    cats = ds.categories.sort_values("category_id")
-    return [
-        {"id": int(c), "name": str(n)}
-        for c, n in zip(cats["category_id"], cats["name"], strict=True)
-    ]
 
 
 def fingerprint(**parts: Any) -> str:

@@ -30,17 +30,11 @@ import pandas as pd
 from pydantic import Field
 
 from ml_assets.data.atomic import atomic_dir
-from ml_assets.data.tables import Dataset
+from ml_assets.data.tables import Dataset, class_list
+from ml_assets.evaluate.scores import Scores
 from ml_assets.train import classifier as timm_recipe
 from ml_assets.train.base_models import describe_base_model, snapshot_hash
-from ml_assets.train.kinds import (
-    EpochCallback,
-    FitResult,
-    KindConfig,
-    Learns,
-    Scores,
-    class_list,
-)
+from ml_assets.train.kinds import EpochCallback, FitResult, KindConfig, Learns
 
 META = "lora.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -327,7 +321,7 @@ class LoraClassifier:
             "base_model": {"name": config.base_model, "hash": base_hash, "folder": str(base)},
             **counts,
         }
-        from ml_assets.train.distributed import world
+        from ml_assets.train.ddp import world
 
         if world()[0] != 0:  # under torchrun, rank 0 writes the adapter; the others only train
             return FitResult(model, history, resumed_from, {})

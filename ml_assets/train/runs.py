@@ -26,16 +26,9 @@ import pandas as pd
 
 from ml_assets.data.atomic import atomic_dir, folder_bytes, write_bytes
 from ml_assets.data.folds import held_out_ids, training_ids
-from ml_assets.data.tables import Dataset
-from ml_assets.train.distributed import processes
-from ml_assets.train.kinds import (
-    FitResult,
-    KindConfig,
-    ModelKind,
-    class_list,
-    fingerprint,
-    prepare_run_dir,
-)
+from ml_assets.data.tables import Dataset, class_list
+from ml_assets.train.ddp import processes
+from ml_assets.train.kinds import FitResult, KindConfig, ModelKind, fingerprint, prepare_run_dir
 from ml_assets.train.tracking import Tracking
 
 LINEAGE = "lineage.json"

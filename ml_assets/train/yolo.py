@@ -43,17 +43,10 @@ import yaml
 from pydantic import Field, field_validator
 
 from ml_assets.data.atomic import atomic_dir, write_bytes
-from ml_assets.data.tables import Dataset, image_key, splits
+from ml_assets.data.tables import Dataset, class_list, image_key, splits
 from ml_assets.data.yolo import YAML_FILE, label_path, write_yolo
-from ml_assets.train.kinds import (
-    LAUNCH_FIELDS,
-    EpochCallback,
-    FitResult,
-    KindConfig,
-    Learns,
-    Scores,
-    class_list,
-)
+from ml_assets.evaluate.scores import Scores
+from ml_assets.train.kinds import LAUNCH_FIELDS, EpochCallback, FitResult, KindConfig, Learns
 
 META_FILE = "detector.json"
 WEIGHTS_FILE = "best.pt"

@@ -30,7 +30,6 @@ from ml_assets.evaluate.report import (
     Markdown,
     cross_fold_values,
     decision_line,
-    evaluate_fold,
     evaluation_view,
     pooled_reliability,
     promotion_decision,
@@ -43,7 +42,8 @@ from ml_assets.evaluate.report import (
     trained_view,
     write_report,
 )
-from ml_assets.train.kinds import Scores
+from ml_assets.evaluate.scores import Scores
+from ml_assets.train.evaluation import evaluate_fold, summarize_folds
 
 PNG = b"\x89PNG\r\n\x1a\n"
 DIGEST = "0123456789ab"
@@ -148,7 +148,7 @@ def detector(tmp_path_factory):
 
 def test_the_classifier_report_leads_with_the_decision(classifier):
     kind, _, records, folders, _ = classifier
-    summary = summarize(kind, "v1", records)
+    summary = summarize_folds(kind, "v1", records)
     plots = report_plots(records, folders)
     assert list(plots) == ["confusion_matrix", "reliability"]
     assert all(png.startswith(PNG) for png in plots.values())
@@ -191,7 +191,7 @@ def test_the_classifier_report_leads_with_the_decision(classifier):
 
 def test_the_decision_is_the_gates_rule(classifier):
     kind, _, records, _, _ = classifier
-    summary = summarize(kind, "v1", records)
+    summary = summarize_folds(kind, "v1", records)
     for floor in (0.1, 0.5, 0.99):
         assert decision_line(summary, floor)[0] == promotion_decision(summary, floor)[0]
 
@@ -228,7 +228,7 @@ def test_the_detector_report_has_pr_curves_and_sample_detections_of_all_folds(
         with Image.open(io.BytesIO(png)) as image:
             assert image.format == "PNG" and min(image.size) > 200
 
-    summary = summarize(kind, "v1", records)
+    summary = summarize_folds(kind, "v1", records)
     view = report_view(summary, plots, floor=0.1)
     assert list(view)[:8] == [
         "decision",
@@ -249,20 +249,12 @@ def test_the_detector_report_has_pr_curves_and_sample_detections_of_all_folds(
     assert "n/a" in view["per_fold"] and "nan" not in view["per_fold"]
 
 
-class NoBaseline:
-    name = "detector"
-    primary_metric = "AP"
-
-    def baseline(self, folds: list[dict]) -> float:
-        return 0.0
-
-
 def test_an_undefined_value_is_said_never_blank_or_zero():
     records = [
         {"fold": 0, "metrics": {"AP": 0.5, "AP_medium": 0.4, "AP_large": -1.0}},
         {"fold": 1, "metrics": {"AP": 0.7, "AP_medium": -1.0, "AP_large": -1.0}},
     ]
-    values = cross_fold_values(summarize(NoBaseline(), "v", records))
+    values = cross_fold_values(summarize("detector", "v", records, "AP", 0.0))
     assert values["mean_AP"] == pytest.approx(0.6) and values["std_AP"] == pytest.approx(0.1414)
     assert values["mean_AP_medium"] == pytest.approx(0.4)
     assert values["std_AP_medium"] == (
@@ -273,7 +265,7 @@ def test_an_undefined_value_is_said_never_blank_or_zero():
 
 def test_a_primary_metric_undefined_on_every_fold_is_not_promotable(tmp_path):
     records = [{"fold": f, "metrics": {"AP": -1.0}} for f in range(2)]
-    write_report(tmp_path / "r", summarize(NoBaseline(), "v", records), {})
+    write_report(tmp_path / "r", summarize("detector", "v", records, "AP", 0.0), {})
     saved = read_report(tmp_path / "r")  # JSON keeps the undefined mean as null
     passed, found = promotion_decision(saved, 0.1)
     assert not passed and "undefined on every fold" in found["reasons"]
@@ -284,7 +276,7 @@ def test_a_primary_metric_undefined_on_every_fold_is_not_promotable(tmp_path):
 
 def test_report_html_leads_with_the_decision_too(classifier, tmp_path):
     kind, _, records, _, _ = classifier
-    summary = summarize(kind, "v1", records)
+    summary = summarize_folds(kind, "v1", records)
     line = decision_line(summary, 0.5)[1]
     out = write_report(tmp_path / "report", summary, {}, decision=line)
     html = (out / "report.html").read_text()

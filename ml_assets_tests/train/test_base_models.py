@@ -56,13 +56,13 @@ def test_init_refuses_an_existing_folder_and_unknown_or_missing_architectures(
     assert taken.exit_code == 1 and "taken already exists" in taken.output
     unknown = runner.invoke(main, ["base-model", "init", str(tmp_path / "x"), "--arch", "lenet"])
     assert unknown.exit_code == 2 and "lenet" in unknown.output
-    # The teachers come from ml_assets.train.lora_teachers; without its functions: a clear error.
+    # The teachers come from ml_assets.train.teacher_models; without its functions: a clear error.
     import ml_assets.train
 
     empty = types.ModuleType("empty")
-    monkeypatch.setitem(sys.modules, "ml_assets.train.lora_teachers", empty)
+    monkeypatch.setitem(sys.modules, "ml_assets.train.teacher_models", empty)
     # An earlier import left the real module on the package too: hide it there as well.
-    monkeypatch.setattr(ml_assets.train, "lora_teachers", empty, raising=False)
+    monkeypatch.setattr(ml_assets.train, "teacher_models", empty, raising=False)
     missing = runner.invoke(main, ["base-model", "init", str(tmp_path / "s"), "--arch", "sam"])
     assert missing.exit_code == 1
     assert "architecture 'sam' is not available" in missing.output

@@ -12,10 +12,10 @@ from safetensors import safe_open
 from ml_assets.cli import main
 from ml_assets.data.formats import read_dataset
 from ml_assets.data.store import Store
+from ml_assets.data.tables import class_list
 from ml_assets.train import classifier as timm_recipe
 from ml_assets.train import lora
 from ml_assets.train.base_models import describe_base_model, snapshot_base_model
-from ml_assets.train.kinds import class_list
 
 CPU = torch.device("cpu")
 TINY = {"epochs": 1, "batch_size": 8, "augment": "none"}

@@ -12,12 +12,13 @@ from ml_assets.data.coco import read_coco
 from ml_assets.data.sample import write_sample
 from ml_assets.data.store import Store
 from ml_assets.train import lora_teachers as lt
+from ml_assets.train import teacher_models as tm
 from ml_assets.train.base_models import init_base_model, snapshot_base_model, snapshot_hash
 from ml_assets.train.kinds import ModelKind
 
 KINDS = {"lora_detector": lt.LORA_DETECTOR, "lora_segmenter": lt.LORA_SEGMENTER}
 ARCH = {"lora_detector": "grounding-dino", "lora_segmenter": "sam"}
-INIT = {"lora_detector": lt.init_grounding_dino, "lora_segmenter": lt.init_sam}
+INIT = {"lora_detector": tm.init_grounding_dino, "lora_segmenter": tm.init_sam}
 # One optimizer step per epoch on the same 8 images, so the loss can be compared across epochs.
 SETTINGS = {"epochs": 3, "batch_size": 8, "lr": 3e-3, "rank": 4, "alpha": 8.0, "dropout": 0.0}
 
@@ -74,17 +75,17 @@ def safetensors_names(path):
 def test_init_writes_tiny_teachers_offline(tmp_path):
     from transformers import AutoConfig, AutoProcessor
 
-    dino = lt.init_grounding_dino(tmp_path / "dino", tiny=True)
-    sam = lt.init_sam(tmp_path / "sam", tiny=True)
+    dino = tm.init_grounding_dino(tmp_path / "dino", tiny=True)
+    sam = tm.init_sam(tmp_path / "sam", tiny=True)
     assert AutoConfig.from_pretrained(dino).model_type == "grounding-dino"
     assert AutoConfig.from_pretrained(sam).model_type == "sam"
     tokenizer = AutoProcessor.from_pretrained(dino).tokenizer
     ids = tokenizer(["circle . square ."])["input_ids"][0]
     # BERT's ids for [CLS], ".", [SEP], which Grounding DINO's code hard-codes; no [UNK] (100).
     assert ids[0] == 101 and ids[-1] == 102 and ids.count(1012) == 2 and 100 not in ids
-    assert AutoProcessor.from_pretrained(sam).image_processor.size["longest_edge"] == lt.TINY_SIDE
+    assert AutoProcessor.from_pretrained(sam).image_processor.size["longest_edge"] == tm.TINY_SIDE
     with pytest.raises(FileExistsError):
-        lt.init_sam(tmp_path / "sam", tiny=True)  # never overwrites a base model
+        tm.init_sam(tmp_path / "sam", tiny=True)  # never overwrites a base model
 
 
 def test_prompt_has_one_phrase_per_class(bases):
@@ -242,7 +243,7 @@ def test_base_hash_is_recorded_and_follows_the_base(trained, bases, shapes, tmp_
     assert fit.model.base_hash == bases["lora_segmenter"].hash
     assert lt.read_meta(model_dir)["base_model"]["hash"] == bases["lora_segmenter"].hash
     other = snapshot_base_model(
-        lt.init_sam(tmp_path / "sam2", tiny=True, seed=1), Store(tmp_path / "s")
+        tm.init_sam(tmp_path / "sam2", tiny=True, seed=1), Store(tmp_path / "s")
     )
     assert other.hash != bases["lora_segmenter"].hash
     ds, train_ids, val_ids = shapes

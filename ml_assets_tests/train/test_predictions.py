@@ -7,9 +7,9 @@ import pytest
 
 from ml_assets.data.formats import read_dataset
 from ml_assets.data.sample import write_sample
+from ml_assets.data.tables import class_list
 from ml_assets.train.classifier import IMAGE_CLASSIFIER, ClassifierConfig
 from ml_assets.train.device import select_device
-from ml_assets.train.kinds import class_list
 from ml_assets.train.predictions import image_files, write_predictions
 from ml_assets.train.runs import LINEAGE
 from ml_assets.train.yolo import YOLO_DETECTOR, YoloConfig

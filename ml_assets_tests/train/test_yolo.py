@@ -16,11 +16,11 @@ from pydantic import ValidationError
 
 from ml_assets.data.formats import read_dataset
 from ml_assets.data.sample import write_sample
+from ml_assets.data.tables import class_list
 from ml_assets.train.kinds import prepare_run_dir
 from ml_assets.train.yolo import (
     YOLO_DETECTOR,
     YoloConfig,
-    class_list,
     device_argument,
     link_folds,
 )

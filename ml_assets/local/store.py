@@ -93,7 +93,7 @@ def running_versions(instance) -> dict[str, list[str]]:
     import dagster as dg
 
     from ml_assets.defs.partitions import dataset_versions
-    from ml_assets.hygiene import IN_FLIGHT
+    from ml_assets.defs.policies import IN_FLIGHT
 
     order = instance.get_dynamic_partitions(dataset_versions.name)
     found = defaultdict(list)
@@ -265,7 +265,7 @@ def gc(keep_last: int, dry_run: bool) -> None:
             "flight, no partition to remove"
         )
     else:
-        from ml_assets.hygiene import in_process_instance
+        from ml_assets.local.runs import in_process_instance
 
         instance = in_process_instance(str(folder))
         for key, reasons in running_versions(instance).items():

@@ -10,8 +10,9 @@
   start without a daemon.
 - :func:`echoing_slot_waits_in_thread` says on the terminal which run holds the pool slot a step
   waits for.
-- :func:`in_flight_runs` lets the schedule skip a training request for a partition and
-  configuration that is already queued or running.
+
+The run policies of the code location itself (tags, runs in flight) are in
+``ml_assets.defs.policies``.
 """
 
 from __future__ import annotations
@@ -26,39 +27,15 @@ from typing import Any
 
 import dagster as dg
 
+from ml_assets.defs.policies import ACTIVE
+
 # The code location's name in workspace.yaml: runs started by our commands are filed under it.
 LOCATION_NAME = "ml_assets"
 REPOSITORY_NAME = "__repository__"  # what dg.Definitions is loaded as
 DEFINITIONS_MODULE = "ml_assets.definitions"
 HOST_TAG = "ml_assets/host"
-# Statuses of a run that has a process (or is about to get one).
-ACTIVE = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
-IN_FLIGHT = [dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.QUEUED, *ACTIVE]
 # A daemon whose heartbeat is older than this is not running.
 DAEMON_HEARTBEAT_S = 60
-
-
-def training_run_tags() -> dict[str, str]:
-    """Tags of every training run: a runtime limit that run monitoring enforces (the daemon's
-    ``run_monitoring``; ``ML_ASSETS_MAX_RUNTIME_HOURS``, default 12) and a queue priority below
-    ingest's, so a new drop is validated before long training runs take the queue's slots."""
-    hours = float(os.environ.get("ML_ASSETS_MAX_RUNTIME_HOURS", "12"))
-    return {"dagster/max_runtime": str(int(hours * 3600)), "dagster/priority": "-1"}
-
-
-INGEST_RUN_TAGS = {"dagster/priority": "1"}
-
-
-def in_flight_runs(
-    instance: dg.DagsterInstance, job_names: set[str], partition_key: str, run_config: Mapping
-) -> list[dg.DagsterRun]:
-    """Queued or running runs of these jobs for this partition whose ops (assets) have this
-    configuration; how a run executes or logs (``execution``, ``loggers``) does not matter."""
-    runs = instance.get_runs(
-        filters=dg.RunsFilter(statuses=IN_FLIGHT, tags={"dagster/partition": str(partition_key)})
-    )
-    ops = dict(run_config.get("ops", {}))
-    return [r for r in runs if r.job_name in job_names and r.run_config.get("ops", {}) == ops]
 
 
 def daemon_is_running(instance: dg.DagsterInstance) -> bool:

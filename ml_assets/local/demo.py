@@ -27,7 +27,7 @@ from ml_assets.data.landing import Landing, add_dataset, datasets, landing_locat
 from ml_assets.data.landing import register as register_dataset
 from ml_assets.data.sample import write_sample
 from ml_assets.data.store import Store
-from ml_assets.hygiene import (
+from ml_assets.local.runs import (
     execute_as_location,
     in_process_instance,
     reap_dead_runs,
