@@ -342,8 +342,10 @@ def coco_eval(ground_truth: Path, detections: Path, as_json: bool) -> None:
 def register_groups() -> None:
     """Command groups that live in modules of their own."""
     from ml_assets.local.store import store
+    from ml_assets.local.weights import weights
 
     main.add_command(store)
+    main.add_command(weights)
 
 
 register_groups()
