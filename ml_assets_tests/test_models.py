@@ -21,6 +21,7 @@ PIPELINES = {name: build_pipeline(kind) for name, kind in KINDS.items()}
 TINY = {
     "image_classifier": {"epochs": 2, "img_size": 32, "batch_size": 8},
     "yolo_detector": {"epochs": 2, "imgsz": 64, "batch": 8},
+    "yolo_segmenter": {"epochs": 2, "imgsz": 64, "batch": 8},
 }
 
 

@@ -409,20 +409,23 @@ def _evaluate(gt: dict[str, Any], detections: list[dict[str, Any]]) -> CocoMetri
     results.dataset = {"images": gt["images"], "annotations": detections, "categories": categories}
     truth.createIndex()
     results.createIndex()
-    engine = COCOeval_faster(truth, results, "bbox", print_function=_quiet)
+    engine = COCOeval_faster(truth, results, "bbox", print_function=quiet)
     engine.evaluate()
     engine.accumulate()
     engine.summarize()
     stats = dict(zip(STAT_NAMES, (float(v) for v in engine.stats[:12]), strict=True))
-    return CocoMetrics(stats=stats, classes=_classes(engine, gt, detections))
+    return CocoMetrics(stats, class_metrics(engine, gt["names"], gt["annotations"], detections))
 
 
-def _classes(engine: Any, gt: dict[str, Any], detections: list[dict[str, Any]]) -> tuple:
-    """Per category from the accumulated arrays: precision is [IoU, recall, category, area,
-    maxDets], categories in ``params.catIds`` order (sorted ids), area 0 = all, maxDets -1 = 100."""
+def class_metrics(
+    engine: Any, names: Mapping[int, str], truth: list[dict], detections: list[dict]
+) -> tuple[ClassMetrics, ...]:
+    """Per category from an evaluated engine's accumulated arrays (boxes or masks): precision
+    is [IoU, recall, category, area, maxDets], categories in ``params.catIds`` order (sorted
+    ids), area 0 = all, maxDets -1 = 100. ``truth`` and ``detections`` are counted per class."""
     precision, scores = engine.eval["precision"], engine.eval["scores"]
     iou50 = int(np.flatnonzero(np.isclose(engine.params.iouThrs, 0.5))[0])
-    truth = _count(a["category_id"] for a in gt["annotations"] if not a["iscrowd"])
+    counted = _count(a["category_id"] for a in truth if not a["iscrowd"])
     found = _count(d["category_id"] for d in detections)
     classes = []
     for k, category_id in enumerate(engine.params.catIds):
@@ -430,10 +433,10 @@ def _classes(engine: Any, gt: dict[str, Any], detections: list[dict[str, Any]]) 
         classes.append(
             ClassMetrics(
                 category_id=int(category_id),
-                name=gt["names"][category_id],
+                name=names[category_id],
                 ap=_mean_valid(curve),
                 ap50=_mean_valid(curve[iou50]),
-                ground_truth=truth.get(category_id, 0),
+                ground_truth=counted.get(category_id, 0),
                 detections=found.get(category_id, 0),
                 precision=np.array(curve[iou50]),
                 scores=np.array(scores[iou50, :, k, 0, -1]),
@@ -457,5 +460,5 @@ def _or_none(value: float) -> float | None:
     return None if math.isnan(value) else value
 
 
-def _quiet(*_args: Any, **_kwargs: Any) -> None:
+def quiet(*_args: Any, **_kwargs: Any) -> None:
     """faster-coco-eval reports progress through this; we print nothing."""

@@ -81,26 +81,23 @@ def detection_scores(
         "instances": float((truth["iscrowd"] == 0).sum()),
         "detections": float(len(detections)),
     }
-    curves = {
-        f"{c.name} (AP50 {c.ap50:.3f})": (RECALL_THRESHOLDS, c.precision)
-        for c in found.classes
-        if c.ground_truth > 0
-    }
     return Scores(
         metrics=metrics,
         per_class=per_class,
         predictions=detections,
         extra={"classes": class_list(ds), "coco_stats": found.stats_list},
         plots={
-            "pr_curves": _pr_curves(curves),
+            "pr_curves": precision_recall_png(found.classes),
             "samples": samples_png(ds, image_ids, detections),
         },
     )
 
 
-def coco_ground_truth(ds: Dataset, image_ids: Sequence[int]) -> dict:
+def coco_ground_truth(ds: Dataset, image_ids: Sequence[int], masks: bool = False) -> dict:
     """The COCO ground-truth dict of ``image_ids``: their images, their annotations (boxes,
-    areas and crowd flags as in the tables) and every category of ``ds``."""
+    areas and crowd flags as in the tables) and every category of ``ds``. With ``masks`` each
+    annotation carries its ``segmentation``; one without (a box only) becomes a crowd region
+    covering its box, which a mask evaluation neither rewards nor penalizes."""
     wanted = set(int(i) for i in image_ids)
     images = ds.images.drop_duplicates("image_id")
     images = images[images["image_id"].isin(wanted)]
@@ -109,7 +106,7 @@ def coco_ground_truth(ds: Dataset, image_ids: Sequence[int]) -> dict:
         raise ValueError(f"image ids not in the dataset: {missing[:10]}")
     annotations = ds.annotations[ds.annotations["image_id"].isin(wanted)]
     boxes = annotations[["x", "y", "w", "h"]].to_numpy(dtype=np.float64).tolist()
-    return {
+    found = {
         "images": [
             {"id": int(i), "file_name": str(f), "width": int(w), "height": int(h)}
             for i, f, w, h in zip(
@@ -141,6 +138,24 @@ def coco_ground_truth(ds: Dataset, image_ids: Sequence[int]) -> dict:
         ],
         "categories": class_list(ds),
     }
+    if masks:
+        found["annotations"] = [
+            with_mask(n, record, segmentation)
+            for n, (record, segmentation) in enumerate(
+                zip(found["annotations"], annotations["segmentation"], strict=True), start=1
+            )
+        ]
+    return found
+
+
+def with_mask(n: int, record: dict, segmentation) -> dict:
+    """A ground-truth record numbered ``n`` (COCO's matching treats id 0 as no match) with its
+    mask, or, for a box without one, a crowd region covering the box."""
+    if isinstance(segmentation, list | dict) and segmentation:
+        return record | {"id": n, "segmentation": segmentation}
+    x, y, w, h = record["bbox"]
+    box = [[x, y, x + w, y, x + w, y + h, x, y + h]]
+    return record | {"id": n, "segmentation": box, "iscrowd": 1}
 
 
 def voc_ap50(truth: pd.DataFrame, detections: pd.DataFrame) -> dict[int, float]:
@@ -257,9 +272,16 @@ def samples_png(
     return boxes_png(samples, f"held-out images, predictions with score >= {min_score:g}")
 
 
-def _pr_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]]) -> bytes:
+def precision_recall_png(classes) -> bytes:
+    """Each class's precision against recall at IoU .5 (COCO's interpolated curve), for the
+    classes with ground truth (``ClassMetrics`` of boxes or masks)."""
     from ml_assets.evaluate.plots import pr_curves_png
 
+    curves = {
+        f"{c.name} (AP50 {c.ap50:.3f})": (RECALL_THRESHOLDS, c.precision)
+        for c in classes
+        if c.ground_truth > 0
+    }
     return pr_curves_png(curves, "precision-recall at IoU 0.5 (COCO interpolation)")
 
 

@@ -69,6 +69,7 @@ def prepare_landing(landing: Landing, images: int, seed: int, echo: Callable[[st
 DEMO_SETTINGS = {
     "image_classifier": {"epochs": 12},
     "yolo_detector": {"epochs": 12, "imgsz": 96, "batch": 32},
+    "yolo_segmenter": {"epochs": 12, "imgsz": 96, "batch": 32},
     "lora_classifier": {"epochs": 8, "lr": 5e-3},
     # Not in DEFAULT_MODELS (ask with --models): tiny base models named "grounding-dino", "sam".
     "lora_detector": {"epochs": 8, "batch_size": 8, "lr": 1e-3},
@@ -288,6 +289,14 @@ HEADLINE = {
     "image_classifier": ["accuracy", "macro_f1", "weighted_f1", "ece", "macro_f1_tta", "samples"],
     "lora_classifier": ["accuracy", "macro_f1", "weighted_f1", "ece", "samples"],
     "yolo_detector": ["AP", "AP50", "AP75", "AR100", "ultralytics_map50_95", "instances"],
+    "yolo_segmenter": [
+        "mask_AP",
+        "mask_AP50",
+        "AP",
+        "AP50",
+        "ultralytics_mask_map50_95",
+        "instances",
+    ],
     "lora_detector": ["AP", "AP50", "AP75", "AR100", "instances"],
     "lora_segmenter": ["mask_iou", "boundary_iou", "box_mask_iou", "objects"],
 }

@@ -57,7 +57,12 @@ TORCHSCRIPT_FILE = "model.torchscript.pt"
 CLASSES_FILE = "classes.json"
 PREPROCESSING_FILE = "preprocessing.json"
 EXPORT_FILE = "export.json"
-TOLERANCE = {"image_classifier": 1e-4, "lora_classifier": 1e-4, "yolo_detector": 1e-3}
+TOLERANCE = {
+    "image_classifier": 1e-4,
+    "lora_classifier": 1e-4,
+    "yolo_detector": 1e-3,
+    "yolo_segmenter": 1e-3,
+}
 """Largest absolute difference :func:`check_onnx` accepts between onnxruntime and PyTorch:
 classifier logits (order 1-10) agree to 1e-4; YOLO's output mixes box coordinates in input
 pixels (up to the image side) with scores in [0, 1], and its export fuses convolutions with
@@ -154,7 +159,8 @@ def _export_logits(model, size: int, kind: str, model_dir: Path, meta: dict, out
 
 
 def export_yolo(model_dir: Path, out_dir: Path) -> Path:
-    """Export an ultralytics detector folder (``best.pt``, ``detector.json``) to ``out_dir``
+    """Export an ultralytics YOLO folder (``best.pt``, ``detector.json``: a detector or a
+    segmenter, as its ``task`` says) to ``out_dir``
     with ultralytics' exporter: ONNX (dynamic batch, simplified by onnxslim, no NMS) at the
     model's ``imgsz``, and TorchScript. Runs offline: the exporter's requirements are checked
     first without installing, and a missing one is a clear error."""
@@ -191,6 +197,14 @@ def export_yolo(model_dir: Path, out_dir: Path) -> Path:
         "output": "output0 (batch, 4 + classes, anchors): box centre x, y, width, height in "
         "input pixels, then class scores; no non-maximum suppression",
     }
+    segment = meta.get("task") == "segment"
+    if segment:
+        preprocessing["output"] = (
+            "output0 (batch, 4 + classes + 32, anchors): box centre x, y, width, height in input "
+            "pixels, class scores, then 32 mask coefficients; output1 (batch, 32, size / 4, "
+            "size / 4): the mask prototypes (an instance's mask is the sigmoid of its "
+            "coefficients times the prototypes, cropped to its box); no non-maximum suppression"
+        )
     with atomic_dir(Path(out_dir), overwrite=True) as tmp:
         work = tmp / "work"
         work.mkdir()
@@ -211,8 +225,9 @@ def export_yolo(model_dir: Path, out_dir: Path) -> Path:
         except Exception as err:  # an architecture TorchScript cannot trace: ONNX still serves
             reason = f"{type(err).__name__}: {err}"
         shutil.rmtree(work)
-        names = {"inputs": ["images"], "outputs": ["output0"]}
-        _write_folder(tmp, "yolo_detector", model_dir, meta, preprocessing, names, reason)
+        outputs = ["output0", "output1"] if segment else ["output0"]
+        names = {"inputs": ["images"], "outputs": outputs}
+        _write_folder(tmp, meta["kind"], model_dir, meta, preprocessing, names, reason)
     return Path(out_dir)
 
 
@@ -420,7 +435,7 @@ def _pytorch_network(info: dict, model_dir: Path) -> Any:
         from ml_assets.train.lora import load_lora
 
         return load_lora(model_dir, cpu)[0]
-    if info["kind"] == "yolo_detector":
+    if info["kind"] in ("yolo_detector", "yolo_segmenter"):
         from ml_assets.train.yolo import YOLO_DETECTOR
 
         network = YOLO_DETECTOR.module(YOLO_DETECTOR.load(model_dir, cpu))

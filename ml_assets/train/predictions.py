@@ -1,8 +1,8 @@
 """Batch inference with a trained model over a list of images: COCO results for detectors,
 class probabilities for classifiers, written into one folder atomically.
 
-A detector's folder holds ``results.json`` (COCO results: image_id, category_id, bbox, score)
-and ``images.json`` (a COCO file with the images and categories those ids refer to), so
+A detector's folder holds ``results.json`` (COCO results: image_id, category_id, bbox, score,
+and a segmenter's ``segmentation`` as COCO RLE) and ``images.json`` (a COCO file with the images and categories those ids refer to), so
 ``COCO("images.json").loadRes("results.json")`` loads them; a classifier's holds
 ``predictions.parquet``. Both hold ``summary.json``.
 """
@@ -51,14 +51,16 @@ def write_predictions(
         if "category_id" in frame:
             id_of = {str(p): i for p, i in zip(images, ids, strict=True)}
             names = {c["id"]: c["name"] for c in classes}
+            masks = frame["segmentation"] if "segmentation" in frame else [None] * len(frame)
             results = [
                 {
                     "image_id": id_of[row.file],
                     "category_id": int(row.category_id),
                     "bbox": [float(row.x), float(row.y), float(row.w), float(row.h)],
                     "score": float(row.score),
+                    **({"segmentation": dict(mask)} if mask is not None else {}),
                 }
-                for row in frame.itertuples()
+                for row, mask in zip(frame.itertuples(), masks, strict=True)
             ]
             (tmp / "results.json").write_bytes(orjson.dumps(results))
             (tmp / "images.json").write_bytes(orjson.dumps(coco_images(images, ids, classes)))

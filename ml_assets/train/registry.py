@@ -6,14 +6,26 @@ from ml_assets.train.classifier import IMAGE_CLASSIFIER
 from ml_assets.train.kinds import ModelKind
 from ml_assets.train.lora import LORA_CLASSIFIER
 from ml_assets.train.lora_teachers import LORA_DETECTOR, LORA_SEGMENTER
-from ml_assets.train.yolo import YOLO_DETECTOR
+from ml_assets.train.yolo import YOLO_DETECTOR, YOLO_SEGMENTER
 
 KINDS: dict[str, ModelKind] = {
     kind.name: kind
-    for kind in (IMAGE_CLASSIFIER, YOLO_DETECTOR, LORA_CLASSIFIER, LORA_DETECTOR, LORA_SEGMENTER)
+    for kind in (
+        IMAGE_CLASSIFIER,
+        YOLO_DETECTOR,
+        YOLO_SEGMENTER,
+        LORA_CLASSIFIER,
+        LORA_DETECTOR,
+        LORA_SEGMENTER,
+    )
 }
 # Short names the demo and the CLI accept.
-ALIASES = {"classifier": "image_classifier", "yolo": "yolo_detector", "lora": "lora_classifier"}
+ALIASES = {
+    "classifier": "image_classifier",
+    "yolo": "yolo_detector",
+    "segmenter": "yolo_segmenter",
+    "lora": "lora_classifier",
+}
 
 
 def kind(name: str) -> ModelKind:

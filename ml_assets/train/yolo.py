@@ -64,6 +64,10 @@ _METRIC_NAMES = {
     "metrics/recall(B)": "recall",
     "metrics/mAP50(B)": "map50",
     "metrics/mAP50-95(B)": "map50_95",
+    "metrics/precision(M)": "mask_precision",
+    "metrics/recall(M)": "mask_recall",
+    "metrics/mAP50(M)": "mask_map50",
+    "metrics/mAP50-95(M)": "mask_map50_95",
 }
 _log = logging.getLogger(__name__)
 
@@ -71,7 +75,7 @@ Optimizer = Literal["auto", "SGD", "MuSGD", "Adam", "Adamax", "AdamW", "NAdam", 
 
 
 class YoloConfig(KindConfig):
-    """Hyperparameters of ``yolo_detector`` (ultralytics' own argument names)."""
+    """Hyperparameters of the YOLO kinds (ultralytics' own argument names)."""
 
     model: str = Field(
         default="yolov8n.yaml",
@@ -148,22 +152,47 @@ def check_model(model: str) -> str:
     )
 
 
-class YoloDetector:
-    """ultralytics YOLO object detection: trains on a fold's images, scores mAP on another's."""
+class YoloSegmenterConfig(YoloConfig):
+    """Hyperparameters of ``yolo_segmenter``: the detector's, with a segmentation model."""
 
-    name = "yolo_detector"
-    evaluation_name = "detector_evaluation"
-    report_name = "detector_report"
-    gate_name = "detector_promotable"
-    config_class = YoloConfig
-    primary_metric = "AP"  # COCO mAP@[.5:.95], exact (ml_assets.evaluate.coco)
-    promotion_floor = 0.1  # mAP50-95; the demo's from-scratch yolov8n reaches about 0.17
+    model: str = Field(
+        default="yolov8n-seg.yaml",
+        description=(
+            "A segmentation model yaml built from scratch (yolov8n-seg.yaml, yolo11n-seg.yaml, or "
+            "a local yaml file), or a local -seg .pt file to fine-tune; nothing is ever downloaded"
+        ),
+    )
+
+
+class YoloKind:
+    """An ultralytics YOLO model as a model kind, for one of its tasks: ``detect`` (boxes) or
+    ``segment`` (instance masks, from the version's polygons and RLE masks). Both train on the
+    version's ``yolo_dataset`` (a polygon label line is a mask for the segmenter, its extent a
+    box for the detector), score a held-out fold with our exact COCO metrics on ultralytics'
+    validation predictions (boxes, and masks as COCO RLE for ``segment``), and save one folder
+    (``best.pt`` and ``detector.json``, which names the task)."""
+
     inputs = (INPUT,)
     version = "1"
-    learns = Learns("boxes")
     distributed = "self"  # ultralytics runs its own DDP over a device list
     tags = frozenset({"pytorch", "ultralytics", "mlflow"})
-    description = "An ultralytics YOLO detector, trained on every fold but this one."
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        task: str,
+        report: str,
+        config_class: type[YoloConfig],
+        primary_metric: str,
+        learns: Learns,
+        description: str,
+    ) -> None:
+        self.name, self.task, self.config_class = name, task, config_class
+        self.evaluation_name, self.report_name = f"{report}_evaluation", f"{report}_report"
+        self.gate_name = f"{report}_promotable"
+        self.primary_metric, self.learns, self.description = primary_metric, learns, description
+        self.promotion_floor = 0.1  # mAP50-95; the demo's from-scratch yolov8n reaches about 0.17
 
     def fit(
         self,
@@ -224,7 +253,7 @@ class YoloDetector:
                 **arguments,
             )
             metrics = _validation_numbers(model.metrics)
-        published = publish(run_dir, config, classes, len(train_ids), len(val_ids))
+        published = publish(run_dir, config, classes, len(train_ids), len(val_ids), self)
         history = read_history(run_dir)
         if model is None:  # nothing left to train: the published weights are the model
             model = YOLO(str(published / WEIGHTS_FILE))
@@ -280,14 +309,23 @@ class YoloDetector:
                 workers=0,
                 verbose=False,
             )
-            curve = Path(tmp) / "val" / "BoxPR_curve.png"
-            plots = {"pr_curve": curve.read_bytes()} if curve.exists() else {}
+            curves = {"pr_curve": "BoxPR_curve.png", "mask_pr_curve": "MaskPR_curve.png"}
+            plots = {
+                name: (Path(tmp) / "val" / file).read_bytes()
+                for name, file in curves.items()
+                if (Path(tmp) / "val" / file).exists()
+            }
         from ml_assets.evaluate.detection import detection_scores
+        from ml_assets.evaluate.segmentation import segmentation_scores
 
         # Our exact COCO metrics on ultralytics' validation detections (its low-confidence
         # threshold, as COCO evaluation wants), with ultralytics' own numbers beside them.
-        detections = _predictions(captured.get("jdict", []), classes)
-        scores = detection_scores(ds, image_ids, detections)
+        detections = _predictions(captured.get("jdict", []), classes, self.task)
+        if self.task == "segment":
+            scores = segmentation_scores(ds, image_ids, detections)
+            scores.metrics["ultralytics_mask_map50_95"] = float(results.seg.map)
+        else:
+            scores = detection_scores(ds, image_ids, detections)
         box = results.box
         instances = np.asarray(results.nt_per_class, dtype=np.int64)
         theirs = _per_class(box, instances, [c["name"] for c in classes])
@@ -309,7 +347,8 @@ class YoloDetector:
     def predict(
         self, model_dir: Path, images: Sequence[Path], device: Any, confidence: float = 0.25
     ) -> pd.DataFrame:
-        """Detections on image files (score >= ``confidence``), boxes in pixels of each image."""
+        """Detections on image files (score >= ``confidence``), boxes in pixels of each image;
+        for ``segment`` each with its mask as COCO RLE (``segmentation``) in the same pixels."""
         model = self.load(model_dir, device)
         meta = read_meta(model_dir)
         ids = [c["id"] for c in meta["classes"]]
@@ -325,11 +364,14 @@ class YoloDetector:
             )
             for path, result in zip(chunk, found, strict=True):
                 boxes = result.boxes
-                for (x1, y1, x2, y2), cls, score in zip(
-                    boxes.xyxy.tolist(), boxes.cls.tolist(), boxes.conf.tolist(), strict=True
+                masks = _rle_masks(result) if self.task == "segment" else [None] * len(boxes)
+                for (x1, y1, x2, y2), cls, score, mask in zip(
+                    boxes.xyxy.tolist(), boxes.cls.tolist(), boxes.conf.tolist(), masks, strict=True
                 ):
-                    rows.append((path, ids[int(cls)], x1, y1, x2 - x1, y2 - y1, score))
-        return pd.DataFrame(rows, columns=["file", "category_id", "x", "y", "w", "h", "score"])
+                    rows.append((path, ids[int(cls)], x1, y1, x2 - x1, y2 - y1, score, mask))
+        columns = ["file", "category_id", "x", "y", "w", "h", "score", "segmentation"]
+        table = pd.DataFrame(rows, columns=columns)
+        return table if self.task == "segment" else table.drop(columns="segmentation")
 
     def load(self, model_dir: Path, device: Any) -> Any:
         """The published YOLO model (ultralytics ``YOLO``) on ``device``."""
@@ -374,7 +416,42 @@ class YoloDetector:
         return out.detach().cpu().numpy()
 
 
-YOLO_DETECTOR = YoloDetector()
+YOLO_DETECTOR = YoloKind(
+    name="yolo_detector",
+    task="detect",
+    report="detector",
+    config_class=YoloConfig,
+    primary_metric="AP",  # COCO mAP@[.5:.95], exact (ml_assets.evaluate.coco)
+    learns=Learns("boxes"),
+    description="An ultralytics YOLO detector, trained on every fold but this one.",
+)
+YOLO_SEGMENTER = YoloKind(
+    name="yolo_segmenter",
+    task="segment",
+    report="segmenter",
+    config_class=YoloSegmenterConfig,
+    primary_metric="mask_AP",  # COCO mask mAP@[.5:.95], exact (faster-coco-eval, segm)
+    learns=Learns("masks"),
+    description="An ultralytics YOLO instance segmenter (masks from the version's polygons and "
+    "RLE masks), trained on every fold but this one.",
+)
+
+
+def _rle_masks(result: Any) -> list[dict]:
+    """Each predicted instance's mask as COCO RLE in the pixels of the original image, from
+    ultralytics' polygons of it (``masks.xy``, already in those pixels)."""
+    from pycocotools import mask as mask_utils
+
+    height, width = result.orig_shape
+    rles = []
+    for polygon in result.masks.xy if result.masks is not None else []:
+        points = np.asarray(polygon, dtype=np.float64).reshape(-1).tolist()
+        if len(points) >= 6:
+            rle = mask_utils.merge(mask_utils.frPyObjects([points], height, width))
+        else:  # no area: an empty mask
+            rle = mask_utils.encode(np.zeros((height, width, 1), dtype=np.uint8, order="F"))[0]
+        rles.append({"size": [height, width], "counts": rle["counts"].decode()})
+    return rles
 
 
 def device_argument(device: Any, processes: int = 1, nodes: int = 1) -> str:
@@ -383,11 +460,11 @@ def device_argument(device: Any, processes: int = 1, nodes: int = 1) -> str:
     ultralytics runs its own DDP."""
     kind, _, index = str(device).partition(":")
     if nodes > 1:
-        raise ValueError("yolo_detector trains on one node: ultralytics' DDP has no nnodes")
+        raise ValueError("YOLO kinds train on one node: ultralytics' DDP has no nnodes")
     if processes > 1:
         if kind != "cuda":
             raise ValueError(
-                f"yolo_detector with nproc_per_node={processes} needs CUDA GPUs (ultralytics "
+                f"YOLO training with nproc_per_node={processes} needs CUDA GPUs (ultralytics "
                 f"runs its own DDP, one GPU per process); this run is on {device}"
             )
         return ",".join(str(int(index or 0) + i) for i in range(processes))
@@ -586,7 +663,12 @@ def read_history(run_dir: Path) -> pd.DataFrame:
 
 
 def publish(
-    run_dir: Path, config: YoloConfig, classes: list[dict], train_images: int, val_images: int
+    run_dir: Path,
+    config: YoloConfig,
+    classes: list[dict],
+    train_images: int,
+    val_images: int,
+    kind: YoloKind | None = None,
 ) -> Path:
     """Write ``run_dir/model``: the final weights (best.pt, else last.pt, optimizer stripped),
     ``detector.json`` and ``results.csv``."""
@@ -596,8 +678,8 @@ def publish(
     weights = Path(run_dir) / TRAIN_DIR / "weights"
     source = weights / WEIGHTS_FILE if (weights / WEIGHTS_FILE).exists() else weights / "last.pt"
     meta = {
-        "kind": YoloDetector.name,
-        "task": "detect",
+        "kind": (kind or YOLO_DETECTOR).name,
+        "task": (kind or YOLO_DETECTOR).task,
         "config": config.model_dump(),
         "classes": classes,
         "imgsz": config.imgsz,
@@ -662,17 +744,19 @@ def _per_class(box: Any, instances: np.ndarray, names: list[str]) -> pd.DataFram
     return table
 
 
-def _predictions(jdict: list[dict], classes: list[dict]) -> pd.DataFrame:
+def _predictions(jdict: list[dict], classes: list[dict], task: str = "detect") -> pd.DataFrame:
     """ultralytics' COCO-style detections (boxes in original pixels) with our ids: the link
-    files are named by image id, and its ``category_id`` is the class index plus one."""
+    files are named by image id, and its ``category_id`` is the class index plus one. For
+    ``segment`` each keeps its mask (``segmentation``, COCO RLE in the original pixels)."""
     columns = ["image_id", "category_id", "x", "y", "w", "h", "score"]
     if not jdict:
-        return pd.DataFrame({c: pd.Series(dtype="float64") for c in columns}).astype(
+        empty = pd.DataFrame({c: pd.Series(dtype="float64") for c in columns}).astype(
             {"image_id": "int64", "category_id": "int64"}
         )
+        return empty.assign(segmentation=pd.Series(dtype="object")) if task == "segment" else empty
     ids = [c["id"] for c in classes]
     boxes = np.asarray([d["bbox"] for d in jdict], dtype=np.float64).reshape(-1, 4)
-    return pd.DataFrame(
+    table = pd.DataFrame(
         {
             "image_id": [int(Path(d["file_name"]).stem) for d in jdict],
             "category_id": [ids[int(d["category_id"]) - 1] for d in jdict],
@@ -683,3 +767,6 @@ def _predictions(jdict: list[dict], classes: list[dict]) -> pd.DataFrame:
             "score": [float(d["score"]) for d in jdict],
         }
     )
+    if task == "segment":
+        table["segmentation"] = [dict(d["segmentation"]) for d in jdict]
+    return table
