@@ -145,3 +145,25 @@ def test_instance_settings_limit_the_gpu_pool_and_free_slots_of_ended_runs(tmp_p
         assert instance.run_retries_enabled and instance.run_retries_max_retries == 1
     finally:
         instance.dispose()
+
+
+def test_every_kind_declares_what_the_rest_of_the_code_needs():
+    """The kind is the seam: the demo's settings, the printed headline, what it learns from,
+    its exporter's tolerance and its asset names come from the kind, checked here once for
+    every registered kind (a new kind that forgets one fails here, not in a demo)."""
+    from ml_assets.train.kinds import LABELS, KindConfig
+    from ml_assets.train.registry import KINDS
+
+    names = set()
+    for name, kind in KINDS.items():
+        assert kind.name == name and issubclass(kind.config_class, KindConfig)
+        fields = kind.config_class.model_fields
+        assert set(kind.demo) <= set(fields), (name, set(kind.demo) - set(fields))
+        kind.config_class(**kind.demo)  # valid settings
+        assert kind.headline and kind.primary_metric in kind.headline, name
+        assert kind.learns.labels in LABELS and kind.learns.min_classes >= 1
+        assert kind.export_tolerance is None or 0 < kind.export_tolerance < 1
+        assert isinstance(kind.version, str) and kind.version
+        own = {kind.name, kind.evaluation_name, kind.report_name, kind.gate_name}
+        assert len(own) == 4 and not own & names, name  # no two kinds share an asset name
+        names |= own

@@ -36,12 +36,12 @@ from ml_assets.defs.partitions import (
     fold_partitions,
 )
 from ml_assets.defs.resources import MLAssetsHome, MLflowTracking, TrainingDevice
-from ml_assets.train.export import TOLERANCE
 from ml_assets.train.kinds import ModelKind
+from ml_assets.train.registry import KINDS
 
 CHAMPION_ALIAS = "champion"
 # Kinds with an exporter in ml_assets.train.export (its tolerances name them).
-EXPORTABLE = tuple(TOLERANCE)
+EXPORTABLE = tuple(k.name for k in KINDS.values() if k.export_tolerance is not None)
 
 
 def read_champion(home: MLAssetsHome, kind: ModelKind) -> dict | None:
@@ -179,7 +179,7 @@ def build_promotion(kind: ModelKind, report: dg.AssetsDefinition):
         )
 
     assets, checks = [final, promoted], [model_checks(final, kind), beats_champion]
-    if kind.name in EXPORTABLE:
+    if kind.export_tolerance is not None:
         exported, matches = build_export(kind, promoted, tags)
         assets.append(exported)
         checks.append(matches)

@@ -34,6 +34,7 @@ from ml_assets.local.runs import (
     show_automation_on,
     step_errors,
 )
+from ml_assets.train.registry import KINDS, kind
 
 SAMPLE_NAME = "shapes"  # the sample dataset's folder in the landing location
 
@@ -65,16 +66,8 @@ def prepare_landing(landing: Landing, images: int, seed: int, echo: Callable[[st
     echo(f"wrote {images} sample images to {target}")
 
 
-# Per kind, the training settings the demo uses on 2 CPU cores (``--epochs`` overrides epochs).
-DEMO_SETTINGS = {
-    "image_classifier": {"epochs": 12},
-    "yolo_detector": {"epochs": 12, "imgsz": 96, "batch": 32},
-    "yolo_segmenter": {"epochs": 12, "imgsz": 96, "batch": 32},
-    "lora_classifier": {"epochs": 8, "lr": 5e-3},
-    # Not in DEFAULT_MODELS (ask with --models): tiny base models named "grounding-dino", "sam".
-    "lora_detector": {"epochs": 8, "batch_size": 8, "lr": 1e-3},
-    "lora_segmenter": {"epochs": 8, "batch_size": 8, "lr": 1e-3},
-}
+# Per kind, the training settings the demo uses on 2 CPU cores, as each kind declares them.
+DEMO_SETTINGS = {name: k.demo for name, k in KINDS.items()}
 DEFAULT_MODELS = ("image_classifier", "yolo_detector")
 Results = dict[str, dict[str, dict]]  # dataset -> kind -> report, or {"not_trained": reason}
 
@@ -111,7 +104,6 @@ def run_pipeline(
     from ml_assets.definitions import defs
     from ml_assets.definitions import kinds as deployed
     from ml_assets.defs.partitions import fold_partitions
-    from ml_assets.train.registry import kind
 
     if len(fold_partitions.get_partition_keys()) != folds:
         raise RuntimeError(
@@ -284,22 +276,6 @@ def prepare_base_models(defs, instance, home: Path, kinds, echo) -> None:
             raise RuntimeError(f"base_model failed; see run {result.run_id} in make ui")
 
 
-# The columns the demo prints per kind (report.md and the UI hold every metric).
-HEADLINE = {
-    "image_classifier": ["accuracy", "macro_f1", "weighted_f1", "ece", "macro_f1_tta", "samples"],
-    "lora_classifier": ["accuracy", "macro_f1", "weighted_f1", "ece", "samples"],
-    "yolo_detector": ["AP", "AP50", "AP75", "AR100", "ultralytics_map50_95", "instances"],
-    "yolo_segmenter": [
-        "mask_AP",
-        "mask_AP50",
-        "AP",
-        "AP50",
-        "ultralytics_mask_map50_95",
-        "instances",
-    ],
-    "lora_detector": ["AP", "AP50", "AP75", "AR100", "instances"],
-    "lora_segmenter": ["mask_iou", "boundary_iou", "box_mask_iou", "objects"],
-}
 COUNTS = ("samples", "images", "instances", "detections", "objects")
 
 
@@ -313,6 +289,6 @@ def report_table(report: dict, headline: bool = False) -> pd.DataFrame:
     table.loc["mean"] = pd.Series(report["mean"])
     table.loc["std"] = pd.Series(report["std"])
     if headline:
-        wanted = HEADLINE.get(report["kind"], list(table.columns))
+        wanted = list(kind(report["kind"]).headline)
         table = table[[c for c in wanted if c in table.columns]]
     return table

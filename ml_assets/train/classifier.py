@@ -872,6 +872,9 @@ class ImageClassifier:
     promotion_floor = 0.5
     inputs: tuple[str, ...] = ()
     version = "1"
+    demo = {"epochs": 12}
+    headline = ("accuracy", "macro_f1", "weighted_f1", "ece", "macro_f1_tta", "samples")
+    export_tolerance = 1e-4  # logits, order 1-10
     learns = Learns("labels")  # object crops, or whole images of an image folder
     distributed = "torchrun"  # fit_loop trains with DDP when torchrun started it
     tags = frozenset({"pytorch", "mlflow"})

@@ -57,16 +57,6 @@ TORCHSCRIPT_FILE = "model.torchscript.pt"
 CLASSES_FILE = "classes.json"
 PREPROCESSING_FILE = "preprocessing.json"
 EXPORT_FILE = "export.json"
-TOLERANCE = {
-    "image_classifier": 1e-4,
-    "lora_classifier": 1e-4,
-    "yolo_detector": 1e-3,
-    "yolo_segmenter": 1e-3,
-}
-"""Largest absolute difference :func:`check_onnx` accepts between onnxruntime and PyTorch:
-classifier logits (order 1-10) agree to 1e-4; YOLO's output mixes box coordinates in input
-pixels (up to the image side) with scores in [0, 1], and its export fuses convolutions with
-their batch norms, so 1e-3 (float32 rounding of numbers up to a few hundred)."""
 # ultralytics' ONNX requirements (its exporter's own list), checked without installing
 _YOLO_ONNX_REQUIREMENTS = ["onnx>=1.12.0,<2.0.0", "onnxruntime", "onnxslim>=0.1.82"]
 
@@ -274,7 +264,7 @@ def check_onnx(out_dir: Path, inputs: np.ndarray, model_dir: Path | None = None)
     ready float32 input (N, 3, H, W). Returns ``max_abs_diff`` (largest absolute difference
     over every compared output), ``outputs`` (their names), ``samples``, ``tolerance`` (the
     export's: 1e-4 for the classifier's logits, 1e-3 for YOLO's raw output, see
-    :data:`TOLERANCE`), ``passed`` (``max_abs_diff <= tolerance``) and, when the folder holds
+    the kind's ``export_tolerance``), ``passed`` (``max_abs_diff <= tolerance``) and, when the folder holds
     TorchScript, ``torchscript_max_abs_diff``. The caller (the export's asset check) fails
     when ``passed`` is false.
     """
@@ -334,6 +324,8 @@ def _write_folder(
     import onnxruntime
     import torch
 
+    from ml_assets.train.registry import kind as find_kind
+
     onnx.checker.check_model(str(tmp / ONNX_FILE))
     info = {
         "kind": kind,
@@ -342,7 +334,7 @@ def _write_folder(
         "torchscript_error": torchscript_error,
         "opset": OPSET,
         **names,
-        "tolerance": TOLERANCE[kind],
+        "tolerance": find_kind(kind).export_tolerance,
         "source": str(source),
         "versions": {
             "torch": torch.__version__,

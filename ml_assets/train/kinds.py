@@ -124,6 +124,11 @@ class ModelKind(Protocol):
     # Bumped when how it trains or scores changes: with its default configuration, the code
     # version of its assets, so automation retrains every version when it changes.
     version: str
+    demo: dict  # training settings of `ml-assets demo` on 2 CPU cores (--epochs overrides epochs)
+    headline: tuple[str, ...]  # the metrics the demo and train commands print
+    # Largest difference its ONNX export may show against PyTorch (ml_assets.train.export);
+    # None: the kind has no exporter.
+    export_tolerance: float | None
     tags: frozenset[str]  # Dagster kinds shown on the assets: "pytorch", "ultralytics", ...
     description: str
     # Several processes (nproc_per_node * nnodes > 1): "torchrun" when fit trains with DDP under

@@ -279,6 +279,9 @@ class LoraClassifier:
     promotion_floor = 0.5
     inputs: tuple[str, ...] = ("base_model",)
     version = "1"
+    demo = {"epochs": 8, "lr": 5e-3}
+    headline = ("accuracy", "macro_f1", "weighted_f1", "ece", "samples")
+    export_tolerance = 1e-4  # the merged adapter's logits
     learns = Learns("labels")  # object crops, or whole images of an image folder
     tags = frozenset({"pytorch", "mlflow"})
     description = (

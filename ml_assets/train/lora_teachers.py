@@ -760,6 +760,10 @@ LORA_SEGMENTER_NAME = "lora_segmenter"
 
 class _LoraTeacherKind:
     version = "1"
+    # Not in the demo's default kinds (ask with --models): tiny base models named
+    # "grounding-dino", "sam".
+    demo = {"epochs": 8, "batch_size": 8, "lr": 1e-3}
+    export_tolerance = None  # no exporter
     inputs: tuple[str, ...] = ("base_model",)
     distributed = ""  # one process: this loop has no DDP (nproc_per_node > 1 is refused)
     tags = frozenset({"pytorch", "mlflow"})
@@ -780,6 +784,7 @@ class LoraDetector(_LoraTeacherKind):
     gate_name = "lora_detector_promotable"
     config_class = LoraDetectorConfig
     learns = Learns("boxes")
+    headline = ("AP", "AP50", "AP75", "AR100", "instances")
     primary_metric = "AP"
     promotion_floor = 0.1
     description = (
@@ -832,6 +837,7 @@ class LoraSegmenter(_LoraTeacherKind):
     gate_name = "lora_segmenter_promotable"
     config_class = LoraSegmenterConfig
     learns = Learns("masks", min_classes=1)  # box prompts to masks: one class is enough
+    headline = ("mask_iou", "boundary_iou", "box_mask_iou", "objects")
     primary_metric = "mask_iou"
     promotion_floor = 0.5
     description = (

@@ -176,6 +176,11 @@ class YoloKind:
     version = "1"
     distributed = "self"  # ultralytics runs its own DDP over a device list
     tags = frozenset({"pytorch", "ultralytics", "mlflow"})
+    demo = {"epochs": 12, "imgsz": 96, "batch": 32}
+    # Raw output mixes box coordinates in input pixels (up to the image side) with scores in
+    # [0, 1], and the export fuses convolutions with their batch norms: float32 rounding of
+    # numbers up to a few hundred.
+    export_tolerance = 1e-3
 
     def __init__(
         self,
@@ -186,9 +191,11 @@ class YoloKind:
         config_class: type[YoloConfig],
         primary_metric: str,
         learns: Learns,
+        headline: tuple[str, ...],
         description: str,
     ) -> None:
         self.name, self.task, self.config_class = name, task, config_class
+        self.headline = headline
         self.evaluation_name, self.report_name = f"{report}_evaluation", f"{report}_report"
         self.gate_name = f"{report}_promotable"
         self.primary_metric, self.learns, self.description = primary_metric, learns, description
@@ -423,6 +430,7 @@ YOLO_DETECTOR = YoloKind(
     config_class=YoloConfig,
     primary_metric="AP",  # COCO mAP@[.5:.95], exact (ml_assets.evaluate.coco)
     learns=Learns("boxes"),
+    headline=("AP", "AP50", "AP75", "AR100", "ultralytics_map50_95", "instances"),
     description="An ultralytics YOLO detector, trained on every fold but this one.",
 )
 YOLO_SEGMENTER = YoloKind(
@@ -432,6 +440,7 @@ YOLO_SEGMENTER = YoloKind(
     config_class=YoloSegmenterConfig,
     primary_metric="mask_AP",  # COCO mask mAP@[.5:.95], exact (faster-coco-eval, segm)
     learns=Learns("masks"),
+    headline=("mask_AP", "mask_AP50", "AP", "AP50", "ultralytics_mask_map50_95", "instances"),
     description="An ultralytics YOLO instance segmenter (masks from the version's polygons and "
     "RLE masks), trained on every fold but this one.",
 )
