@@ -7,7 +7,9 @@ One sample dataset (``ml_assets.data.sample.write_sample``) is ingested once thr
 (``raw_dataset``, ``annotations``, ``folds``, ``yolo_dataset``) into a throwaway home with a
 persistent Dagster instance (the repository's ``dagster.yaml``, pools included), then:
 
-1. YOLO, fold 0 of the version, alternating the two in fresh subprocesses (pairs in the order
+1. YOLO (``--yolo-kind``: ``yolo_detector``, or ``yolo_segmenter``, the same script with
+   ``task="segment"`` and its default ``-seg`` model), fold 0 of the version, alternating the two
+   in fresh subprocesses (pairs in the order
    AB, BA, AB, ... so a drifting load hits both alike), medians of ``--repeat`` each:
 
    - ``materialize``: ``dg.materialize`` of the ``yolo_detector`` asset alone (no checks, no
@@ -62,7 +64,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-KIND = "yolo_detector"
 FOLD = 0
 SETUP = "setup.json"
 CROPS = "crops.npz"
@@ -122,6 +123,7 @@ def prepare(workdir: Path, args: argparse.Namespace) -> dict:
         "train_images": len(parts["train"]),
         "val_images": len(parts["val"]),
         "yolo": {"epochs": args.epochs, "imgsz": args.size, "batch": args.batch},
+        "yolo_kind": args.yolo_kind,
         "classifier": {
             "epochs": args.cls_epochs,
             "img_size": args.cls_size,
@@ -166,13 +168,14 @@ def run_plain(workdir: Path, setup: dict) -> dict:
     ultralytics_ready()  # the same ultralytics settings (integrations off, fonts local)
     from ultralytics import YOLO
 
-    from ml_assets.train.yolo import YoloConfig, train_arguments
+    from ml_assets.train.registry import kind
+    from ml_assets.train.yolo import train_arguments
 
     if setup["threads"]:
         import torch
 
         torch.set_num_threads(setup["threads"])
-    config = YoloConfig(**setup["yolo"])
+    config = kind(setup["yolo_kind"]).config_class(**setup["yolo"])
     arguments = train_arguments(config)
     project = workdir / "plain" / "runs"
     shutil.rmtree(project, ignore_errors=True)
@@ -194,23 +197,24 @@ def run_plain(workdir: Path, setup: dict) -> dict:
         "cpu": cpu,
         "epochs": model.trainer.epoch + 1,
         "map50_95": float(model.metrics.box.map),
-        "arguments": {k: v for k, v in arguments.items()},
+        "arguments": {"model": config.model, **arguments},
     }
 
 
 def run_materialize(workdir: Path, setup: dict) -> dict:
-    """``dg.materialize`` of the ``yolo_detector`` asset for (version, fold 0), MLflow on."""
+    """``dg.materialize`` of the YOLO kind's asset for (version, fold 0), MLflow on."""
     import dagster as dg
 
     from ml_assets.defs.models import build_pipeline
     from ml_assets.defs.resources import MLAssetsHome, MLflowTracking, TrainingDevice
     from ml_assets.runtime import ultralytics_ready
-    from ml_assets.train.yolo import YOLO_DETECTOR
+    from ml_assets.train.registry import kind
 
     ultralytics_ready()
     import ultralytics  # noqa: F401  (imported before the clock, as in the plain script)
 
-    model = build_pipeline(YOLO_DETECTOR).model
+    yolo = kind(setup["yolo_kind"])
+    model = build_pipeline(yolo).model
     resources = {
         "home": MLAssetsHome(root=setup["root"], landing=setup["landing"]),
         "training_device": TrainingDevice(device="cpu", threads=setup["threads"]),
@@ -224,10 +228,10 @@ def run_materialize(workdir: Path, setup: dict) -> dict:
             partition_key=key,
             resources=resources,
             instance=instance,
-            run_config={"ops": {KIND: {"config": setup["yolo"]}}},
+            run_config={"ops": {yolo.name: {"config": setup["yolo"]}}},
         )
         seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
-    (event,) = result.asset_materializations_for_node(KIND)
+    (event,) = result.asset_materializations_for_node(yolo.name)
     metadata = {k: v.value for k, v in event.metadata.items()}
     return {
         "seconds": seconds,
@@ -440,6 +444,12 @@ def main() -> None:
     )
     parser.add_argument("--skip", choices=["yolo", "classifier"], help="leave one part out")
     parser.add_argument(
+        "--yolo-kind",
+        choices=["yolo_detector", "yolo_segmenter"],
+        default="yolo_detector",
+        help="the YOLO kind measured",
+    )
+    parser.add_argument(
         "--workdir", type=Path, default=None, help="a new folder (default: a temporary one)"
     )
     parser.add_argument("--task", choices=[*YOLO_TASKS, "classifier"], help=argparse.SUPPRESS)
@@ -464,7 +474,8 @@ def main() -> None:
     started = time.perf_counter()
     setup = prepare(workdir, args)
     print(
-        f"{args.images} sample images of {args.size} px, k={args.folds}; YOLO fold {FOLD}: "
+        f"{args.images} sample images of {args.size} px, k={args.folds}; {args.yolo_kind} "
+        f"fold {FOLD}: "
         f"{setup['train_images']} training and {setup['val_images']} validation images, "
         f"{setup['yolo']}; classifier: {setup['crops']} crops of {args.cls_size} px, "
         f"{setup['classes']} classes, {setup['classifier']}; {os.cpu_count()} CPUs, torch "
