@@ -15,9 +15,10 @@ EPOCHS ?=
 MODELS ?= classifier,yolo
 DATASET ?=
 # k of the fold partitions and the model kinds the code location builds, read when it loads:
-# demo, train and ui agree by construction (ui automates only the kinds the demo trains).
-export ML_ASSETS_FOLDS := $(FOLDS)
-export ML_ASSETS_KINDS := $(MODELS)
+# demo, train and ui agree by construction (ui automates only the kinds the demo trains). Set for
+# those targets only: the tests build every kind.
+demo train ui: export ML_ASSETS_FOLDS := $(FOLDS)
+demo train ui: export ML_ASSETS_KINDS := $(MODELS)
 
 .PHONY: setup demo train ui mlflow test test-fast lint format bench clean
 
@@ -48,7 +49,7 @@ train: setup
 	  $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(DATASET),--dataset $(DATASET))
 
 MLFLOW_PORT ?= 5000
-export ML_ASSETS_MLFLOW_UI ?= http://127.0.0.1:$(MLFLOW_PORT)
+demo train ui: export ML_ASSETS_MLFLOW_UI ?= http://127.0.0.1:$(MLFLOW_PORT)
 UI_PORT ?= 3000
 MLFLOW_UI = $(CURDIR)/$(VENV)/bin/mlflow ui --port $(MLFLOW_PORT) \
   --backend-store-uri sqlite:///$(ML_ASSETS_HOME)/mlflow/mlflow.db

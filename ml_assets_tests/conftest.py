@@ -8,7 +8,16 @@ import tempfile
 os.environ["ML_ASSETS_FOLDS"] = "2"
 # Library settings (ultralytics, Hugging Face) go to a throwaway home, not the user's.
 os.environ["ML_ASSETS_HOME"] = tempfile.mkdtemp(prefix="ml_assets_tests_")
-for variable in ("YOLO_CONFIG_DIR", "HF_HOME", "TORCH_HOME", "MPLCONFIGDIR"):
+# Settings of a user's shell or of make (make test inherits the exports make demo/ui use) would
+# narrow what the tests build: every kind, the default MLflow link.
+for variable in (
+    "YOLO_CONFIG_DIR",
+    "HF_HOME",
+    "TORCH_HOME",
+    "MPLCONFIGDIR",
+    "ML_ASSETS_KINDS",
+    "ML_ASSETS_MLFLOW_UI",
+):
     os.environ.pop(variable, None)
 
 from pathlib import Path  # noqa: E402
