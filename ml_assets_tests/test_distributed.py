@@ -1,23 +1,18 @@
 """Distributed training: torchrun through Dagster Pipes with DDP on CPU (gloo), the launch
 settings every kind has, YOLO's own DDP device list and its refusal on CPU."""
 
-import dagster as dg
-import mlflow
 import numpy as np
 import pytest
+from pipelines import ingested_version, metadata_of, train_fold_assets
 
 from ml_assets.data.sample import write_sample
-from ml_assets.defs import datasets
-from ml_assets.defs.models import build_pipeline
-from ml_assets.defs.partitions import dataset_versions
-from ml_assets.defs.resources import MLAssetsHome, MLflowTracking, TrainingDevice
+from ml_assets.defs.resources import MLAssetsHome
 from ml_assets.train import ddp
 from ml_assets.train.classifier import IMAGE_CLASSIFIER, ClassifierConfig, Crops, build_loader
 from ml_assets.train.distributed import torchrun_command
 from ml_assets.train.registry import KINDS
 from ml_assets.train.yolo import YoloConfig, device_argument, train_arguments
 
-PIPELINE = build_pipeline(IMAGE_CLASSIFIER)
 # Same global batch (16) and seed; 1 process against 2 of 8 each.
 SETTINGS = {"epochs": 12, "img_size": 32, "seed": 1, "augment": "none", "tta": False}
 SINGLE = {**SETTINGS, "batch_size": 16}
@@ -101,34 +96,12 @@ def ingested(tmp_path):
     """A version of 96 images (enough for the held-out metrics to mean something)."""
     landing = write_sample(tmp_path / "landing", images=96, seed=5, size=48)
     home = MLAssetsHome(root=str(tmp_path / "home"), landing=str(landing))
-    with dg.instance_for_test() as instance:
-        key = home.store.register(landing)
-        instance.add_dynamic_partitions(dataset_versions.name, [key])
-        data = [datasets.raw_dataset, datasets.annotations, datasets.folds]
-        done = dg.materialize(data, partition_key=key, resources={"home": home}, instance=instance)
-        assert done.success
+    with ingested_version(landing, home) as (instance, key):
         yield instance, home, key
-    mlflow.end_run()
 
 
 def train(instance, home, key, settings):
-    model, evaluation, _ = PIPELINE.assets
-    return dg.materialize(
-        [model, PIPELINE.model_checks, evaluation],
-        partition_key=dg.MultiPartitionKey({"version": key, "fold": "0"}),
-        resources={
-            "home": home,
-            "training_device": TrainingDevice(device="cpu"),
-            "mlflow_tracking": MLflowTracking(),
-        },
-        instance=instance,
-        run_config={"ops": {IMAGE_CLASSIFIER.name: {"config": settings}}},
-    )
-
-
-def metadata_of(result, asset: str) -> dict:
-    (event,) = result.asset_materializations_for_node(asset)
-    return {k: v.value for k, v in event.metadata.items()}
+    return train_fold_assets(instance, home, key, IMAGE_CLASSIFIER, settings)
 
 
 @pytest.mark.slow

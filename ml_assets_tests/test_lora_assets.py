@@ -5,35 +5,20 @@ when the base folder changes."""
 import shutil
 
 import dagster as dg
-import mlflow
 import orjson
 import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
+from pipelines import ingested_version, metadata_of, train_fold_assets, training_resources
 
 from ml_assets.cli import main
-from ml_assets.defs import base_models, datasets
+from ml_assets.defs import base_models
 from ml_assets.defs.models import build_pipeline
-from ml_assets.defs.partitions import dataset_versions
-from ml_assets.defs.resources import MLflowTracking, TrainingDevice
 from ml_assets.train.lora import LORA_CLASSIFIER, read_meta
 from ml_assets.train.tracking import tracking_uri
 
 PIPELINE = build_pipeline(LORA_CLASSIFIER)
 SETTINGS = {"base_model": "tiny-vit", "epochs": 1, "batch_size": 8, "augment": "none"}
-
-
-def resources(home):
-    return {
-        "home": home,
-        "training_device": TrainingDevice(device="cpu"),
-        "mlflow_tracking": MLflowTracking(),
-    }
-
-
-def metadata_of(result, asset: str) -> dict:
-    (event,) = result.asset_materializations_for_node(asset)
-    return {k: v.value for k, v in event.metadata.items()}
 
 
 def snapshot(instance, home, folder) -> dict:
@@ -47,14 +32,7 @@ def snapshot(instance, home, folder) -> dict:
 
 
 def train(instance, home, key):
-    model, evaluation, _ = PIPELINE.assets
-    return dg.materialize(
-        [model, PIPELINE.model_checks, evaluation],
-        partition_key=dg.MultiPartitionKey({"version": key, "fold": "0"}),
-        resources=resources(home),
-        instance=instance,
-        run_config={"ops": {LORA_CLASSIFIER.name: {"config": SETTINGS}}},
-    )
+    return train_fold_assets(instance, home, key, LORA_CLASSIFIER, SETTINGS)
 
 
 @pytest.fixture
@@ -63,15 +41,8 @@ def ingested(landed, tmp_path):
     folder = tmp_path / "weights" / "vit"
     made = CliRunner().invoke(main, ["base-model", "init", str(folder), "--arch", "vit", "--tiny"])
     assert made.exit_code == 0, made.output
-    with dg.instance_for_test() as instance:
-        key = home.store.register(landing)
-        instance.add_dynamic_partitions(dataset_versions.name, [key])
-        data = [datasets.raw_dataset, datasets.annotations, datasets.folds]
-        assert dg.materialize(
-            data, partition_key=key, resources={"home": home}, instance=instance
-        ).success
+    with ingested_version(landing, home) as (instance, key):
         yield instance, home, key, folder
-    mlflow.end_run()
 
 
 @pytest.mark.slow  # two trainings through Dagster: about 30 s on 2 idle cores
@@ -125,7 +96,7 @@ def test_training_names_a_base_model_that_was_never_snapshotted(ingested):
     result = dg.materialize(
         [model],
         partition_key=dg.MultiPartitionKey({"version": key, "fold": "0"}),
-        resources=resources(home),
+        resources=training_resources(home),
         instance=instance,
         run_config={"ops": {LORA_CLASSIFIER.name: {"config": SETTINGS}}},
         raise_on_error=False,

@@ -3,16 +3,13 @@ init --tiny`, snapshotted by the base_model asset, an adapter trained for one (v
 with its blocking checks and evaluation, the base hash in the metadata."""
 
 import dagster as dg
-import mlflow
 import orjson
 import pytest
 from click.testing import CliRunner
+from pipelines import ingested_version, metadata_of, train_fold_assets
 
 from ml_assets.cli import main
-from ml_assets.defs import base_models, datasets
-from ml_assets.defs.models import build_pipeline
-from ml_assets.defs.partitions import dataset_versions
-from ml_assets.defs.resources import MLflowTracking, TrainingDevice
+from ml_assets.defs import base_models
 from ml_assets.train.lora_teachers import LORA_DETECTOR, LORA_SEGMENTER
 
 KINDS = {k.name: k for k in (LORA_DETECTOR, LORA_SEGMENTER)}
@@ -20,23 +17,11 @@ ARCH = {"lora_detector": "grounding-dino", "lora_segmenter": "sam"}
 SETTINGS = {"epochs": 1, "batch_size": 8, "lr": 1e-3}
 
 
-def metadata_of(result, asset: str) -> dict:
-    (event,) = result.asset_materializations_for_node(asset)
-    return {k: v.value for k, v in event.metadata.items()}
-
-
 @pytest.fixture
 def ingested(landed, tmp_path):
     landing, home = landed
-    with dg.instance_for_test() as instance:
-        key = home.store.register(landing)
-        instance.add_dynamic_partitions(dataset_versions.name, [key])
-        data = [datasets.raw_dataset, datasets.annotations, datasets.folds]
-        assert dg.materialize(
-            data, partition_key=key, resources={"home": home}, instance=instance
-        ).success
+    with ingested_version(landing, home) as (instance, key):
         yield instance, home, key
-    mlflow.end_run()
 
 
 @pytest.mark.slow
@@ -56,19 +41,7 @@ def test_teacher_trains_is_checked_and_evaluated_on_a_named_base(ingested, tmp_p
         run_config={"ops": {"base_model": {"config": {"folders": {ARCH[name]: str(folder)}}}}},
     )
     base_hash = metadata_of(snapshot, "base_model")[f"{ARCH[name]}_hash"]
-    pipeline = build_pipeline(kind)
-    model, evaluation, _ = pipeline.assets
-    result = dg.materialize(
-        [model, pipeline.model_checks, evaluation],
-        partition_key=dg.MultiPartitionKey({"version": key, "fold": "0"}),
-        resources={
-            "home": home,
-            "training_device": TrainingDevice(device="cpu"),
-            "mlflow_tracking": MLflowTracking(),
-        },
-        instance=instance,
-        run_config={"ops": {name: {"config": SETTINGS | {"base_model": ARCH[name]}}}},
-    )
+    result = train_fold_assets(instance, home, key, kind, SETTINGS | {"base_model": ARCH[name]})
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     assert checks == {"weights_finite": True, "reloads_identically": True}
     trained = metadata_of(result, name)

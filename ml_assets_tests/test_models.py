@@ -2,21 +2,18 @@
 for real on tiny data; MLflow records the run; an interrupted materialization resumes."""
 
 import dagster as dg
-import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
+from pipelines import ingested_version, metadata_of, train_fold_assets, training_resources
 
 from ml_assets.defs import datasets, exports
 from ml_assets.defs.models import build_pipeline
-from ml_assets.defs.partitions import dataset_versions
-from ml_assets.defs.resources import MLflowTracking, TrainingDevice
 from ml_assets.train import runs
 from ml_assets.train.classifier import IMAGE_CLASSIFIER
 from ml_assets.train.registry import KINDS
 from ml_assets.train.tracking import tracking_uri
 from ml_assets.train.yolo import YOLO_DETECTOR
 
-DATA = [datasets.raw_dataset, datasets.annotations, datasets.folds, exports.yolo_dataset]
 PIPELINES = {name: build_pipeline(kind) for name, kind in KINDS.items()}
 TINY = {
     "image_classifier": {"epochs": 2, "img_size": 32, "batch_size": 8},
@@ -25,44 +22,17 @@ TINY = {
 }
 
 
-def resources(home):
-    return {
-        "home": home,
-        "training_device": TrainingDevice(device="cpu"),
-        "mlflow_tracking": MLflowTracking(),
-    }
-
-
 @pytest.fixture
 def ingested(landed):
     """A tiny dataset version with its folds and YOLO export, in a test instance."""
     landing, home = landed
-    with dg.instance_for_test() as instance:
-        key = home.store.register(landing)
-        instance.add_dynamic_partitions(dataset_versions.name, [key])
-        assert dg.materialize(
-            DATA, partition_key=key, resources={"home": home}, instance=instance
-        ).success
+    with ingested_version(landing, home, [exports.yolo_dataset]) as (instance, key):
         yield instance, home, key
-    mlflow.end_run()
 
 
 def train(instance, home, key, name, fold=0, settings=None, raise_on_error=True):
-    pipeline = PIPELINES[name]
-    model, evaluation, _ = pipeline.assets
-    return dg.materialize(
-        [model, pipeline.model_checks, evaluation],
-        partition_key=dg.MultiPartitionKey({"version": key, "fold": str(fold)}),
-        resources=resources(home),
-        instance=instance,
-        run_config={"ops": {name: {"config": settings or TINY[name]}}},
-        raise_on_error=raise_on_error,
-    )
-
-
-def metadata_of(result, asset: str) -> dict:
-    (event,) = result.asset_materializations_for_node(asset)
-    return {k: v.value for k, v in event.metadata.items()}
+    settings = settings or TINY[name]
+    return train_fold_assets(instance, home, key, KINDS[name], settings, fold, True, raise_on_error)
 
 
 # Kinds that train on a base model are materialized in their own tests, which make one.
@@ -92,7 +62,7 @@ def test_every_kind_trains_is_checked_evaluated_and_reported(ingested, name):
     report = dg.materialize(
         [pipeline.report, pipeline.gate],
         partition_key=key,
-        resources=resources(home),
+        resources=training_resources(home),
         instance=instance,
         raise_on_error=False,
     )
@@ -189,7 +159,7 @@ def test_evaluation_refuses_a_model_of_another_fold_assignment(ingested):
     result = dg.materialize(
         [evaluation],
         partition_key=dg.MultiPartitionKey({"version": key, "fold": "0"}),
-        resources=resources(home),
+        resources=training_resources(home),
         instance=instance,
         raise_on_error=False,
     )

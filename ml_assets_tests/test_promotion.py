@@ -7,6 +7,7 @@ import mlflow
 import orjson
 import pytest
 from mlflow.tracking import MlflowClient
+from pipelines import training_resources
 
 from ml_assets.data.atomic import write_bytes
 from ml_assets.data.sample import write_sample
@@ -14,7 +15,7 @@ from ml_assets.defs import datasets
 from ml_assets.defs.models import build_pipeline
 from ml_assets.defs.partitions import dataset_versions
 from ml_assets.defs.promotion import build_promotion, predictions
-from ml_assets.defs.resources import MLAssetsHome, MLflowTracking, TrainingDevice
+from ml_assets.defs.resources import MLAssetsHome
 from ml_assets.evaluate.report import promotion_decision
 from ml_assets.train.classifier import IMAGE_CLASSIFIER
 from ml_assets.train.tracking import tracking_uri
@@ -42,14 +43,6 @@ def test_the_rule_passes_a_better_candidate_and_names_every_reason_it_fails():
     )
 
 
-def resources(home):
-    return {
-        "home": home,
-        "training_device": TrainingDevice(device="cpu"),
-        "mlflow_tracking": MLflowTracking(),
-    }
-
-
 def cross_validate(instance, home, landing) -> str:
     """Ingest ``landing`` as a version, train and evaluate both folds, report."""
     key = home.store.register(landing)
@@ -62,11 +55,13 @@ def cross_validate(instance, home, landing) -> str:
         assert dg.materialize(
             [model, evaluation],
             partition_key=dg.MultiPartitionKey({"version": key, "fold": fold}),
-            resources=resources(home),
+            resources=training_resources(home),
             instance=instance,
             run_config={"ops": {"image_classifier": {"config": TINY}}},
         ).success
-    done = dg.materialize([report], partition_key=key, resources=resources(home), instance=instance)
+    done = dg.materialize(
+        [report], partition_key=key, resources=training_resources(home), instance=instance
+    )
     assert done.success
     return key
 
@@ -84,7 +79,7 @@ def promote(instance, home, key):
     return dg.materialize(
         [FINAL, *FINAL_CHECKS, PROMOTED],
         partition_key=key,
-        resources=resources(home),
+        resources=training_resources(home),
         instance=instance,
         raise_on_error=False,
     )
@@ -140,7 +135,7 @@ def test_a_worse_candidate_is_blocked_and_the_champion_moves_only_for_a_better_o
             exported = dg.materialize(
                 [EXPORTED, ONNX_CHECK],
                 partition_key=new,
-                resources=resources(home),
+                resources=training_resources(home),
                 instance=instance,
             )
             (check,) = exported.get_asset_check_evaluations()
@@ -152,7 +147,7 @@ def test_a_worse_candidate_is_blocked_and_the_champion_moves_only_for_a_better_o
             predicted = dg.materialize(
                 [predictions],
                 partition_key=new,
-                resources=resources(home),
+                resources=training_resources(home),
                 instance=instance,
                 run_config={"ops": {"predictions": {"config": {"kind": "image_classifier"}}}},
             )
@@ -172,7 +167,7 @@ def test_promoting_by_hand_past_a_failed_gate_is_refused(tmp_path):
         result = dg.materialize(
             [PROMOTED],
             partition_key=key,
-            resources=resources(home),
+            resources=training_resources(home),
             instance=instance,
             raise_on_error=False,
         )
@@ -189,7 +184,7 @@ def test_the_final_model_needs_the_cross_validated_folds(tmp_path):
         result = dg.materialize(
             [FINAL],
             partition_key="abcdef123456",
-            resources=resources(home),
+            resources=training_resources(home),
             instance=instance,
             raise_on_error=False,
         )

@@ -1,4 +1,6 @@
-"""The ``base_model`` asset: local transformers folders snapshotted into the store, by name.
+"""The ``base_model`` asset: local transformers folders snapshotted into the store, by name; and
+the ``pretrained_weights`` asset: weights pulled once (``ml_assets.data.weights.pull``) and
+pinned by name, the launchpad's form of ``ml-assets weights pull``.
 
 A base model is named by the user (``vit-base``) and lives in a local ``save_pretrained``
 folder: every folder under ``<home>/base_models/`` (named by its folder), plus any named in the
@@ -54,3 +56,48 @@ def base_model(config: BaseModelConfig, home: MLAssetsHome) -> dg.MaterializeRes
     metadata["table"] = dg.MetadataValue.md(table.to_markdown(index=False))
     snapshots = sorted(f"{r['name']}={r['hash']}" for r in records)
     return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(",".join(snapshots)))
+
+
+class PretrainedWeightsConfig(dg.Config):
+    weights: dict[str, str] = Field(
+        default={},
+        description="Name -> spec to pull and pin: a local file or folder, an http(s):// URL "
+        "(#sha256=<hex> is checked), s3://bucket/key, hf://org/repo[@revision][/file], a timm "
+        "name (resnet50.a1_in1k) or an ultralytics name (yolo11n.pt). Pinned names pull nothing "
+        "again; empty: record what is pinned",
+    )
+    replace: bool = Field(
+        default=False,
+        description="Fetch again and pin whatever bytes come (a different hash is otherwise "
+        "refused; runs that recorded the old hash then start afresh)",
+    )
+
+
+@dg.asset(
+    group_name="base_models",
+    kinds={"pytorch"},
+    description="Pretrained weights pulled once into the content-addressed store and pinned by "
+    "name (the only step that may use the network): model configs name them (pretrained, "
+    "model, base_model) and every model records their hash. Lists every pin.",
+)
+def pretrained_weights(
+    context: dg.AssetExecutionContext, config: PretrainedWeightsConfig, home: MLAssetsHome
+) -> dg.MaterializeResult:
+    from ml_assets.data.weights import pinned, pull
+
+    for name, spec in config.weights.items():
+        pin = pull(spec, home.store, name=name, replace=config.replace)
+        said = "pulled" if pin.fetched else "already pulled"
+        context.log.info(f"{said} {pin.name}: {pin.kind} {pin.hash} from {pin.source}")
+    pins = pinned(home.store)
+    metadata: dict = {"pins": len(pins)}
+    if pins:
+        rows = [p.to_dict() for p in pins]
+        columns = ["name", "kind", "spec", "hash", "size", "revision", "pulled_at"]
+        metadata["table"] = dg.MetadataValue.md(
+            pd.DataFrame(rows)[columns].to_markdown(index=False)
+        )
+    return dg.MaterializeResult(
+        metadata=metadata,
+        data_version=dg.DataVersion(",".join(sorted(f"{p.name}={p.hash}" for p in pins))),
+    )

@@ -78,7 +78,7 @@ def on_change(ignore: dg.AssetSelection | None = None) -> dg.AutomationCondition
 ON_CHANGE = on_change()
 # Model assets: a new snapshot of some base model is not new data for every version's models
 # (base_model is unpartitioned); a training config names the base model it uses, and its
-# snapshot's hash is part of the model's fingerprint.
+# snapshot's hash is part of the model's fingerprint (as every pulled weights' hash is).
 TRAIN_ON_CHANGE = on_change(ignore=dg.AssetSelection.assets("base_model"))
 
 
@@ -137,14 +137,12 @@ def as_metadata(view: dict) -> dict:
 
 def inputs_of(kind: ModelKind, home: MLAssetsHome, version: str, config=None) -> dict:
     """The folders of the dataset exports a kind trains from (``yolo_dataset`` -> its folder),
-    and ``base_model`` -> the snapshot of the base model the training ``config`` names (left out
-    without a config: evaluation finds it through what the model recorded)."""
+    and the version's shards when the training ``config`` streams them. A ``base_model`` is
+    weights the config names: ``ml_assets.train.weights.resolve_weights`` finds its snapshot
+    (evaluation finds it through what the model recorded)."""
     found = {}
     for name in kind.inputs:
-        if name == "base_model":
-            if config is not None:
-                found[name] = home.base_model_dir(config.base_model)
-        else:
+        if name != "base_model":
             found[name] = home.export_dir(name.removesuffix("_dataset"), version)
     if getattr(config, "source", "") == "shards":  # training streams the version's shards
         found["webdataset_shards"] = home.export_dir(SHARDS, version)
@@ -228,7 +226,10 @@ def model_checks(asset: dg.AssetsDefinition, kind: ModelKind) -> dg.AssetChecksD
 
 
 def trained_metadata(trained, device) -> dict:
-    """The model asset's metadata: how training went, where the model is, its MLflow run."""
+    """The model asset's metadata: how training went, the pulled weights it started from (name
+    and hash), where the model is, its MLflow run."""
+    from ml_assets.train.weights import weights_tags
+
     fit = trained.fit
     metadata = {
         "train_images": trained.train_images,
@@ -238,6 +239,7 @@ def trained_metadata(trained, device) -> dict:
         "resumed_from_epoch": fit.resumed_from or 0,
         **numbers(fit.summary),
         **{k: v for k, v in fit.summary.items() if isinstance(v, str)},
+        **weights_tags(trained.lineage.get("pretrained", {})),
         "device": str(device),
         "history": md_frame(fit.history, index=False),
         "path": dg.MetadataValue.path(str(trained.model_dir)),
@@ -261,12 +263,15 @@ def train_partition(
     config,
 ) -> Iterator[dg.MaterializeResult]:
     """What every model asset does, a fold's (``fold``) or a version's final model
-    (``fold=None``): refuse a version that cannot teach the kind, else the device resource's
-    overrides, ``train_fold`` in this process or under torchrun, and the trained model's
-    metadata. A refused partition yields nothing: it stays unmaterialized, so nothing downstream
-    runs, and an observation on it says why (the assets take ``output_required=False``)."""
+    (``fold=None``): refuse a version that cannot teach the kind, else find the pulled weights
+    the config names (offline: weights not pulled fail the step here, with the command that
+    pulls them), the device resource's overrides, ``train_fold`` in this process or under
+    torchrun, and the trained model's metadata. A refused partition yields nothing: it stays
+    unmaterialized, so nothing downstream runs, and an observation on it says why (the assets
+    take ``output_required=False``)."""
     from ml_assets.train.kinds import refusal
     from ml_assets.train.runs import train_fold
+    from ml_assets.train.weights import resolve_weights
 
     ds = load_version(home, version)
     reason = refusal(kind, ds)
@@ -280,8 +285,9 @@ def train_partition(
             )
         )
         return
-    device = training_device.torch_device()
     settings = config.model_copy(update=training_device.overrides(config))
+    weights = resolve_weights(settings, home.store)
+    device = training_device.torch_device()
     part = "final model" if fold is None else f"fold {fold}"
     context.log.info(f"training {kind.name} for version {version} {part} on {device}")
     where = {
@@ -295,6 +301,7 @@ def train_partition(
             "version": version,
             "fold": "final" if fold is None else str(fold),
         },
+        "weights": weights,
     }
     if getattr(kind, "distributed", "") == "torchrun" and processes(settings) > 1:
         trained = train_with_torchrun(context, kind, home, (version, fold), settings, where)
@@ -340,6 +347,7 @@ def train_with_torchrun(context, kind: ModelKind, home, partition, settings, whe
             config=settings.model_dump(),
             device=str(context.resources.training_device.torch_device()),
             tracking=vars(tracking) if tracking is not None else None,
+            weights={field: pin.to_dict() for field, pin in where["weights"].items()},
             **{k: where[k] for k in ("run_dir", "model_dir", "inputs", "tags")},
         )
         command = distributed.torchrun_command(settings, request, f"{version}-{fold}")

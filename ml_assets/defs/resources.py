@@ -109,12 +109,6 @@ class MLAssetsHome(dg.ConfigurableResource):
             self.path / "runs" / kind / version / (f"fold-{fold}" if fold is not None else "final")
         )
 
-    def base_model_dir(self, name: str) -> Path:
-        """The store snapshot of the base model called ``name`` (the base_model asset's)."""
-        from ml_assets.train.base_models import named_snapshot
-
-        return named_snapshot(self.store, name).folder
-
     def evaluation_dir(self, kind: str, version: str, fold: int) -> Path:
         return self.path / "evaluations" / kind / version / f"fold-{fold}"
 

@@ -2,7 +2,8 @@
 
 Small factories (crops, model, loader, loss, optimizer, schedule) and a training loop that reads
 like prose, built from timm's, albumentations' and torch's own parts: ``timm.create_model``
-(any architecture, from its config or a local weights file: nothing is downloaded),
+(any architecture, from its config, from pulled weights or from a local weights file, the head
+re-initialized for the version's classes: nothing is downloaded),
 ``timm.optim.create_optimizer_v2``, ``timm.scheduler.create_scheduler_v2`` (cosine, step or
 plateau, with warmup), ``timm.data.Mixup`` (mixup and cutmix), albumentations for the basic
 augmentation policy and timm's RandAugment for the stronger one, and torch's cross-entropy
@@ -30,12 +31,13 @@ import numpy as np
 import orjson
 import pandas as pd
 from PIL import Image
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ml_assets.data.atomic import atomic_dir, atomic_path
 from ml_assets.data.tables import Dataset, class_list
 from ml_assets.evaluate.scores import Scores
 from ml_assets.train.kinds import EpochCallback, FitResult, KindConfig, Learns
+from ml_assets.train.weights import stored_copy
 
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -43,13 +45,28 @@ CHECKPOINT = "checkpoint.pt"
 
 
 class ClassifierConfig(KindConfig):
+    pinned_fields = {"pretrained": "file"}
+
     model_name: str = Field(
         default="resnet10t", description="Any timm architecture, built from its config"
+    )
+    pretrained: str = Field(
+        default="",
+        description="Pulled weights of model_name to start from: the name they were pulled "
+        "under (ml-assets weights pull resnet18.a1_in1k, a URL, s3://, hf://...), e.g. "
+        "resnet18.a1_in1k with model_name resnet18; the head is re-initialized for the "
+        "version's classes. Never downloaded: weights not pulled fail before training",
     )
     checkpoint: str = Field(
         default="",
         description="Local weights file to start from (transfer learning: a different head is "
         "replaced); empty trains from random initialization. Never downloaded.",
+    )
+    freeze_epochs: int = Field(
+        default=0,
+        ge=0,
+        description="Train only the head for the first N epochs (fine-tuning pretrained or "
+        "checkpoint weights); 0: everything trains from the first epoch",
     )
     img_size: int = Field(default=48, gt=0, description="Side of the square inputs, in pixels")
     epochs: int = Field(default=12, gt=0, description="Passes over the training images")
@@ -110,6 +127,14 @@ class ClassifierConfig(KindConfig):
     shuffle_buffer: int = Field(
         default=1000, ge=0, description="With source shards: samples in the shuffle buffer"
     )
+
+    @model_validator(mode="after")
+    def _one_start(self):
+        if self.pretrained and self.checkpoint:
+            raise ValueError(
+                "set pretrained (pulled weights) or checkpoint (a local file), not both"
+            )
+        return self
 
 
 @dataclass(frozen=True)
@@ -228,29 +253,52 @@ def extract_crops(
     )
 
 
-def build_model(config: ClassifierConfig, num_classes: int, initial: bool = False):
-    """The timm model; ``initial`` loads ``config.checkpoint`` (a local file) when one is set."""
-    model = _create(config, num_classes, initial)
+def build_model(config: ClassifierConfig, num_classes: int, start: Path | None = None):
+    """The timm model, randomly initialized or from the weights file ``start``."""
+    model = _create(config, num_classes, start)
     model.ml_assets_img_size = config.img_size  # the input side it was trained for
     return model
 
 
-def _create(config: ClassifierConfig, num_classes: int, initial: bool):
+def _create(config: ClassifierConfig, num_classes: int, start: Path | None):
     import timm
 
-    if initial and config.checkpoint:
-        path = Path(config.checkpoint)
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint {path} does not exist (only local files load)")
+    if start is None:
+        return timm.create_model(config.model_name, pretrained=False, num_classes=num_classes)
+    try:
         # timm's own transfer-learning path: loads the file and re-initializes a head whose
         # class count differs.
         return timm.create_model(
             config.model_name,
             pretrained=True,
-            pretrained_cfg_overlay={"file": str(path)},
+            pretrained_cfg_overlay={"file": str(start)},
             num_classes=num_classes,
         )
-    return timm.create_model(config.model_name, pretrained=False, num_classes=num_classes)
+    except RuntimeError as err:  # a state dict of another architecture
+        raise ValueError(
+            f"the weights {start} do not fit a {config.model_name}: set model_name to the "
+            f"architecture they were trained as ({str(err).splitlines()[0]})"
+        ) from None
+
+
+def starting_weights(config: ClassifierConfig, inputs: dict[str, Path] | None = None):
+    """The weights file training starts from: the stored copy of the pulled weights
+    ``pretrained`` names (``inputs["pretrained"]``), else the local ``checkpoint``; None:
+    random initialization."""
+    pinned = stored_copy(config, "pretrained", inputs)
+    if pinned is not None or not config.checkpoint:
+        return pinned
+    path = Path(config.checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist (only local files load)")
+    return path
+
+
+def body_parameters(model) -> list:
+    """Every parameter but the head's (timm's ``get_classifier()``): what ``freeze_epochs``
+    holds still."""
+    head = {id(p) for p in model.get_classifier().parameters()}
+    return [p for p in model.parameters() if id(p) not in head]
 
 
 def augmentation(policy: str):
@@ -508,14 +556,15 @@ def train_classifier(
     run_dir: Path | None = None,
     on_epoch: EpochCallback | None = None,
     validation: Crops | None = None,
+    inputs: dict[str, Path] | None = None,
 ):
-    """Train a new timm model on ``crops`` (see :func:`fit_loop`)."""
+    """Train a timm model on ``crops`` from :func:`starting_weights` (see :func:`fit_loop`)."""
     import torch
 
     if len(crops.labels) == 0:
         raise ValueError("no training samples: the training folds hold no labelled objects")
     torch.manual_seed(config.seed)
-    model = build_model(config, num_classes, initial=True)
+    model = build_model(config, num_classes, starting_weights(config, inputs))
     return fit_loop(model, crops, num_classes, config, device, run_dir, on_epoch, validation)
 
 
@@ -584,6 +633,7 @@ def fit_loop(
         )
     generator = torch.Generator()
     loader, reseed = build_loader(crops, config, augment=True, generator=generator)
+    body = body_parameters(model) if config.freeze_epochs else []
     steps = config.accumulation_steps
     scheduler = build_schedule(optimizer, config, max(1, -(-len(loader) // steps)))
     state = {
@@ -618,7 +668,10 @@ def fit_loop(
         started, total, correct, seen = time.perf_counter(), 0.0, 0, 0
         optimizer.zero_grad(set_to_none=True)
 
-        def update() -> None:
+        def update(frozen: bool = epoch < config.freeze_epochs) -> None:
+            if frozen:  # only the head learns: the optimizer skips parameters without a gradient
+                for p in body:
+                    p.grad = None
             if config.grad_clip:
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
@@ -901,7 +954,7 @@ class ImageClassifier:
         train_ids, val_ids = watched_ids(train_ids, val_ids, config)
         crops, validation = training_inputs(ds, train_ids, val_ids, ids, config, inputs)
         model, history, resumed_from = train_classifier(
-            crops, len(classes), config, device, run_dir, on_epoch, validation
+            crops, len(classes), config, device, run_dir, on_epoch, validation, inputs
         )
         if world()[0] == 0:  # under torchrun, rank 0 writes the model
             save_classifier(model, Path(run_dir) / "model", config, classes)

@@ -116,9 +116,11 @@ def run_rank(request: dict, log: Callable[[str], None]):
     (returning the TrainedFold), the others the kind's ``fit`` (returning None)."""
     from ml_assets.data.folds import held_out_ids, read_folds, training_ids
     from ml_assets.data.tables import load_tables
+    from ml_assets.data.weights import Pinned
     from ml_assets.train.registry import kind as find_kind
     from ml_assets.train.runs import train_fold
     from ml_assets.train.tracking import Tracking
+    from ml_assets.train.weights import with_weights
 
     kind = find_kind(request["kind"])
     ds = load_tables(Path(request["tables"]), Path(request["files"]))
@@ -126,10 +128,13 @@ def run_rank(request: dict, log: Callable[[str], None]):
     fold, config = request["fold"], kind.config_class(**request["config"])
     device = _device(request["device"])[0]
     inputs = {k: Path(v) for k, v in request["inputs"].items()}
+    weights = {f: Pinned(**{**p, "path": Path(p["path"])}) for f, p in request["weights"].items()}
     run_dir = Path(request["run_dir"])
     if world()[0] != 0:
         train_ids, val_ids = training_ids(assignment, fold), held_out_ids(assignment, fold)
-        kind.fit(ds, train_ids, val_ids, config, device, run_dir, None, inputs)
+        kind.fit(
+            ds, train_ids, val_ids, config, device, run_dir, None, with_weights(inputs, weights)
+        )
         return None
     tracking = request["tracking"]
     if tracking is not None:
@@ -148,6 +153,7 @@ def run_rank(request: dict, log: Callable[[str], None]):
         log=log,
         inputs=inputs,
         tags=request["tags"],
+        weights=weights,
     )
 
 

@@ -23,7 +23,7 @@ import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import orjson
@@ -47,9 +47,12 @@ LAUNCH_FIELDS = frozenset({"nproc_per_node", "nnodes", "rdzv_endpoint"})
 class KindConfig(BaseModel):
     """Base of every kind's configuration: immutable, unknown keys refused. The launch settings
     live here once, so every kind's launchpad shows them; a kind that cannot honour them
-    refuses them in ``fit``."""
+    refuses them in ``fit``. Fields that may name pulled weights (``ml-assets weights pull``)
+    are declared in ``pinned_fields``, each with what it takes: ``"file"`` (a weights file) or
+    ``"folder"`` (a transformers model folder); ``ml_assets.train.weights`` finds them."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    pinned_fields: ClassVar[dict[str, str]] = {}
 
     nproc_per_node: int = Field(
         default=1,
@@ -63,6 +66,11 @@ class KindConfig(BaseModel):
         description="host:port of torchrun's c10d rendezvous, needed with nnodes > 1; empty on "
         "one node (a free local port)",
     )
+
+    def pinned_names(self) -> dict[str, str]:
+        """The pulled weights this configuration trains from: ``{field: name}`` for each of
+        ``pinned_fields`` that names some (here: each one that is not empty)."""
+        return {f: getattr(self, f) for f in self.pinned_fields if getattr(self, f)}
 
 
 @dataclass

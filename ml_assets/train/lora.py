@@ -50,9 +50,12 @@ TARGET_MODULES = {
 
 
 class LoraClassifierConfig(KindConfig):
+    pinned_fields = {"base_model": "folder"}
+
     base_model: str = Field(
         default="vit",
-        description="Name of the base model (a materialized base_model) the adapter trains on",
+        description="Name of the base model the adapter trains on: a materialized base_model or "
+        "a pulled Hugging Face snapshot (ml-assets weights pull hf://org/repo --name NAME)",
     )
     rank: int = Field(default=8, gt=0, description="LoRA rank r")
     alpha: float = Field(default=16.0, gt=0, description="LoRA scaling alpha (scale alpha / r)")

@@ -69,9 +69,12 @@ BOUNDARY_DILATION = 0.02  # boundary IoU band, as a fraction of the image diagon
 
 
 class LoraTeacherConfig(KindConfig):
+    pinned_fields = {"base_model": "folder"}
+
     base_model: str = Field(
         default="",
-        description="Name of the base model (a materialized base_model) the adapter trains on",
+        description="Name of the base model the adapter trains on: a materialized base_model or "
+        "a pulled Hugging Face snapshot (ml-assets weights pull hf://org/repo --name NAME)",
     )
     rank: int = Field(default=8, gt=0, description="LoRA rank r")
     alpha: float = Field(default=16.0, gt=0, description="LoRA scaling alpha (scale alpha / r)")
@@ -95,7 +98,8 @@ class LoraTeacherConfig(KindConfig):
 class LoraDetectorConfig(LoraTeacherConfig):
     base_model: str = Field(
         default="grounding-dino",
-        description="Name of the Grounding DINO base model (a materialized base_model)",
+        description="Name of the Grounding DINO base model (a materialized base_model or pulled "
+        "weights)",
     )
     target_modules: list[str] = Field(
         default=[],
@@ -112,7 +116,8 @@ class LoraDetectorConfig(LoraTeacherConfig):
 
 class LoraSegmenterConfig(LoraTeacherConfig):
     base_model: str = Field(
-        default="sam", description="Name of the SAM base model (a materialized base_model)"
+        default="sam",
+        description="Name of the SAM base model (a materialized base_model or pulled weights)",
     )
     target_modules: list[str] = Field(
         default=[],

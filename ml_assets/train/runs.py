@@ -3,9 +3,10 @@
 :func:`train_fold` picks the fold's images, keeps or clears the run folder (resume only with
 the same configuration and data), tracks the run in MLflow (parameters, per-epoch metrics,
 final numbers, the model as an artifact and a registered model version), logs one progress line
-per epoch, records what the model was trained on (``lineage.json``) and the trained model's
-outputs on a few held-out images (``reference.npz``, for the reload check), and publishes the
-model folder atomically.
+per epoch, records what the model was trained on (``lineage.json``: data, configuration and the
+name and hash of the pulled weights it started from) and the trained model's outputs on a few
+held-out images (``reference.npz``, for the reload check), and publishes the model folder
+atomically.
 """
 
 from __future__ import annotations
@@ -27,9 +28,11 @@ import pandas as pd
 from ml_assets.data.atomic import atomic_dir, folder_bytes, write_bytes
 from ml_assets.data.folds import held_out_ids, training_ids
 from ml_assets.data.tables import Dataset, class_list
+from ml_assets.data.weights import Pinned
 from ml_assets.train.ddp import processes
 from ml_assets.train.kinds import FitResult, KindConfig, ModelKind, fingerprint, prepare_run_dir
 from ml_assets.train.tracking import Tracking
+from ml_assets.train.weights import recorded, weights_tags, with_weights
 
 LINEAGE = "lineage.json"
 REFERENCE = "reference.npz"
@@ -101,23 +104,28 @@ def train_fold(
     log: Callable[[str], None] = print,
     inputs: dict[str, Path] | None = None,
     tags: dict[str, str] | None = None,
+    weights: dict[str, Pinned] | None = None,
 ) -> TrainedFold:
     """Train ``kind`` on every fold but ``fold`` (validating on ``fold``) and publish it at
     ``model_dir``; ``fold=None`` trains the final model on every fold (validating on the test
-    split when the folds hold one)."""
+    split when the folds hold one). ``weights``: the pulled weights the config names, as
+    ``ml_assets.train.weights.resolve_weights`` found them."""
     config = kind.config_class(**config.model_dump())
     if processes(config) > 1 and not getattr(kind, "distributed", ""):
         raise ValueError(f"{kind.name} trains in one process: set nproc_per_node and nnodes to 1")
     train_ids, val_ids = training_ids(assignment, fold), held_out_ids(assignment, fold)
     version = (tags or {}).get("version", "")
-    # The inputs' folders name what training reads beyond the config (a base model's snapshot,
-    # by hash): a run resumes only onto the same ones.
+    weights = weights or {}
+    inputs = with_weights(inputs, weights)
+    # The inputs' folders and the pinned weights' hashes name what training reads beyond the
+    # config: a run resumes only onto the same ones (weights pinned anew start it afresh).
     key = fingerprint(
         kind=kind.name,
         config=config.model_dump(),
         folds=folds_digest,
         fold=fold,
-        inputs={k: str(v) for k, v in (inputs or {}).items()},
+        inputs={k: str(v) for k, v in inputs.items()},
+        weights={field: pin.hash for field, pin in weights.items()},
     )
     if prepare_run_dir(run_dir, key):
         log(f"{kind.name}: found an interrupted run of the same configuration in {run_dir}")
@@ -131,9 +139,11 @@ def train_fold(
         "folds_digest": folds_digest,
         "classes": class_list(ds),
         "config": config.model_dump(),
+        "pretrained": recorded(weights),
         "device": str(device),
     }
     run_tags = {k: str(v) for k, v in (tags or {}).items()} | {"kind": kind.name}
+    run_tags |= weights_tags(lineage["pretrained"])
     name = f"{version}-fold{fold}" if fold is not None else f"{version}-final"
     tracked = tracking.run(kind.name, name, run_tags) if tracking else contextlib.nullcontext()
     with tracked as run:

@@ -47,6 +47,7 @@ from ml_assets.data.tables import Dataset, class_list, image_key, splits
 from ml_assets.data.yolo import YAML_FILE, label_path, write_yolo
 from ml_assets.evaluate.scores import Scores
 from ml_assets.train.kinds import LAUNCH_FIELDS, EpochCallback, FitResult, KindConfig, Learns
+from ml_assets.train.weights import stored_copy
 
 META_FILE = "detector.json"
 WEIGHTS_FILE = "best.pt"
@@ -77,11 +78,15 @@ Optimizer = Literal["auto", "SGD", "MuSGD", "Adam", "Adamax", "AdamW", "NAdam", 
 class YoloConfig(KindConfig):
     """Hyperparameters of the YOLO kinds (ultralytics' own argument names)."""
 
+    pinned_fields = {"model": "file"}
+
     model: str = Field(
         default="yolov8n.yaml",
         description=(
             "A model yaml built from scratch (yolov8n.yaml, yolo11s.yaml, yolo26n.yaml, or a local "
-            "yaml file), or a local .pt file to fine-tune; nothing is ever downloaded"
+            "yaml file), a local .pt file, or pulled weights to fine-tune (ml-assets weights pull "
+            "yolo11n.pt, then yolo11n.pt here; the head is rebuilt for the version's classes); "
+            "nothing is ever downloaded"
         ),
     )
     epochs: int = Field(default=5, gt=0, description="Passes over the training images")
@@ -125,31 +130,41 @@ class YoloConfig(KindConfig):
     @field_validator("model")
     @classmethod
     def _local_model(cls, value: str) -> str:
-        return check_model(value)
-
-
-def check_model(model: str) -> str:
-    """``model`` if it names a model yaml or an existing local ``.pt`` file; else ValueError.
-
-    ultralytics would download a missing ``.pt`` (``yolov8n.pt``) or a bare name (``yolov8n``)
-    from its hub: both are refused, as are URLs.
-    """
-    if "://" in model:
-        raise ValueError(f"model {model!r} is a URL: downloads are off, give a local file")
-    suffix = Path(model).suffix.lower()
-    if suffix in (".yaml", ".yml"):
-        return model
-    if suffix == ".pt":
-        if not Path(model).expanduser().is_file():
+        if "://" in value:
             raise ValueError(
-                f"model {model!r} is not a local file: hub downloads are off. Give the path of a "
-                f".pt file on disk to fine-tune, or a model yaml such as 'yolov8n.yaml' to train "
-                f"from scratch"
+                f"model {value!r} is a URL: training never downloads; pull it once (`ml-assets "
+                f"weights pull {value} --name NAME`) and give NAME"
             )
-        return model
-    raise ValueError(
-        f"model {model!r} must be a model yaml (e.g. 'yolov8n.yaml') or a local .pt file"
-    )
+        if not value.strip():
+            raise ValueError(
+                "model is empty: give a model yaml, a local .pt file or pulled weights"
+            )
+        return value
+
+    def pinned_names(self) -> dict[str, str]:
+        """``model`` names pulled weights unless it is a model yaml or a local file (those load
+        as they are; ultralytics would download any other name, we look it up in the store)."""
+        if Path(self.model).suffix.lower() in (".yaml", ".yml"):
+            return {}
+        if Path(self.model).expanduser().is_file():
+            return {}
+        return {"model": self.model}
+
+
+def starting_model(config: YoloConfig, inputs: dict[str, Path] | None, run_dir: Path) -> str:
+    """What ``YOLO()`` loads to start: the stored copy of the pulled weights ``model`` names
+    (linked as ``pretrained.pt`` in ``run_dir`` when its file name has another suffix:
+    ultralytics reads only ``.pt`` names as weights), else ``model`` itself (a yaml or a local
+    file)."""
+    stored = stored_copy(config, "model", inputs)
+    if stored is None:
+        return config.model
+    if stored.suffix == ".pt":
+        return str(stored)
+    link = Path(run_dir) / "pretrained.pt"
+    link.unlink(missing_ok=True)
+    link.symlink_to(stored.resolve())
+    return str(link)
 
 
 class YoloSegmenterConfig(YoloConfig):
@@ -159,7 +174,8 @@ class YoloSegmenterConfig(YoloConfig):
         default="yolov8n-seg.yaml",
         description=(
             "A segmentation model yaml built from scratch (yolov8n-seg.yaml, yolo11n-seg.yaml, or "
-            "a local yaml file), or a local -seg .pt file to fine-tune; nothing is ever downloaded"
+            "a local yaml file), a local -seg .pt file or pulled -seg weights to fine-tune (ml-assets "
+            "weights pull yolo11n-seg.pt); nothing is ever downloaded"
         ),
     )
 
@@ -237,14 +253,14 @@ class YoloKind:
         if state == "finished":
             model, metrics = None, None
         else:
-            check_model(config.model)
+            start = starting_model(config, inputs, run_dir)
             seconds = _EpochTimer(run_dir / SECONDS_FILE)
             if state == "resumable":
                 model = YOLO(str(last))
                 resumed_from = saved_epoch + 2  # the saved epoch is 0-based and complete
                 arguments = {"resume": True, "save_dir": str(save_dir)}
             else:
-                model = YOLO(config.model)
+                model = YOLO(start)
                 arguments = train_arguments(config) | {"val": bool(len(val_ids))}
             model.add_callback("on_train_epoch_start", seconds.start)
             model.add_callback("on_pretrain_routine_start", _atomic_checkpoints)

@@ -16,8 +16,11 @@ from pydantic import ValidationError
 
 from ml_assets.data.formats import read_dataset
 from ml_assets.data.sample import write_sample
+from ml_assets.data.store import Store
 from ml_assets.data.tables import class_list
+from ml_assets.data.weights import NotPulledError
 from ml_assets.train.kinds import prepare_run_dir
+from ml_assets.train.weights import resolve_weights
 from ml_assets.train.yolo import (
     YOLO_DETECTOR,
     YoloConfig,
@@ -246,19 +249,26 @@ def test_a_crash_after_the_last_epoch_needs_no_more_training(sample, tmp_path):
     assert (run_dir / "model" / "detector.json").exists()
 
 
-@pytest.mark.parametrize("model", ["yolov8n.pt", "yolov8n", "https://example.com/yolov8n.pt"])
-def test_models_that_would_download_are_refused(model, tmp_path, monkeypatch):
+def test_models_that_would_download_are_pulled_names_never_downloads(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no yolov8n.pt in the working folder
-    with pytest.raises(ValidationError, match="downloads are off|model yaml"):
-        YoloConfig(model=model)
+    with pytest.raises(ValidationError, match="never downloads; pull it once"):
+        YoloConfig(model="https://example.com/yolov8n.pt")
+    store = Store(tmp_path / "store")
+    for name in ("yolov8n.pt", "yolov8n"):  # what ultralytics would fetch from its hub
+        config = YoloConfig(model=name)
+        assert config.pinned_names() == {"model": name}
+        with pytest.raises(NotPulledError, match=f"run `ml-assets weights pull {name}`"):
+            resolve_weights(config, store)
 
 
 def test_a_local_weights_file_and_model_yamls_are_accepted(tmp_path):
     weights = tmp_path / "detector.pt"
     weights.write_bytes(b"")
     assert YoloConfig(model=str(weights)).model == str(weights)
+    assert YoloConfig(model=str(weights)).pinned_names() == {}  # loads as it is
     for name in ("yolov8n.yaml", "yolo11s.yaml", "yolo26n.yaml"):
         assert YoloConfig(model=name).model == name
+        assert YoloConfig(model=name).pinned_names() == {}
     with pytest.raises(ValidationError):
         YoloConfig(epochs=0)
 
