@@ -3,24 +3,23 @@ loopback, pulled with the command, fine-tuned on another draw of the sample data
 path the assets take (``resolve_weights``, then the kind's ``fit`` or the materialization), and
 recorded by name and hash. Nothing reaches outside the machine."""
 
+import logging
+import re
 import sys
 from pathlib import Path
 
 import dagster as dg
-import mlflow
 import orjson
 import pytest
 import torch
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
+from pipelines import ingested_version, metadata_of, train_fold_assets
 
+from ml_assets.cli import main
 from ml_assets.data.coco import read_coco
 from ml_assets.data.sample import write_sample
 from ml_assets.data.weights import lookup, pull
-from ml_assets.defs import datasets, exports
-from ml_assets.defs.models import build_pipeline
-from ml_assets.defs.partitions import dataset_versions
-from ml_assets.defs.resources import MLflowTracking, TrainingDevice
 from ml_assets.local.weights import weights as weights_command
 from ml_assets.train import runs
 from ml_assets.train.classifier import (
@@ -32,6 +31,7 @@ from ml_assets.train.classifier import (
     train_classifier,
 )
 from ml_assets.train.device import select_device
+from ml_assets.train.lora import LORA_CLASSIFIER
 from ml_assets.train.tracking import tracking_uri
 from ml_assets.train.weights import resolve_weights, with_weights
 
@@ -127,29 +127,30 @@ def test_the_pretrained_weights_asset_pulls_once_and_lists_every_pin(tmp_path, h
 @pytest.fixture
 def ingested(landed):
     landing, home = landed
-    with dg.instance_for_test() as instance:
-        key = home.store.register(landing)
-        instance.add_dynamic_partitions(dataset_versions.name, [key])
-        data = [datasets.raw_dataset, datasets.annotations, datasets.folds, exports.yolo_dataset]
-        assert dg.materialize(data, partition_key=key, resources={"home": home}, instance=instance)
+    with ingested_version(landing, home) as (instance, key):
         yield instance, home, key
-    mlflow.end_run()
 
 
 def train(instance, home, key, settings):
-    pipeline = build_pipeline(IMAGE_CLASSIFIER)
-    return dg.materialize(
-        [pipeline.assets[0]],
-        partition_key=dg.MultiPartitionKey({"version": key, "fold": "0"}),
-        resources={
-            "home": home,
-            "training_device": TrainingDevice(device="cpu"),
-            "mlflow_tracking": MLflowTracking(),
-        },
-        instance=instance,
-        run_config={"ops": {"image_classifier": {"config": settings}}},
-        raise_on_error=False,
-    )
+    return train_fold_assets(instance, home, key, IMAGE_CLASSIFIER, settings, 0, False, False)
+
+
+def test_a_lora_adapter_trains_on_a_pulled_snapshot_and_evaluates_on_it(ingested, tmp_path):
+    """A transformers folder pulled as weights (what ``hf://`` pulls, here written by the tiny
+    model writer) is a base model by name: no base_model asset involved."""
+    instance, home, key = ingested
+    folder = tmp_path / "vit"
+    made = CliRunner().invoke(main, ["base-model", "init", str(folder), "--arch", "vit", "--tiny"])
+    assert made.exit_code == 0, made.output
+    pin = pull(str(folder), home.store, name="vit-pulled")
+    settings = {"base_model": "vit-pulled", "epochs": 1, "batch_size": 8, "augment": "none"}
+    result = train_fold_assets(instance, home, key, LORA_CLASSIFIER, settings)
+    assert result.success
+    trained = metadata_of(result, LORA_CLASSIFIER.name)
+    assert trained["pretrained_base_model"] == "vit-pulled"
+    assert trained["base_model_hash"] == trained["pretrained_base_model_hash"] == pin.hash
+    evaluated = home.evaluation_dir(LORA_CLASSIFIER.name, key, 0) / "metrics.json"
+    assert orjson.loads(evaluated.read_bytes())["extra"]["base_model_hash"] == pin.hash
 
 
 def random_resnet(path: Path, seed: int) -> Path:
@@ -190,8 +191,7 @@ def test_weights_not_pulled_fail_before_training_and_new_weights_start_afresh(
     monkeypatch.setattr(runs.Progress, "__call__", lambda self, e, n, row: epochs.append(e))
     result = train(instance, home, key, settings)
     assert result.success
-    (event,) = result.asset_materializations_for_node("image_classifier")
-    metadata = {k: v.value for k, v in event.metadata.items()}
+    metadata = metadata_of(result, "image_classifier")
     assert metadata["resumed"] is False and metadata["epochs_run"] == 2
     assert metadata["pretrained"] == "start" and metadata["pretrained_hash"] == second.hash
     lineage = orjson.loads((Path(metadata["path"]) / "lineage.json").read_bytes())
@@ -226,7 +226,19 @@ def test_a_yolo_detector_fine_tunes_from_pulled_weights(tmp_path, home):
 
     config = YoloConfig(**tiny, model="shapes-yolo.pt", freeze=10)
     inputs = with_weights(None, resolve_weights(config, store))
-    YOLO_DETECTOR.fit(ds, train_ids, val_ids, config, CPU, tmp_path / "tune", None, inputs)
+    said = []
+    handler = logging.Handler()
+    handler.emit = lambda record: said.append(record.getMessage())
+    ultralytics_log = logging.getLogger("ultralytics")
+    level = ultralytics_log.level
+    ultralytics_log.addHandler(handler)
+    ultralytics_log.setLevel(logging.INFO)  # YOLO_VERBOSE=False hides what it transferred
+    try:
+        YOLO_DETECTOR.fit(ds, train_ids, val_ids, config, CPU, tmp_path / "tune", None, inputs)
+    finally:
+        ultralytics_log.removeHandler(handler)
+        ultralytics_log.setLevel(level)
+    assert any(re.search(r"Transferred \d+/\d+ items from pretrained weights", m) for m in said)
     before = load_checkpoint(str(published))[0].state_dict()
     after = load_checkpoint(str(tmp_path / "tune" / "model" / WEIGHTS_FILE))[0].state_dict()
     frozen = [k for k in before if k.startswith("model.0.") and k.endswith("conv.weight")]
