@@ -287,8 +287,8 @@ def test_a_new_code_version_of_a_kind_retrains_its_models_only(landed):
     import copy
 
     from ml_assets.defs.models import build_pipeline
-    from ml_assets.train.classifier import IMAGE_CLASSIFIER
-    from ml_assets.train.yolo import YOLO_DETECTOR
+    from ml_assets.train.kinds.image_classifier import IMAGE_CLASSIFIER
+    from ml_assets.train.kinds.yolo_detector import YOLO_DETECTOR
 
     def location(*kinds) -> dg.Definitions:
         pipelines = [build_pipeline(k) for k in kinds]

@@ -6,7 +6,6 @@ import pytest
 from ml_assets.data.coco import read_coco
 from ml_assets.train.classifier import (
     CHECKPOINT,
-    IMAGE_CLASSIFIER,
     ClassifierConfig,
     Crops,
     class_weights,
@@ -19,6 +18,7 @@ from ml_assets.train.classifier import (
     watched_ids,
 )
 from ml_assets.train.device import select_device
+from ml_assets.train.kinds.image_classifier import IMAGE_CLASSIFIER
 
 CPU = select_device("cpu")
 

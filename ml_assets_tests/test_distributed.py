@@ -8,8 +8,9 @@ from pipelines import ingested_version, metadata_of, train_fold_assets
 from ml_assets.data.sample import write_sample
 from ml_assets.defs.resources import MLAssetsHome
 from ml_assets.train import ddp
-from ml_assets.train.classifier import IMAGE_CLASSIFIER, ClassifierConfig, Crops, build_loader
+from ml_assets.train.classifier import ClassifierConfig, Crops, build_loader
 from ml_assets.train.distributed import torchrun_command
+from ml_assets.train.kinds.image_classifier import IMAGE_CLASSIFIER
 from ml_assets.train.registry import KINDS
 from ml_assets.train.yolo import YoloConfig, device_argument, train_arguments
 

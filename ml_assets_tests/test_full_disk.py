@@ -23,9 +23,10 @@ from ml_assets.data.coco import read_coco
 from ml_assets.data.store import Store
 from ml_assets.evaluate.classification import classification_metrics
 from ml_assets.evaluate.report import write_report
-from ml_assets.train.classifier import CHECKPOINT, IMAGE_CLASSIFIER, ClassifierConfig
+from ml_assets.train.classifier import CHECKPOINT, ClassifierConfig
 from ml_assets.train.device import select_device
 from ml_assets.train.evaluation import summarize_folds
+from ml_assets.train.kinds.image_classifier import IMAGE_CLASSIFIER
 from ml_assets.train.runs import publish
 
 CPU = select_device("cpu")
@@ -257,7 +258,8 @@ def test_a_yolo_checkpoint_on_a_full_disk_keeps_the_last_one_and_the_next_run_re
 ):
     """ultralytics writes last.pt in place: the detector's trainer writes it aside instead, so
     a full disk leaves the previous checkpoint whole and the next run resumes from it."""
-    from ml_assets.train.yolo import YOLO_DETECTOR, YoloConfig
+    from ml_assets.train.kinds.yolo_detector import YOLO_DETECTOR
+    from ml_assets.train.yolo import YoloConfig
 
     fs = small_fs(96)
     run_dir = fs / "run"

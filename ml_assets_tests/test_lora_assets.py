@@ -14,7 +14,8 @@ from pipelines import ingested_version, metadata_of, train_fold_assets, training
 from ml_assets.cli import main
 from ml_assets.defs import base_models
 from ml_assets.defs.models import build_pipeline
-from ml_assets.train.lora import LORA_CLASSIFIER, read_meta
+from ml_assets.train.kinds.lora_classifier import LORA_CLASSIFIER
+from ml_assets.train.lora import read_meta
 from ml_assets.train.tracking import tracking_uri
 
 PIPELINE = build_pipeline(LORA_CLASSIFIER)

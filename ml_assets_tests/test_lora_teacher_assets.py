@@ -10,7 +10,8 @@ from pipelines import ingested_version, metadata_of, train_fold_assets
 
 from ml_assets.cli import main
 from ml_assets.defs import base_models
-from ml_assets.train.lora_teachers import LORA_DETECTOR, LORA_SEGMENTER
+from ml_assets.train.kinds.lora_detector import LORA_DETECTOR
+from ml_assets.train.kinds.lora_segmenter import LORA_SEGMENTER
 
 KINDS = {k.name: k for k in (LORA_DETECTOR, LORA_SEGMENTER)}
 ARCH = {"lora_detector": "grounding-dino", "lora_segmenter": "sam"}

@@ -3,8 +3,8 @@ import pytest
 
 from ml_assets.evaluate.classification import classification_metrics
 from ml_assets.evaluate.plots import confusion_png, markdown_image
-from ml_assets.train.classifier import IMAGE_CLASSIFIER
 from ml_assets.train.evaluation import summarize_folds
+from ml_assets.train.kinds.image_classifier import IMAGE_CLASSIFIER
 
 
 def test_metrics_match_hand_computed_values():

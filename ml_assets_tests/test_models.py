@@ -9,10 +9,10 @@ from pipelines import ingested_version, metadata_of, train_fold_assets, training
 from ml_assets.defs import datasets, exports
 from ml_assets.defs.models import build_pipeline
 from ml_assets.train import runs
-from ml_assets.train.classifier import IMAGE_CLASSIFIER
+from ml_assets.train.kinds.image_classifier import IMAGE_CLASSIFIER
+from ml_assets.train.kinds.yolo_detector import YOLO_DETECTOR
 from ml_assets.train.registry import KINDS
 from ml_assets.train.tracking import tracking_uri
-from ml_assets.train.yolo import YOLO_DETECTOR
 
 PIPELINES = {name: build_pipeline(kind) for name, kind in KINDS.items()}
 TINY = {

@@ -17,7 +17,7 @@ from ml_assets.defs.partitions import dataset_versions
 from ml_assets.defs.promotion import build_promotion, predictions
 from ml_assets.defs.resources import MLAssetsHome
 from ml_assets.evaluate.report import promotion_decision
-from ml_assets.train.classifier import IMAGE_CLASSIFIER
+from ml_assets.train.kinds.image_classifier import IMAGE_CLASSIFIER
 from ml_assets.train.tracking import tracking_uri
 
 PIPELINE = build_pipeline(IMAGE_CLASSIFIER)

@@ -22,8 +22,8 @@ from ml_assets.defs.models import build_pipeline
 from ml_assets.defs.partitions import dataset_versions
 from ml_assets.defs.resources import MLAssetsHome, MLflowTracking, TrainingDevice
 from ml_assets.train.kinds import refusal
+from ml_assets.train.kinds.yolo_detector import YOLO_DETECTOR
 from ml_assets.train.registry import KINDS
-from ml_assets.train.yolo import YOLO_DETECTOR
 
 ROOT = Path(__file__).resolve().parents[1]
 INGEST = [

@@ -13,7 +13,7 @@ from ml_assets.defs.models import build_pipeline
 from ml_assets.defs.partitions import dataset_versions
 from ml_assets.defs.resources import MLAssetsHome, MLflowTracking
 from ml_assets.evaluate.classification import classification_metrics, majority_baseline_macro_f1
-from ml_assets.train.classifier import IMAGE_CLASSIFIER
+from ml_assets.train.kinds.image_classifier import IMAGE_CLASSIFIER
 
 VERSION = "abcdef123456"
 CLASSIFIER = build_pipeline(IMAGE_CLASSIFIER)

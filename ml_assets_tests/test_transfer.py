@@ -23,7 +23,6 @@ from ml_assets.data.weights import lookup, pull
 from ml_assets.local.weights import weights as weights_command
 from ml_assets.train import runs
 from ml_assets.train.classifier import (
-    IMAGE_CLASSIFIER,
     ClassifierConfig,
     build_model,
     extract_crops,
@@ -31,7 +30,8 @@ from ml_assets.train.classifier import (
     train_classifier,
 )
 from ml_assets.train.device import select_device
-from ml_assets.train.lora import LORA_CLASSIFIER
+from ml_assets.train.kinds.image_classifier import IMAGE_CLASSIFIER
+from ml_assets.train.kinds.lora_classifier import LORA_CLASSIFIER
 from ml_assets.train.tracking import tracking_uri
 from ml_assets.train.weights import resolve_weights, with_weights
 
@@ -213,7 +213,8 @@ def test_a_yolo_detector_fine_tunes_from_pulled_weights(tmp_path, home):
 
     from ml_assets.data.formats import read_dataset
     from ml_assets.defs.resources import MLAssetsHome
-    from ml_assets.train.yolo import WEIGHTS_FILE, YOLO_DETECTOR, YoloConfig
+    from ml_assets.train.kinds.yolo_detector import YOLO_DETECTOR
+    from ml_assets.train.yolo import WEIGHTS_FILE, YoloConfig
 
     ds = read_dataset(write_sample(tmp_path / "shapes", 16, seed=5, size=64))
     images = ds.images["image_id"].tolist()

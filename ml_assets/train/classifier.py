@@ -1,4 +1,6 @@
-"""A timm image classifier: object crops of detection data, or whole images of image folders.
+"""The classification machinery: a timm image classifier of object crops of detection data, or
+whole images of image folders; the ``image_classifier`` kind (``train/kinds/image_classifier.py``)
+and the LoRA classifier's loop both use it.
 
 Small factories (crops, model, loader, loss, optimizer, schedule) and a training loop that reads
 like prose, built from timm's, albumentations' and torch's own parts: ``timm.create_model``
@@ -34,9 +36,9 @@ from PIL import Image
 from pydantic import Field, model_validator
 
 from ml_assets.data.atomic import atomic_dir, atomic_path
-from ml_assets.data.tables import Dataset, class_list
+from ml_assets.data.tables import Dataset
 from ml_assets.evaluate.scores import Scores
-from ml_assets.train.kinds import EpochCallback, FitResult, KindConfig, Learns
+from ml_assets.train.kinds import EpochCallback, KindConfig
 from ml_assets.train.weights import stored_copy
 
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
@@ -913,101 +915,50 @@ def classify_images(
     return frame
 
 
-class ImageClassifier:
-    """The timm classifier as a model kind (see ``ml_assets.train.kinds``)."""
+def majority_baseline(folds: list[dict]) -> float:
+    """Macro F1 of always answering the most common class of the held-out folds (their summed
+    confusion matrices)."""
+    from ml_assets.evaluate.classification import majority_baseline_macro_f1
 
-    name = "image_classifier"
-    evaluation_name = "classifier_evaluation"
-    report_name = "classifier_report"
-    gate_name = "classifier_promotable"
-    config_class = ClassifierConfig
-    primary_metric = "macro_f1"
-    promotion_floor = 0.5
-    inputs: tuple[str, ...] = ()
-    version = "1"
-    demo = {"epochs": 12}
-    headline = ("accuracy", "macro_f1", "weighted_f1", "ece", "macro_f1_tta", "samples")
-    export_tolerance = 1e-4  # logits, order 1-10
-    learns = Learns("labels")  # object crops, or whole images of an image folder
-    distributed = "torchrun"  # fit_loop trains with DDP when torchrun started it
-    tags = frozenset({"pytorch", "mlflow"})
-    description = (
-        "A timm classifier of object crops (whole images for image-folder data), trained on "
-        "every fold but this one."
+    return majority_baseline_macro_f1(np.sum([f["extra"]["confusion"] for f in folds], axis=0))
+
+
+def crop_logits(model, ds: Dataset, image_ids: Sequence[int], device) -> np.ndarray:
+    """Logits of the first crops of ``image_ids`` at the model's own input size (what the
+    reload check compares)."""
+    import torch
+
+    crops = extract_crops(
+        ds, image_ids, sorted(ds.categories["category_id"]), size=model.ml_assets_img_size
     )
+    with torch.inference_mode():
+        x = normalize(torch.from_numpy(crops.images[:8]).permute(0, 3, 1, 2), device)
+        return model(x).float().cpu().numpy()
 
-    def fit(
-        self,
-        ds: Dataset,
-        train_ids: Sequence[int],
-        val_ids: Sequence[int],
-        config: ClassifierConfig,
-        device,
-        run_dir: Path,
-        on_epoch: EpochCallback | None = None,
-        inputs: dict[str, Path] | None = None,
-    ) -> FitResult:
-        from ml_assets.train.ddp import world
 
-        classes = class_list(ds)
-        ids = [c["id"] for c in classes]
-        train_ids, val_ids = watched_ids(train_ids, val_ids, config)
-        crops, validation = training_inputs(ds, train_ids, val_ids, ids, config, inputs)
-        model, history, resumed_from = train_classifier(
-            crops, len(classes), config, device, run_dir, on_epoch, validation, inputs
-        )
-        if world()[0] == 0:  # under torchrun, rank 0 writes the model
-            save_classifier(model, Path(run_dir) / "model", config, classes)
-        last = history.iloc[-1]
-        summary = {
-            "train_samples": len(crops.labels),
-            "final_train_loss": float(last["train_loss"]),
-            "final_train_accuracy": float(last["train_accuracy"]),
-        }
-        if "val_macro_f1" in history:
-            summary["best_val_macro_f1"] = float(history["val_macro_f1"].max())
-        return FitResult(model, history, resumed_from, summary)
+def fit_summary(history: pd.DataFrame, samples: int) -> dict[str, float]:
+    """A classification fit's final numbers: samples, the last epoch's loss and accuracy, and
+    the best held-out macro F1 it watched."""
+    last = history.iloc[-1]
+    summary = {
+        "train_samples": samples,
+        "final_train_loss": float(last["train_loss"]),
+        "final_train_accuracy": float(last["train_accuracy"]),
+    }
+    if "val_macro_f1" in history:
+        summary["best_val_macro_f1"] = float(history["val_macro_f1"].max())
+    return summary
 
-    def score(
-        self,
-        model_dir: Path,
-        ds: Dataset,
-        image_ids: Sequence[int],
-        device,
-        inputs: dict[str, Path] | None = None,
-    ) -> Scores:
-        model, meta = load_classifier(model_dir, device)
-        tta = ClassifierConfig(**meta["config"]).tta
-        return score_crops(model, meta["classes"], ds, image_ids, device, model_dir, tta)
+
+class ClassificationKind:
+    """What the classification kinds share: the majority baseline, the model as its own module,
+    and its logits on a few crops for the reload check."""
 
     def baseline(self, folds: list[dict]) -> float:
-        """Macro F1 of always answering the most common class of the held-out folds."""
-        from ml_assets.evaluate.classification import majority_baseline_macro_f1
-
-        return majority_baseline_macro_f1(np.sum([f["extra"]["confusion"] for f in folds], axis=0))
-
-    def predict(self, model_dir: Path, images: Sequence[Path], device) -> pd.DataFrame:
-        """Class probabilities of whole images (with flip TTA when the config asks for it)."""
-        model, meta = load_classifier(model_dir, device)
-        tta = ClassifierConfig(**meta["config"]).tta
-        return classify_images(model, meta["classes"], images, device, tta)
-
-    def load(self, model_dir: Path, device):
-        return load_classifier(model_dir, device)[0]
+        return majority_baseline(folds)
 
     def module(self, model):
         return model
 
     def outputs(self, model, ds: Dataset, image_ids: Sequence[int], device) -> np.ndarray:
-        """Logits of the first crops of ``image_ids`` at the model's own input size."""
-        import torch
-
-        crops = extract_crops(
-            ds, image_ids, sorted(ds.categories["category_id"]), size=model.ml_assets_img_size
-        )
-        with torch.inference_mode():
-            x = normalize(torch.from_numpy(crops.images[:8]).permute(0, 3, 1, 2), device)
-            return model(x).float().cpu().numpy()
-
-
-IMAGE_CLASSIFIER = ImageClassifier()
+        return crop_logits(model, ds, image_ids, device)

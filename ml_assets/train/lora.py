@@ -1,5 +1,6 @@
-"""A LoRA image classifier: PEFT's LoRA on a transformers vision backbone (ViT, DINOv2, ConvNeXt,
-Swin), trained on the same inputs as the timm classifier (object crops, or whole images).
+"""A LoRA image classifier's machinery (the kind is ``train/kinds/lora_classifier.py``): PEFT's
+LoRA on a transformers vision backbone (ViT, DINOv2, ConvNeXt, Swin), trained on the same inputs
+and loop as the timm classifier (object crops, or whole images).
 
 The base model is a snapshot in the store (``ml_assets.train.base_models``), named by the
 config's ``base_model``. ``AutoModelForImageClassification`` adds a new classification head to
@@ -19,22 +20,18 @@ optimizer, the schedule and the history; a run that finds one resumes after its 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import orjson
-import pandas as pd
 from pydantic import Field
 
 from ml_assets.data.atomic import atomic_dir
-from ml_assets.data.tables import Dataset, class_list
-from ml_assets.evaluate.scores import Scores
 from ml_assets.train import classifier as timm_recipe
 from ml_assets.train.base_models import describe_base_model, snapshot_hash
-from ml_assets.train.kinds import EpochCallback, FitResult, KindConfig, Learns
+from ml_assets.train.kinds import EpochCallback, KindConfig
 
 META = "lora.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -267,118 +264,3 @@ def merged_model(folder: Path, device):
 
 def adapter_megabytes(folder: Path) -> float:
     return (Path(folder) / ADAPTER_WEIGHTS).stat().st_size / 1e6
-
-
-class LoraClassifier:
-    """The LoRA classifier as a model kind (see ``ml_assets.train.kinds``)."""
-
-    distributed = "torchrun"  # the classifier's fit_loop trains with DDP under torchrun
-    name = "lora_classifier"
-    evaluation_name = "lora_classifier_evaluation"
-    report_name = "lora_classifier_report"
-    gate_name = "lora_classifier_promotable"
-    config_class = LoraClassifierConfig
-    primary_metric = "macro_f1"
-    promotion_floor = 0.5
-    inputs: tuple[str, ...] = ("base_model",)
-    version = "1"
-    demo = {"epochs": 8, "lr": 5e-3}
-    headline = ("accuracy", "macro_f1", "weighted_f1", "ece", "samples")
-    export_tolerance = 1e-4  # the merged adapter's logits
-    learns = Learns("labels")  # object crops, or whole images of an image folder
-    tags = frozenset({"pytorch", "mlflow"})
-    description = (
-        "A LoRA adapter (PEFT) and a new head on a transformers vision backbone (the base_model "
-        "named in its config), classifying object crops (whole images for image-folder data); "
-        "trained on every fold but this one. Only the adapter is stored."
-    )
-
-    def fit(
-        self,
-        ds: Dataset,
-        train_ids: Sequence[int],
-        val_ids: Sequence[int],
-        config: LoraClassifierConfig,
-        device,
-        run_dir: Path,
-        on_epoch: EpochCallback | None = None,
-        inputs: dict[str, Path] | None = None,
-    ) -> FitResult:
-        if not inputs or "base_model" not in inputs:
-            raise ValueError("lora_classifier needs the base model's snapshot folder in inputs")
-        base = Path(inputs["base_model"])
-        base_hash = snapshot_hash(base)
-        classes = class_list(ds)
-        ids = [c["id"] for c in classes]
-        model = build_lora_model(base, classes, config)
-        size = model.ml_assets_img_size
-        train_ids, val_ids = timm_recipe.watched_ids(train_ids, val_ids, recipe(config))
-        crops = timm_recipe.extract_crops(ds, train_ids, ids, size=size)
-        validation = timm_recipe.extract_crops(ds, val_ids, ids, size=size)
-        model, history, resumed_from = train_lora(
-            model, crops, len(classes), config, device, run_dir, on_epoch, validation
-        )
-        counts = parameter_counts(model)
-        meta = {
-            "kind": self.name,
-            "config": config.model_dump(),
-            "classes": classes,
-            "img_size": size,
-            "base_model": {"name": config.base_model, "hash": base_hash, "folder": str(base)},
-            **counts,
-        }
-        from ml_assets.train.ddp import world
-
-        if world()[0] != 0:  # under torchrun, rank 0 writes the adapter; the others only train
-            return FitResult(model, history, resumed_from, {})
-        staged = save_adapter(model, Path(run_dir) / "model", meta)
-        last = history.iloc[-1]
-        summary = {
-            "train_samples": len(crops.labels),
-            "final_train_loss": float(last["train_loss"]),
-            "final_train_accuracy": float(last["train_accuracy"]),
-            **counts,
-            "trainable_ratio": counts["trainable_parameters"] / counts["total_parameters"],
-            "adapter_size_mb": adapter_megabytes(staged),
-            "base_model_hash": base_hash,
-        }
-        if "val_macro_f1" in history:
-            summary["best_val_macro_f1"] = float(history["val_macro_f1"].max())
-        return FitResult(model, history, resumed_from, summary)
-
-    def score(
-        self,
-        model_dir: Path,
-        ds: Dataset,
-        image_ids: Sequence[int],
-        device,
-        inputs: dict[str, Path] | None = None,
-    ) -> Scores:
-        """The classifier's scores on ``image_ids``; the base model is the one the adapter names
-        (its snapshot and hash in ``lora.json``), whatever ``inputs`` say."""
-        model, meta = load_lora(model_dir, device)
-        scores = timm_recipe.score_crops(
-            model, meta["classes"], ds, image_ids, device, model_dir, tta=False
-        )
-        scores.extra["base_model_hash"] = meta["base_model"]["hash"]
-        return scores
-
-    def predict(self, model_dir: Path, images: Sequence[Path], device) -> pd.DataFrame:
-        """Class probabilities of whole images, as the timm classifier's ``predict``."""
-        model, meta = load_lora(model_dir, device)
-        return timm_recipe.classify_images(model, meta["classes"], images, device, tta=False)
-
-    def baseline(self, folds: list[dict]) -> float:
-        return timm_recipe.IMAGE_CLASSIFIER.baseline(folds)
-
-    def load(self, model_dir: Path, device):
-        return load_lora(model_dir, device)[0]
-
-    def module(self, model):
-        return model
-
-    def outputs(self, model, ds: Dataset, image_ids: Sequence[int], device) -> np.ndarray:
-        return timm_recipe.IMAGE_CLASSIFIER.outputs(model, ds, image_ids, device)
-
-
-LORA_CLASSIFIER = LoraClassifier()

@@ -1,5 +1,6 @@
 """LoRA teachers: open-vocabulary detection (Grounding DINO) and promptable segmentation (SAM),
-adapted to the user's classes with PEFT's LoRA, as two model kinds (see ``ml_assets.train.kinds``).
+adapted to the user's classes with PEFT's LoRA: the machinery of two model kinds
+(``train/kinds/lora_detector.py`` and ``lora_segmenter.py``, see ``ml_assets.train.kinds``).
 
 ``lora_detector`` fine-tunes ``GroundingDinoForObjectDetection`` on the fold's boxes with the
 class names as its text prompt (``"circle . square ."``: Grounding DINO's loss finds the phrases
@@ -30,7 +31,6 @@ adapter into the base (``merge_and_unload``) for export. Randomly initialized ba
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -44,10 +44,9 @@ from pydantic import Field
 
 from ml_assets.data.atomic import atomic_dir, atomic_path
 from ml_assets.data.tables import Dataset, class_list
-from ml_assets.evaluate.scores import Scores
 from ml_assets.train.base_models import snapshot_hash
-from ml_assets.train.classifier import CHECKPOINT, check_known, trained_state
-from ml_assets.train.kinds import EpochCallback, FitResult, KindConfig, Learns
+from ml_assets.train.classifier import CHECKPOINT, trained_state
+from ml_assets.train.kinds import EpochCallback, KindConfig
 from ml_assets.train.lora import META, adapter_megabytes, base_of, read_meta
 
 # transformers 5 module names. Grounding DINO: the attention of the Swin backbone (q/k/v_proj),
@@ -320,7 +319,7 @@ def _objects(ds: Dataset, image_ids: Sequence[int]) -> pd.DataFrame:
     return ann[ann["iscrowd"] == 0].sort_values(["image_id", "annotation_id"])
 
 
-class _Images:
+class TeacherImages:
     """A torch map-style dataset: record i -> (letterboxed image, scale, record)."""
 
     def __init__(self, ds: Dataset, records: list[dict], teacher: Teacher) -> None:
@@ -338,7 +337,7 @@ class _Images:
         return pixels, scale, record
 
 
-def _collate(items):
+def collate(items):
     import torch
 
     pixels, scales, records = zip(*items, strict=True)
@@ -384,7 +383,7 @@ def train_adapter(
         batch_size=config.batch_size,
         shuffle=True,
         generator=generator,
-        collate_fn=_collate,
+        collate_fn=collate,
         num_workers=config.workers,
     )
     while state["epoch"] < config.epochs:
@@ -455,7 +454,7 @@ def merged_model(folder: Path, device):
     return teacher.peft.merge_and_unload().eval(), read_meta(folder)
 
 
-def _fit(kind, ds, config, device, run_dir, on_epoch, inputs, records, step_loss):
+def fit_teacher(kind, ds, config, device, run_dir, on_epoch, inputs, records, step_loss):
     """What both kinds' ``fit`` do around their data and loss."""
     if not inputs or "base_model" not in inputs:
         raise ValueError(f"{kind.name} needs the base model's snapshot folder in inputs")
@@ -465,7 +464,7 @@ def _fit(kind, ds, config, device, run_dir, on_epoch, inputs, records, step_loss
     teacher = build_teacher(kind.name, base, classes, config)
     teacher.base_hash = base_hash
     history, resumed_from = train_adapter(
-        teacher, _Images(ds, records, teacher), step_loss, config, device, run_dir, on_epoch
+        teacher, TeacherImages(ds, records, teacher), step_loss, config, device, run_dir, on_epoch
     )
     counts = parameter_counts(teacher)
     meta = {
@@ -559,10 +558,10 @@ def detect(
 
     records = [{"image_id": int(i)} for i in dict.fromkeys(int(i) for i in image_ids)]
     images = ds.images.drop_duplicates("image_id").set_index("image_id")
-    data = _Images(ds, records, teacher)
+    data = TeacherImages(ds, records, teacher)
     rows = []
     for start in range(0, len(data), batch_size):
-        pixels, scales, batch = _collate(
+        pixels, scales, batch = collate(
             [data[i] for i in range(start, min(start + batch_size, len(data)))]
         )
         scores, boxes = detector_outputs(teacher, pixels)
@@ -763,7 +762,7 @@ LORA_DETECTOR_NAME = "lora_detector"
 LORA_SEGMENTER_NAME = "lora_segmenter"
 
 
-class _LoraTeacherKind:
+class LoraTeacherKind:
     version = "1"
     # Not in the demo's default kinds (ask with --models): tiny base models named
     # "grounding-dino", "sam".
@@ -778,159 +777,3 @@ class _LoraTeacherKind:
 
     def module(self, model: Teacher):
         return model.peft
-
-
-class LoraDetector(_LoraTeacherKind):
-    """Grounding DINO with a LoRA adapter, prompted with the class names."""
-
-    name = LORA_DETECTOR_NAME
-    evaluation_name = "lora_detector_evaluation"
-    report_name = "lora_detector_report"
-    gate_name = "lora_detector_promotable"
-    config_class = LoraDetectorConfig
-    learns = Learns("boxes")
-    headline = ("AP", "AP50", "AP75", "AR100", "instances")
-    primary_metric = "AP"
-    promotion_floor = 0.1
-    description = (
-        "A LoRA adapter (PEFT) on Grounding DINO (the base_model named in its config), prompted "
-        "with the class names and fine-tuned on the boxes of every fold but this one; scored "
-        "with COCO's metrics. Only the adapter and the box head are stored."
-    )
-
-    def fit(self, ds, train_ids, val_ids, config, device, run_dir, on_epoch=None, inputs=None):
-        records = detector_records(ds, train_ids, class_list(ds))
-        teacher, history, resumed_from, summary = _fit(
-            self, ds, config, device, run_dir, on_epoch, inputs, records, detector_loss
-        )
-        summary["train_objects"] = int(sum(len(r["labels"]) for r in records))
-        return FitResult(teacher, history, resumed_from, summary)
-
-    def score(self, model_dir, ds, image_ids, device, inputs=None) -> Scores:
-        """COCO metrics (AP, AP50 ... AR_large) of the detections on ``image_ids``; the base
-        model is the one the adapter names, whatever ``inputs`` say."""
-        from ml_assets.evaluate.detection import detection_scores
-
-        teacher = load_teacher(model_dir, device)
-        check_known(ds, teacher.classes, model_dir)
-        config = LoraDetectorConfig(**read_meta(model_dir)["config"])
-        detections = detect(teacher, ds, image_ids, config.max_detections)
-        scores = detection_scores(ds, image_ids, detections)
-        scores.extra["base_model_hash"] = teacher.base_hash
-        return scores
-
-    def baseline(self, folds: list[dict]) -> float:
-        """AP of a detector that finds nothing: 0."""
-        return 0.0
-
-    def outputs(self, model: Teacher, ds, image_ids, device) -> np.ndarray:
-        """Class scores and boxes of every query on the first images, (n, queries, classes+4)."""
-        data = _Images(ds, [{"image_id": int(i)} for i in image_ids], model)
-        if not len(data):
-            return np.zeros((0,), np.float32)
-        pixels, _, _ = _collate([data[i] for i in range(len(data))])
-        scores, boxes = detector_outputs(model, pixels)
-        return np.concatenate([scores.cpu().numpy(), boxes.cpu().numpy()], axis=-1)
-
-
-class LoraSegmenter(_LoraTeacherKind):
-    """SAM with a LoRA adapter, predicting each object's mask from its box."""
-
-    name = LORA_SEGMENTER_NAME
-    evaluation_name = "lora_segmenter_evaluation"
-    report_name = "lora_segmenter_report"
-    gate_name = "lora_segmenter_promotable"
-    config_class = LoraSegmenterConfig
-    learns = Learns("masks", min_classes=1)  # box prompts to masks: one class is enough
-    headline = ("mask_iou", "boundary_iou", "box_mask_iou", "objects")
-    primary_metric = "mask_iou"
-    promotion_floor = 0.5
-    description = (
-        "A LoRA adapter (PEFT) on SAM (the base_model named in its config) predicting each "
-        "object's mask from its box prompt, fine-tuned on the COCO polygons and RLE of every "
-        "fold but this one; scored by mask IoU and boundary IoU against the box-filling mask."
-    )
-
-    def fit(self, ds, train_ids, val_ids, config, device, run_dir, on_epoch=None, inputs=None):
-        records, left_out = segmenter_records(ds, train_ids)
-        step = functools.partial(segmenter_loss, limit=config.max_objects)
-        teacher, history, resumed_from, summary = _fit(
-            self, ds, config, device, run_dir, on_epoch, inputs, records, step
-        )
-        summary["train_objects"] = int(sum(len(r["boxes"]) for r in records))
-        summary |= left_out
-        return FitResult(teacher, history, resumed_from, summary)
-
-    def score(self, model_dir, ds, image_ids, device, inputs=None) -> Scores:
-        """Mask IoU and boundary IoU per object on ``image_ids`` (objects with a mask), and the
-        same for the box-filling baseline mask; the base model is the one the adapter names."""
-        teacher = load_teacher(model_dir, device)
-        check_known(ds, teacher.classes, model_dir)
-        records, left_out = segmenter_records(ds, image_ids)
-        images = ds.images.drop_duplicates("image_id").set_index("image_id")
-        names = {c["id"]: c["name"] for c in teacher.classes}
-        data = _Images(ds, records, teacher)
-        rows = []
-        for i in range(len(data)):
-            pixels, scale, record = data[i]
-            height, width = (int(v) for v in images.loc[record["image_id"], ["height", "width"]])
-            predicted, _ = predict_masks(teacher, pixels, scale, record, (height, width))
-            for k, truth in enumerate(record["masks"]):
-                baseline = box_mask(record["boxes"][k], height, width)
-                rows.append(
-                    {
-                        "annotation_id": int(record["annotation_ids"][k]),
-                        "image_id": record["image_id"],
-                        "class": names[int(record["category_ids"][k])],
-                        "mask_iou": mask_iou(predicted[k], truth),
-                        "boundary_iou": boundary_iou(predicted[k], truth),
-                        "box_mask_iou": mask_iou(baseline, truth),
-                        "box_boundary_iou": boundary_iou(baseline, truth),
-                        "predicted_area": int(predicted[k].sum()),
-                        "true_area": int(truth.sum()),
-                    }
-                )
-        columns = ["mask_iou", "boundary_iou", "box_mask_iou", "box_boundary_iou"]
-        predictions = pd.DataFrame(
-            rows,
-            columns=["annotation_id", "image_id", "class", *columns, "predicted_area", "true_area"],
-        )
-        per_class = predictions.groupby("class")[columns].mean()
-        per_class["objects"] = predictions.groupby("class").size()
-        per_class = per_class.reindex(list(names.values()))
-        means = {c: float(predictions[c].mean()) if len(predictions) else 0.0 for c in columns}
-        metrics = {
-            **means,
-            "objects": float(len(predictions)),
-            "images": float(len(records)),
-            **{k: float(v) for k, v in left_out.items()},
-        }
-        extra = {
-            "classes": list(names.values()),
-            "objects": len(predictions),
-            "box_mask_iou": means["box_mask_iou"],
-            "boundary": f"boundary IoU, band {BOUNDARY_DILATION:.0%} of the image diagonal",
-            "base_model_hash": teacher.base_hash,
-        }
-        return Scores(metrics, per_class, predictions, extra)
-
-    def baseline(self, folds: list[dict]) -> float:
-        """Mean mask IoU, over every held-out object, of the mask that fills its box prompt."""
-        objects = np.asarray([f["extra"]["objects"] for f in folds], float)
-        values = np.asarray([f["extra"]["box_mask_iou"] for f in folds], float)
-        return float((objects * values).sum() / objects.sum()) if objects.sum() else 0.0
-
-    def outputs(self, model: Teacher, ds, image_ids, device) -> np.ndarray:
-        """Low-resolution mask logits of every object with a mask in the first images."""
-        records, _ = segmenter_records(ds, image_ids)
-        data = _Images(ds, records, model)
-        out = []
-        for i in range(len(data)):
-            pixels, scale, record = data[i]
-            size = record["masks"].shape[1:]
-            out.append(predict_masks(model, pixels, scale, record, size)[1])
-        return np.concatenate(out) if out else np.zeros((0,), np.float32)
-
-
-LORA_DETECTOR = LoraDetector()
-LORA_SEGMENTER = LoraSegmenter()

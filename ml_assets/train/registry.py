@@ -1,12 +1,15 @@
-"""Every model kind the code location trains, by name: the one place a new kind is registered."""
+"""Every model kind the code location trains, by name: the one place a new kind is registered
+(a kind is one file in ``train/kinds/``, declaring what the pipeline needs)."""
 
 from __future__ import annotations
 
-from ml_assets.train.classifier import IMAGE_CLASSIFIER
 from ml_assets.train.kinds import ModelKind
-from ml_assets.train.lora import LORA_CLASSIFIER
-from ml_assets.train.lora_teachers import LORA_DETECTOR, LORA_SEGMENTER
-from ml_assets.train.yolo import YOLO_DETECTOR, YOLO_SEGMENTER
+from ml_assets.train.kinds.image_classifier import IMAGE_CLASSIFIER
+from ml_assets.train.kinds.lora_classifier import LORA_CLASSIFIER
+from ml_assets.train.kinds.lora_detector import LORA_DETECTOR
+from ml_assets.train.kinds.lora_segmenter import LORA_SEGMENTER
+from ml_assets.train.kinds.yolo_detector import YOLO_DETECTOR
+from ml_assets.train.kinds.yolo_segmenter import YOLO_SEGMENTER
 
 KINDS: dict[str, ModelKind] = {
     kind.name: kind

@@ -1,4 +1,6 @@
-"""The ultralytics YOLO detector as a model kind (see :mod:`ml_assets.train.kinds`).
+"""The ultralytics YOLO plumbing the YOLO kinds share (``train/kinds/yolo_detector.py`` and
+``yolo_segmenter.py``): one :class:`YoloKind`, parameterized by task (see
+:mod:`ml_assets.train.kinds`).
 
 Training reads the version's YOLO export (``inputs["yolo_dataset"]``, made by
 :func:`ml_assets.data.yolo.write_yolo`) through a per-fold folder of links inside the run folder::
@@ -165,19 +167,6 @@ def starting_model(config: YoloConfig, inputs: dict[str, Path] | None, run_dir: 
     link.unlink(missing_ok=True)
     link.symlink_to(stored.resolve())
     return str(link)
-
-
-class YoloSegmenterConfig(YoloConfig):
-    """Hyperparameters of ``yolo_segmenter``: the detector's, with a segmentation model."""
-
-    model: str = Field(
-        default="yolov8n-seg.yaml",
-        description=(
-            "A segmentation model yaml built from scratch (yolov8n-seg.yaml, yolo11n-seg.yaml, or "
-            "a local yaml file), a local -seg .pt file or pulled -seg weights to fine-tune (ml-assets "
-            "weights pull yolo11n-seg.pt); nothing is ever downloaded"
-        ),
-    )
 
 
 class YoloKind:
@@ -439,29 +428,6 @@ class YoloKind:
         return out.detach().cpu().numpy()
 
 
-YOLO_DETECTOR = YoloKind(
-    name="yolo_detector",
-    task="detect",
-    report="detector",
-    config_class=YoloConfig,
-    primary_metric="AP",  # COCO mAP@[.5:.95], exact (ml_assets.evaluate.coco)
-    learns=Learns("boxes"),
-    headline=("AP", "AP50", "AP75", "AR100", "ultralytics_map50_95", "instances"),
-    description="An ultralytics YOLO detector, trained on every fold but this one.",
-)
-YOLO_SEGMENTER = YoloKind(
-    name="yolo_segmenter",
-    task="segment",
-    report="segmenter",
-    config_class=YoloSegmenterConfig,
-    primary_metric="mask_AP",  # COCO mask mAP@[.5:.95], exact (faster-coco-eval, segm)
-    learns=Learns("masks"),
-    headline=("mask_AP", "mask_AP50", "AP", "AP50", "ultralytics_mask_map50_95", "instances"),
-    description="An ultralytics YOLO instance segmenter (masks from the version's polygons and "
-    "RLE masks), trained on every fold but this one.",
-)
-
-
 def _rle_masks(result: Any) -> list[dict]:
     """Each predicted instance's mask as COCO RLE in the pixels of the original image, from
     ultralytics' polygons of it (``masks.xy``, already in those pixels)."""
@@ -693,7 +659,7 @@ def publish(
     classes: list[dict],
     train_images: int,
     val_images: int,
-    kind: YoloKind | None = None,
+    kind: YoloKind,
 ) -> Path:
     """Write ``run_dir/model``: the final weights (best.pt, else last.pt, optimizer stripped),
     ``detector.json`` and ``results.csv``."""
@@ -703,8 +669,8 @@ def publish(
     weights = Path(run_dir) / TRAIN_DIR / "weights"
     source = weights / WEIGHTS_FILE if (weights / WEIGHTS_FILE).exists() else weights / "last.pt"
     meta = {
-        "kind": (kind or YOLO_DETECTOR).name,
-        "task": (kind or YOLO_DETECTOR).task,
+        "kind": kind.name,
+        "task": kind.task,
         "config": config.model_dump(),
         "classes": classes,
         "imgsz": config.imgsz,

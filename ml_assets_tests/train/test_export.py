@@ -35,7 +35,8 @@ from ml_assets.train.export import (
     preprocess,
 )
 from ml_assets.train.kinds import prepare_run_dir
-from ml_assets.train.yolo import YOLO_DETECTOR, YoloConfig
+from ml_assets.train.kinds.yolo_detector import YOLO_DETECTOR
+from ml_assets.train.yolo import YoloConfig
 
 CLASSES = [{"id": 3, "name": "red"}, {"id": 5, "name": "green"}, {"id": 9, "name": "blue"}]
 

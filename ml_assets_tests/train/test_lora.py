@@ -16,6 +16,7 @@ from ml_assets.data.tables import class_list
 from ml_assets.train import classifier as timm_recipe
 from ml_assets.train import lora
 from ml_assets.train.base_models import describe_base_model, snapshot_base_model
+from ml_assets.train.kinds.lora_classifier import LORA_CLASSIFIER
 
 CPU = torch.device("cpu")
 TINY = {"epochs": 1, "batch_size": 8, "augment": "none"}
@@ -45,7 +46,7 @@ def trained(vit, shapes, tmp_path_factory):
     ds, train_ids, val_ids = shapes
     run_dir = tmp_path_factory.mktemp("run")
     config = lora.LoraClassifierConfig(**TINY)
-    fit = lora.LORA_CLASSIFIER.fit(
+    fit = LORA_CLASSIFIER.fit(
         ds, train_ids, val_ids, config, CPU, run_dir, inputs={"base_model": vit.folder}
     )
     return fit, run_dir / "model"
@@ -71,12 +72,10 @@ def test_only_the_adapter_and_head_are_saved(vit, trained):
 def test_the_adapter_reloads_onto_its_base_and_predicts_the_same(shapes, trained):
     ds, _, val_ids = shapes
     fit, model_dir = trained
-    expected = lora.LORA_CLASSIFIER.outputs(fit.model, ds, val_ids, CPU)
-    reloaded = lora.LORA_CLASSIFIER.load(model_dir, CPU)
+    expected = LORA_CLASSIFIER.outputs(fit.model, ds, val_ids, CPU)
+    reloaded = LORA_CLASSIFIER.load(model_dir, CPU)
     assert expected.shape[1] == 4
-    np.testing.assert_array_equal(
-        lora.LORA_CLASSIFIER.outputs(reloaded, ds, val_ids, CPU), expected
-    )
+    np.testing.assert_array_equal(LORA_CLASSIFIER.outputs(reloaded, ds, val_ids, CPU), expected)
     # The merged model (for export) is a plain transformers model giving the same logits.
     merged, _ = lora.merged_model(model_dir, CPU)
     assert "peft" not in type(merged).__module__
@@ -87,7 +86,7 @@ def test_the_adapter_reloads_onto_its_base_and_predicts_the_same(shapes, trained
             reloaded.model(pixel_values=x).logits.numpy(),
             atol=1e-5,
         )
-    scores = lora.LORA_CLASSIFIER.score(model_dir, ds, val_ids, CPU)
+    scores = LORA_CLASSIFIER.score(model_dir, ds, val_ids, CPU)
     assert 0 <= scores.metrics["macro_f1"] <= 1 and scores.metrics["samples"] == len(expected)
 
 
@@ -104,7 +103,7 @@ def test_score_refuses_an_adapter_whose_base_snapshot_changed(shapes, trained, t
     meta["base_model"]["hash"] = "0" * 12
     (copy / lora.META).write_bytes(orjson.dumps(meta))
     with pytest.raises(ValueError, match="adapter says 000000000000"):
-        lora.LORA_CLASSIFIER.score(copy, ds, val_ids, CPU)
+        LORA_CLASSIFIER.score(copy, ds, val_ids, CPU)
 
 
 def expected_trainable(info: dict, config, arch: str, classes: int) -> int:
@@ -170,7 +169,7 @@ def test_training_loss_falls_on_a_learnable_task(vit, tmp_path):
     config = lora.LoraClassifierConfig(
         epochs=4, batch_size=8, lr=1e-2, warmup_epochs=0, label_smoothing=0, augment="none"
     )
-    fit = lora.LORA_CLASSIFIER.fit(
+    fit = LORA_CLASSIFIER.fit(
         ds, ids, [], config, CPU, tmp_path / "run", inputs={"base_model": vit.folder}
     )
     losses = fit.history["train_loss"].tolist()
@@ -189,13 +188,13 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(vit, shapes, tmp_path):
         raise RuntimeError("power cut")
 
     with pytest.raises(RuntimeError, match="power cut"):
-        lora.LORA_CLASSIFIER.fit(ds, train_ids, val_ids, config, CPU, tmp_path, power_cut, inputs)
+        LORA_CLASSIFIER.fit(ds, train_ids, val_ids, config, CPU, tmp_path, power_cut, inputs)
     checkpoint = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
     # The checkpoint holds adapters and head only, never the frozen base weights.
     assert all(".lora_" in k or ".classifier." in k for k in checkpoint["model"])
     first = checkpoint["state"]["history"][0]
 
-    fit = lora.LORA_CLASSIFIER.fit(
+    fit = LORA_CLASSIFIER.fit(
         ds, train_ids, val_ids, config, CPU, tmp_path, lambda *a: epochs.append(a[0]), inputs
     )
     assert fit.resumed_from == 2 and epochs == [1, 2]
@@ -207,7 +206,7 @@ def test_fit_needs_its_base_model_and_known_target_modules(shapes, tmp_path, vit
     ds, train_ids, val_ids = shapes
     config = lora.LoraClassifierConfig(**TINY)
     with pytest.raises(ValueError, match="needs the base model's snapshot folder"):
-        lora.LORA_CLASSIFIER.fit(ds, train_ids, val_ids, config, CPU, tmp_path)
+        LORA_CLASSIFIER.fit(ds, train_ids, val_ids, config, CPU, tmp_path)
     with pytest.raises(ValueError, match="no default LoRA target modules for a 'beit'"):
         lora.target_modules(config, "beit")
 
@@ -222,7 +221,7 @@ def test_the_merged_adapter_exports_to_onnx_that_agrees_with_pytorch(shapes, tra
     out = export_model(model_dir, tmp_path / "export")
     info = orjson.loads((out / "export.json").read_bytes())
     assert info["kind"] == "lora_classifier" and (out / "model.onnx").is_file()
-    images = lora.LORA_CLASSIFIER.load(model_dir, CPU).ml_assets_img_size
+    images = LORA_CLASSIFIER.load(model_dir, CPU).ml_assets_img_size
     crops = np.random.default_rng(0).integers(0, 255, (3, images, images, 3), dtype=np.uint8)
     found = check_onnx(out, crops)
     assert found["passed"] and found["max_abs_diff"] <= 1e-4
@@ -234,12 +233,12 @@ def test_the_adapter_predicts_whole_images_and_scores_like_the_classifier(
     ds, _, val_ids = shapes
     _, model_dir = trained
     images = sorted((tiny_sample / "images").iterdir())[:5]
-    frame = lora.LORA_CLASSIFIER.predict(model_dir, images, CPU)
+    frame = LORA_CLASSIFIER.predict(model_dir, images, CPU)
     assert frame["file"].tolist() == [str(p) for p in images]
     probabilities = frame[[c for c in frame if c.startswith("p_")]].to_numpy()
     np.testing.assert_allclose(probabilities.sum(axis=1), 1, rtol=1e-5)
     # Whole images are resized as training crops and the export's preprocessing are: bilinear.
-    model = lora.LORA_CLASSIFIER.load(model_dir, CPU)
+    model = LORA_CLASSIFIER.load(model_dir, CPU)
     side = model.ml_assets_img_size
     pixels = []
     for path in images:
@@ -249,6 +248,6 @@ def test_the_adapter_predicts_whole_images_and_scores_like_the_classifier(
             pixels.append(np.asarray(resized))
     expected = timm_recipe.predict(model, np.stack(pixels), CPU, tta=False)
     np.testing.assert_allclose(probabilities, expected, atol=1e-6)
-    scores = lora.LORA_CLASSIFIER.score(model_dir, ds, val_ids, CPU)
+    scores = LORA_CLASSIFIER.score(model_dir, ds, val_ids, CPU)
     assert {"weighted_f1", "ece", "top1_accuracy"} <= set(scores.metrics)
     assert scores.plots["reliability"].startswith(b"\x89PNG")

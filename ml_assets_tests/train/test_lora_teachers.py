@@ -15,8 +15,10 @@ from ml_assets.train import lora_teachers as lt
 from ml_assets.train import teacher_models as tm
 from ml_assets.train.base_models import init_base_model, snapshot_base_model, snapshot_hash
 from ml_assets.train.kinds import ModelKind
+from ml_assets.train.kinds.lora_detector import LORA_DETECTOR
+from ml_assets.train.kinds.lora_segmenter import LORA_SEGMENTER
 
-KINDS = {"lora_detector": lt.LORA_DETECTOR, "lora_segmenter": lt.LORA_SEGMENTER}
+KINDS = {"lora_detector": LORA_DETECTOR, "lora_segmenter": LORA_SEGMENTER}
 ARCH = {"lora_detector": "grounding-dino", "lora_segmenter": "sam"}
 INIT = {"lora_detector": tm.init_grounding_dino, "lora_segmenter": tm.init_sam}
 # One optimizer step per epoch on the same 8 images, so the loss can be compared across epochs.

@@ -8,11 +8,13 @@ import pytest
 from ml_assets.data.formats import read_dataset
 from ml_assets.data.sample import write_sample
 from ml_assets.data.tables import class_list
-from ml_assets.train.classifier import IMAGE_CLASSIFIER, ClassifierConfig
+from ml_assets.train.classifier import ClassifierConfig
 from ml_assets.train.device import select_device
+from ml_assets.train.kinds.image_classifier import IMAGE_CLASSIFIER
+from ml_assets.train.kinds.yolo_detector import YOLO_DETECTOR
 from ml_assets.train.predictions import image_files, write_predictions
 from ml_assets.train.runs import LINEAGE
-from ml_assets.train.yolo import YOLO_DETECTOR, YoloConfig
+from ml_assets.train.yolo import YoloConfig
 
 CPU = select_device("cpu")
 

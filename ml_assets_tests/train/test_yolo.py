@@ -20,13 +20,9 @@ from ml_assets.data.store import Store
 from ml_assets.data.tables import class_list
 from ml_assets.data.weights import NotPulledError
 from ml_assets.train.kinds import prepare_run_dir
+from ml_assets.train.kinds.yolo_detector import YOLO_DETECTOR
 from ml_assets.train.weights import resolve_weights
-from ml_assets.train.yolo import (
-    YOLO_DETECTOR,
-    YoloConfig,
-    device_argument,
-    link_folds,
-)
+from ml_assets.train.yolo import YoloConfig, device_argument, link_folds
 
 CONFIG = YoloConfig(epochs=2, imgsz=64, batch=8, workers=0)
 METRICS = ["map50", "map50_95", "precision", "recall"]

@@ -19,7 +19,8 @@ from ml_assets.evaluate.segmentation import mask_metrics
 from ml_assets.train.device import select_device
 from ml_assets.train.export import check_onnx, export_model
 from ml_assets.train.kinds import refusal
-from ml_assets.train.yolo import YOLO_DETECTOR, YOLO_SEGMENTER, YoloSegmenterConfig
+from ml_assets.train.kinds.yolo_detector import YOLO_DETECTOR
+from ml_assets.train.kinds.yolo_segmenter import YOLO_SEGMENTER, YoloSegmenterConfig
 
 CPU = select_device("cpu")
 TINY = YoloSegmenterConfig(epochs=2, imgsz=64, batch=8)

@@ -6,8 +6,13 @@ metric and its baseline. ``ml_assets.defs.models`` turns each registered kind in
 asset ``[version, fold]``, its evaluation ``[version, fold]``, its report ``[version]`` with the
 promotion gate, its model checks and its jobs. ``inputs`` maps the names in a kind's ``inputs``
 (dataset exports such as ``"yolo_dataset"``) to their folders for this version; a kind called
-without them (the CLI on any folder) makes what it needs itself. Adding a kind is a module in ``train/``, one line
-in :data:`KINDS` and its tests.
+without them (the CLI on any folder) makes what it needs itself.
+
+Adding a kind is one file in this package (``train/kinds/<kind>.py``: the kind's class and its
+instance, built from the shared machinery of ``train/``: the classification loop, the YOLO
+plumbing parameterized by task, the adapter trainers), one line in
+``ml_assets.train.registry.KINDS``, and its tests; the conformance tests pick it up from the
+registry. This package's ``__init__`` holds only what a kind is and never imports a kind.
 
 Folders. ``fit`` works in ``run_dir``, a folder that survives a crash: it checkpoints there after
 every epoch and, when it finds a checkpoint, resumes from it (the caller clears ``run_dir``
