@@ -164,6 +164,8 @@ def test_every_kind_declares_what_the_rest_of_the_code_needs():
         assert kind.learns.labels in LABELS and kind.learns.min_classes >= 1
         assert kind.export_tolerance is None or 0 < kind.export_tolerance < 1
         assert isinstance(kind.version, str) and kind.version
+        assert kind.distributed in ("", "torchrun", "self")
+        assert kind.predicts == callable(getattr(kind, "predict", None)), name
         own = {kind.name, kind.evaluation_name, kind.report_name, kind.gate_name}
         assert len(own) == 4 and not own & names, name  # no two kinds share an asset name
         names |= own

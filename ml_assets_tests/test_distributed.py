@@ -77,6 +77,7 @@ def test_a_kind_without_distributed_training_refuses_several_processes(tmp_path)
     class OneProcess:
         name = "one_process"
         config_class = ClassifierConfig
+        distributed = ""  # declares one process
 
     with pytest.raises(ValueError, match="one_process trains in one process"):
         train_fold(

@@ -303,7 +303,7 @@ def train_partition(
         },
         "weights": weights,
     }
-    if getattr(kind, "distributed", "") == "torchrun" and processes(settings) > 1:
+    if kind.distributed == "torchrun" and processes(settings) > 1:
         trained = train_with_torchrun(context, kind, home, (version, fold), settings, where)
     else:
         assignment, folds_digest = load_folds(home, version)

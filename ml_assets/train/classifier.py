@@ -954,6 +954,8 @@ class ClassificationKind:
     """What the classification kinds share: the majority baseline, the model as its own module,
     and its logits on a few crops for the reload check."""
 
+    predicts = True
+
     def baseline(self, folds: list[dict]) -> float:
         return majority_baseline(folds)
 

@@ -770,6 +770,7 @@ class LoraTeacherKind:
     export_tolerance = None  # no exporter
     inputs: tuple[str, ...] = ("base_model",)
     distributed = ""  # one process: this loop has no DDP (nproc_per_node > 1 is refused)
+    predicts = False
     tags = frozenset({"pytorch", "mlflow"})
 
     def load(self, model_dir: Path, device) -> Teacher:

@@ -41,7 +41,7 @@ def write_predictions(
     position) and write the results to ``out_dir``; returns the summary."""
     if not images:
         raise ValueError("no images to predict on")
-    if not hasattr(kind, "predict"):
+    if not kind.predicts:
         raise ValueError(f"{kind.name} has no batch prediction: choose another kind")
     ids = list(image_ids) if image_ids is not None else list(range(len(images)))
     classes = read_lineage(model_dir)["classes"]

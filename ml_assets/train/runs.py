@@ -111,7 +111,7 @@ def train_fold(
     split when the folds hold one). ``weights``: the pulled weights the config names, as
     ``ml_assets.train.weights.resolve_weights`` found them."""
     config = kind.config_class(**config.model_dump())
-    if processes(config) > 1 and not getattr(kind, "distributed", ""):
+    if processes(config) > 1 and not kind.distributed:
         raise ValueError(f"{kind.name} trains in one process: set nproc_per_node and nnodes to 1")
     train_ids, val_ids = training_ids(assignment, fold), held_out_ids(assignment, fold)
     version = (tags or {}).get("version", "")

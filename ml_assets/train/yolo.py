@@ -180,6 +180,7 @@ class YoloKind:
     inputs = (INPUT,)
     version = "1"
     distributed = "self"  # ultralytics runs its own DDP over a device list
+    predicts = True
     tags = frozenset({"pytorch", "ultralytics", "mlflow"})
     demo = {"epochs": 12, "imgsz": 96, "batch": 32}
     # Raw output mixes box coordinates in input pixels (up to the image side) with scores in

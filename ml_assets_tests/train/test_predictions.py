@@ -38,6 +38,7 @@ class Detections:
     them is then known exactly (training a detector for one epoch finds nothing to check)."""
 
     name = "stub_detector"
+    predicts = True
 
     def predict(self, model_dir, images, device):
         return pd.DataFrame(
@@ -116,6 +117,6 @@ def test_no_images_and_an_unreadable_image_are_refused(sample, tmp_path):
         write_predictions(IMAGE_CLASSIFIER, model_dir, [broken], CPU, tmp_path / "out")
     with pytest.raises(ValueError, match="no images"):
         write_predictions(IMAGE_CLASSIFIER, model_dir, [], CPU, tmp_path / "out")
-    no_predict = type("Teacher", (), {"name": "lora_segmenter"})()
+    no_predict = type("Teacher", (), {"name": "lora_segmenter", "predicts": False})()
     with pytest.raises(ValueError, match="lora_segmenter has no batch prediction"):
         write_predictions(no_predict, model_dir, [broken], CPU, tmp_path / "out")

@@ -146,8 +146,9 @@ class ModelKind(Protocol):
     description: str
     # Several processes (nproc_per_node * nnodes > 1): "torchrun" when fit trains with DDP under
     # torchrun (the model asset launches it), "self" when the library runs its own DDP inside
-    # fit (ultralytics); a kind without the attribute trains in one process and refuses more.
+    # fit (ultralytics), "": it trains in one process and refuses more.
     distributed: str
+    predicts: bool  # it has ``predict`` (batch inference on image files: the predictions asset)
 
     def fit(
         self,
@@ -176,7 +177,7 @@ class ModelKind(Protocol):
         ...
 
     def predict(self, model_dir: Path, images: Sequence[Path], device: Any) -> pd.DataFrame:
-        """Batch inference on image files: one row per image (classifiers: ``file``,
+        """Only where ``predicts``. Batch inference on image files: one row per image (classifiers: ``file``,
         ``predicted``, ``confidence`` and a probability column per class) or per detection
         (detectors: ``file``, ``category_id``, ``x``, ``y``, ``w``, ``h``, ``score``)."""
         ...
