@@ -281,11 +281,12 @@ def check_onnx(out_dir: Path, inputs: np.ndarray, model_dir: Path | None = None)
     exported = session.run(names, {session.get_inputs()[0].name: x})
     network = _pytorch_network(info, Path(model_dir) if model_dir else Path(info["source"]))
     with torch.inference_mode():
-        reference = _first_output(network(torch.from_numpy(x)))
-    diff = max_difference(exported[0], reference)
+        reference = _outputs(network(torch.from_numpy(x)))
+    compared = min(len(names), len(reference))  # the segmenter's: output0 and the prototypes
+    diff = max(max_difference(exported[i], reference[i]) for i in range(compared))
     found = {
         "max_abs_diff": diff,
-        "outputs": names[:1],
+        "outputs": names[:compared],
         "samples": int(len(x)),
         "tolerance": info["tolerance"],
         "passed": diff <= info["tolerance"],
@@ -293,8 +294,8 @@ def check_onnx(out_dir: Path, inputs: np.ndarray, model_dir: Path | None = None)
     if info.get("torchscript"):
         with _quiet_torch_warnings(), torch.inference_mode():
             traced = torch.jit.load(str(out_dir / info["torchscript"]), map_location="cpu")
-            scripted = _first_output(traced(torch.from_numpy(x)))
-        found["torchscript_max_abs_diff"] = max_difference(scripted, reference)
+            scripted = _outputs(traced(torch.from_numpy(x)))[0]
+        found["torchscript_max_abs_diff"] = max_difference(scripted, reference[0])
     return found
 
 
@@ -425,10 +426,13 @@ def _pytorch_network(info: dict, model_dir: Path) -> Any:
     return copy.deepcopy(network).float().eval()
 
 
-def _first_output(out: Any) -> np.ndarray:
-    """The first tensor of a model output (YOLO returns (y, features) in eval mode)."""
-    while isinstance(out, list | tuple):
-        out = out[0]
+def _outputs(out: Any) -> list[np.ndarray]:
+    """A model's outputs in the order its ONNX export names them: a tensor; the first item of
+    YOLO's ``(y, extras)`` in eval mode, where ``y`` is ``output0`` or, for the segmenter,
+    ``(output0, prototypes)``; a transformers output's first field (the logits)."""
     if isinstance(out, dict):
         out = next(iter(out.values()))
-    return out.detach().float().cpu().numpy()
+    if isinstance(out, list | tuple):
+        out = out[0]
+    tensors = list(out) if isinstance(out, list | tuple) else [out]
+    return [t.detach().float().cpu().numpy() for t in tensors]

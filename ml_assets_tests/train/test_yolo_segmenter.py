@@ -56,7 +56,7 @@ def test_the_segmenter_trains_reloads_scores_exports_and_predicts_masks(tmp_path
     out = export_model(model_dir, tmp_path / "export")
     images = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
     parity = check_onnx(out, images)
-    assert parity["passed"], parity
+    assert parity["passed"] and parity["outputs"] == ["output0", "output1"], parity
     assert json.loads((out / "export.json").read_text())["outputs"] == ["output0", "output1"]
 
 
