@@ -166,6 +166,8 @@ def test_every_kind_declares_what_the_rest_of_the_code_needs():
         assert isinstance(kind.version, str) and kind.version
         assert kind.distributed in ("", "torchrun", "self")
         assert kind.predicts == callable(getattr(kind, "predict", None)), name
+        exports = callable(getattr(kind, "export", None))
+        assert exports == (kind.export_tolerance is not None), name
         own = {kind.name, kind.evaluation_name, kind.report_name, kind.gate_name}
         assert len(own) == 4 and not own & names, name  # no two kinds share an asset name
         names |= own

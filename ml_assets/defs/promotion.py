@@ -201,10 +201,10 @@ def build_export(kind: ModelKind, promoted: dg.AssetsDefinition, tags: dict):
         "allows), with its class names, input size and normalization: what a server needs.",
     )
     def exported(context: dg.AssetExecutionContext, home: MLAssetsHome) -> dg.MaterializeResult:
-        from ml_assets.train.export import export_model, read_export
+        from ml_assets.train.export import read_export
 
         version = context.partition_key
-        out = export_model(
+        out = kind.export(
             home.model_dir(kind.name, version, None), home.exports_dir(kind.name, version)
         )
         info = read_export(out)
@@ -241,6 +241,7 @@ def build_export(kind: ModelKind, promoted: dg.AssetsDefinition, tags: dict):
         if version is None:
             return
         found = check_onnx(
+            kind,
             home.exports_dir(kind.name, version),
             sample_images(home, version),
             home.model_dir(kind.name, version, None),

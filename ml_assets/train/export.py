@@ -1,5 +1,12 @@
 """Deployable exports of a published model folder, and the check that they compute what it does.
 
+A kind that can be exported declares it: ``export(model_dir, out_dir)`` and its
+``export_tolerance`` (``ml_assets.train.kinds``); the classification kinds export through
+:func:`export_classifier` and :func:`export_lora_classifier` here, the YOLO kinds through
+ultralytics' exporter (``ml_assets.train.yolo``); all write the folder with
+:func:`write_export_folder`, and :func:`check_onnx` compares any of them with the kind's own
+model.
+
 An export folder holds everything a server needs, and nothing else is read to use it::
 
     out_dir/
@@ -37,7 +44,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import shutil
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -47,6 +53,7 @@ import numpy as np
 import orjson
 
 from ml_assets.data.atomic import atomic_dir
+from ml_assets.train.kinds import ModelKind
 
 OPSET = 18
 """ONNX opset of both exports. onnxruntime 1.32 runs opsets up to 23; 18 is what ultralytics
@@ -57,28 +64,9 @@ TORCHSCRIPT_FILE = "model.torchscript.pt"
 CLASSES_FILE = "classes.json"
 PREPROCESSING_FILE = "preprocessing.json"
 EXPORT_FILE = "export.json"
-# ultralytics' ONNX requirements (its exporter's own list), checked without installing
-_YOLO_ONNX_REQUIREMENTS = ["onnx>=1.12.0,<2.0.0", "onnxruntime", "onnxslim>=0.1.82"]
 
 
-def export_model(model_dir: Path, out_dir: Path) -> Path:
-    """Export the model folder of any kind that has an exporter (by the file it holds)."""
-    model_dir = Path(model_dir)
-    if (model_dir / "classifier.json").exists():
-        return export_classifier(model_dir, out_dir)
-    if (model_dir / "lora.json").exists():
-        kind = orjson.loads((model_dir / "lora.json").read_bytes()).get("kind")
-        if kind != "lora_classifier":  # the LoRA teachers write lora.json too
-            raise ValueError(f"{model_dir}: no exporter for {kind} models")
-        return export_lora_classifier(model_dir, out_dir)
-    if (model_dir / "detector.json").exists():
-        return export_yolo(model_dir, out_dir)
-    raise FileNotFoundError(
-        f"{model_dir}: no exportable model (expected classifier.json or detector.json)"
-    )
-
-
-def export_classifier(model_dir: Path, out_dir: Path) -> Path:
+def export_classifier(kind: ModelKind, model_dir: Path, out_dir: Path) -> Path:
     """Export a timm classifier folder (``save_classifier``) to ``out_dir``: ONNX through
     ``torch.onnx.export`` with a dynamic batch axis, and TorchScript through
     ``torch.jit.trace`` when tracing reproduces the model's logits (otherwise export.json says
@@ -90,10 +78,10 @@ def export_classifier(model_dir: Path, out_dir: Path) -> Path:
     model_dir = Path(model_dir).resolve()
     model, meta = load_classifier(model_dir, torch.device("cpu"))
     size = ClassifierConfig(**meta["config"]).img_size
-    return _export_logits(model, size, "image_classifier", model_dir, meta, out_dir)
+    return _export_logits(model, size, kind, model_dir, meta, out_dir)
 
 
-def export_lora_classifier(model_dir: Path, out_dir: Path) -> Path:
+def export_lora_classifier(kind: ModelKind, model_dir: Path, out_dir: Path) -> Path:
     """Export a LoRA classifier: the adapter merged into the base weights (``merge_and_unload``)
     behind the same ``images -> logits`` contract as the timm classifier, so its preprocessing
     (ImageNet mean and std) and its server code are the same."""
@@ -104,12 +92,12 @@ def export_lora_classifier(model_dir: Path, out_dir: Path) -> Path:
     model_dir = Path(model_dir).resolve()
     model, meta = load_lora(model_dir, torch.device("cpu"))
     model.model = model.model.merge_and_unload()  # plain transformers weights, no PEFT layers
-    return _export_logits(
-        model.eval(), model.ml_assets_img_size, "lora_classifier", model_dir, meta, out_dir
-    )
+    return _export_logits(model.eval(), model.ml_assets_img_size, kind, model_dir, meta, out_dir)
 
 
-def _export_logits(model, size: int, kind: str, model_dir: Path, meta: dict, out_dir: Path):
+def _export_logits(
+    model, size: int, kind: ModelKind, model_dir: Path, meta: dict, out_dir: Path
+) -> Path:
     """An ``images -> logits`` classifier to ONNX (dynamic batch) and TorchScript."""
     import torch
 
@@ -131,7 +119,7 @@ def _export_logits(model, size: int, kind: str, model_dir: Path, meta: dict, out
         "output": "logits (batch, classes); softmax gives class probabilities",
     }
     with atomic_dir(Path(out_dir), overwrite=True) as tmp:
-        with _quiet_torch_warnings(), torch.no_grad():
+        with quiet_torch_warnings(), torch.no_grad():
             torch.onnx.export(
                 model,
                 (example,),
@@ -144,80 +132,7 @@ def _export_logits(model, size: int, kind: str, model_dir: Path, meta: dict, out
             )
         reason = _trace(model, example, tmp / TORCHSCRIPT_FILE)
         names = {"inputs": ["input"], "outputs": ["logits"]}
-        _write_folder(tmp, kind, model_dir, meta, preprocessing, names, reason)
-    return Path(out_dir)
-
-
-def export_yolo(model_dir: Path, out_dir: Path) -> Path:
-    """Export an ultralytics YOLO folder (``best.pt``, ``detector.json``: a detector or a
-    segmenter, as its ``task`` says) to ``out_dir``
-    with ultralytics' exporter: ONNX (dynamic batch, simplified by onnxslim, no NMS) at the
-    model's ``imgsz``, and TorchScript. Runs offline: the exporter's requirements are checked
-    first without installing, and a missing one is a clear error."""
-    from ml_assets.runtime import ultralytics_ready
-
-    ultralytics_ready()
-    from ultralytics import YOLO
-    from ultralytics.utils.checks import check_requirements
-
-    from ml_assets.train.yolo import WEIGHTS_FILE, read_meta
-
-    model_dir = Path(model_dir).resolve()
-    meta = read_meta(model_dir)
-    if not check_requirements(_YOLO_ONNX_REQUIREMENTS, install=False):
-        raise RuntimeError(
-            f"YOLO ONNX export needs {', '.join(_YOLO_ONNX_REQUIREMENTS)} installed (nothing is "
-            f"installed at run time)"
-        )
-    imgsz = int(meta["imgsz"])
-    preprocessing = {
-        "resize": "letterbox",
-        "size": [imgsz, imgsz],
-        "interpolation": "bilinear",
-        "pad_value": 114,
-        "channel_order": "RGB",
-        "layout": "NCHW",
-        "dtype": "float32",
-        "scale": 1 / 255,
-        "mean": [0.0, 0.0, 0.0],
-        "std": [1.0, 1.0, 1.0],
-        "input": "the whole image, letterboxed: scaled by min(size / height, size / width) "
-        "to round(width * r) x round(height * r), padded evenly (left/top round(pad / 2 - 0.1), "
-        "right/bottom round(pad / 2 + 0.1)) with pad_value",
-        "output": "output0 (batch, 4 + classes, anchors): box centre x, y, width, height in "
-        "input pixels, then class scores; no non-maximum suppression",
-    }
-    segment = meta.get("task") == "segment"
-    if segment:
-        preprocessing["output"] = (
-            "output0 (batch, 4 + classes + 32, anchors): box centre x, y, width, height in input "
-            "pixels, class scores, then 32 mask coefficients; output1 (batch, 32, size / 4, "
-            "size / 4): the mask prototypes (an instance's mask is the sigmoid of its "
-            "coefficients times the prototypes, cropped to its box); no non-maximum suppression"
-        )
-    with atomic_dir(Path(out_dir), overwrite=True) as tmp:
-        work = tmp / "work"
-        work.mkdir()
-        weights = shutil.copyfile(model_dir / WEIGHTS_FILE, work / WEIGHTS_FILE)
-        arguments = {"imgsz": imgsz, "device": "cpu", "half": False, "int8": False}
-        with _quiet_torch_warnings():
-            onnx = YOLO(str(weights)).export(
-                format="onnx", dynamic=True, simplify=True, opset=OPSET, nms=False, **arguments
-            )
-        if not onnx or not Path(onnx).is_file():
-            raise RuntimeError(f"{model_dir}: ultralytics' ONNX export produced no file")
-        shutil.move(onnx, tmp / ONNX_FILE)
-        reason = None
-        try:
-            with _quiet_torch_warnings():
-                traced = YOLO(str(weights)).export(format="torchscript", **arguments)
-            shutil.move(traced, tmp / TORCHSCRIPT_FILE)
-        except Exception as err:  # an architecture TorchScript cannot trace: ONNX still serves
-            reason = f"{type(err).__name__}: {err}"
-        shutil.rmtree(work)
-        outputs = ["output0", "output1"] if segment else ["output0"]
-        names = {"inputs": ["images"], "outputs": outputs}
-        _write_folder(tmp, meta["kind"], model_dir, meta, preprocessing, names, reason)
+        write_export_folder(tmp, kind, model_dir, meta, preprocessing, names, reason)
     return Path(out_dir)
 
 
@@ -256,9 +171,12 @@ def preprocess(preprocessing: dict, images: Sequence[np.ndarray]) -> np.ndarray:
     return np.ascontiguousarray(np.stack(batch), dtype=np.float32)
 
 
-def check_onnx(out_dir: Path, inputs: np.ndarray, model_dir: Path | None = None) -> dict:
+def check_onnx(
+    kind: ModelKind, out_dir: Path, inputs: np.ndarray, model_dir: Path | None = None
+) -> dict:
     """Run the export's ONNX model in onnxruntime and the PyTorch model it came from
-    (``model_dir``, else the source folder export.json names) on the same inputs.
+    (``kind``'s model at ``model_dir``, else at the source folder export.json names) on the same
+    inputs.
 
     ``inputs``: RGB uint8 images (N, H, W, 3), preprocessed as preprocessing.json says, or a
     ready float32 input (N, 3, H, W). Returns ``max_abs_diff`` (largest absolute difference
@@ -279,7 +197,9 @@ def check_onnx(out_dir: Path, inputs: np.ndarray, model_dir: Path | None = None)
     )
     names = [o.name for o in session.get_outputs()]
     exported = session.run(names, {session.get_inputs()[0].name: x})
-    network = _pytorch_network(info, Path(model_dir) if model_dir else Path(info["source"]))
+    if info["kind"] != kind.name:
+        raise ValueError(f"{out_dir} is an export of a {info['kind']}, not of a {kind.name}")
+    network = _pytorch_network(kind, Path(model_dir) if model_dir else Path(info["source"]))
     with torch.inference_mode():
         reference = _outputs(network(torch.from_numpy(x)))
     compared = min(len(names), len(reference))  # the segmenter's: output0 and the prototypes
@@ -292,7 +212,7 @@ def check_onnx(out_dir: Path, inputs: np.ndarray, model_dir: Path | None = None)
         "passed": diff <= info["tolerance"],
     }
     if info.get("torchscript"):
-        with _quiet_torch_warnings(), torch.inference_mode():
+        with quiet_torch_warnings(), torch.inference_mode():
             traced = torch.jit.load(str(out_dir / info["torchscript"]), map_location="cpu")
             scripted = _outputs(traced(torch.from_numpy(x)))[0]
         found["torchscript_max_abs_diff"] = max_difference(scripted, reference[0])
@@ -309,9 +229,9 @@ def max_difference(found: np.ndarray, reference: np.ndarray) -> float:
 # --- helpers -------------------------------------------------------------------------------------
 
 
-def _write_folder(
+def write_export_folder(
     tmp: Path,
-    kind: str,
+    kind: ModelKind,
     source: Path,
     meta: dict,
     preprocessing: dict,
@@ -325,17 +245,15 @@ def _write_folder(
     import onnxruntime
     import torch
 
-    from ml_assets.train.registry import kind as find_kind
-
     onnx.checker.check_model(str(tmp / ONNX_FILE))
     info = {
-        "kind": kind,
+        "kind": kind.name,
         "onnx": ONNX_FILE,
         "torchscript": TORCHSCRIPT_FILE if (tmp / TORCHSCRIPT_FILE).exists() else None,
         "torchscript_error": torchscript_error,
         "opset": OPSET,
         **names,
-        "tolerance": find_kind(kind).export_tolerance,
+        "tolerance": kind.export_tolerance,
         "source": str(source),
         "versions": {
             "torch": torch.__version__,
@@ -358,7 +276,7 @@ def _trace(model: Any, example: Any, path: Path) -> str | None:
     import torch
 
     try:
-        with _quiet_torch_warnings(), torch.no_grad():
+        with quiet_torch_warnings(), torch.no_grad():
             traced = torch.jit.trace(model, example, check_trace=False)
             expected = model(example)
             again = traced(example * 0.5)  # another input: the trace must not be constant
@@ -373,7 +291,7 @@ def _trace(model: Any, example: Any, path: Path) -> str | None:
 
 
 @contextlib.contextmanager
-def _quiet_torch_warnings() -> Iterator[None]:
+def quiet_torch_warnings() -> Iterator[None]:
     """torch 2.14 marks TorchScript and the TorchScript-based ONNX exporter as deprecated; both
     still work and are what ONNX Runtime and ultralytics use, so those warnings are hidden."""
     import torch
@@ -415,14 +333,11 @@ def _model_input(preprocessing: dict, inputs: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(inputs, dtype=np.float32)
 
 
-def _pytorch_network(info: dict, model_dir: Path) -> Any:
+def _pytorch_network(kind: ModelKind, model_dir: Path) -> Any:
     """The source model as a plain float32 ``nn.Module`` on the CPU in eval mode."""
     import torch
 
-    from ml_assets.train.registry import kind
-
-    found = kind(info["kind"])  # a kind this code does not know: its error lists the known ones
-    network = found.module(found.load(model_dir, torch.device("cpu")))
+    network = kind.module(kind.load(model_dir, torch.device("cpu")))
     return copy.deepcopy(network).float().eval()
 
 

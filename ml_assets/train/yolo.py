@@ -48,10 +48,19 @@ from ml_assets.data.atomic import atomic_dir, write_bytes
 from ml_assets.data.tables import Dataset, class_list, image_key, splits
 from ml_assets.data.yolo import YAML_FILE, label_path, write_yolo
 from ml_assets.evaluate.scores import Scores
+from ml_assets.train.export import (
+    ONNX_FILE,
+    OPSET,
+    TORCHSCRIPT_FILE,
+    quiet_torch_warnings,
+    write_export_folder,
+)
 from ml_assets.train.kinds import LAUNCH_FIELDS, EpochCallback, FitResult, KindConfig, Learns
 from ml_assets.train.weights import stored_copy
 
 META_FILE = "detector.json"
+# ultralytics' ONNX requirements (its exporter's own list), checked without installing
+ONNX_REQUIREMENTS = ["onnx>=1.12.0,<2.0.0", "onnxruntime", "onnxslim>=0.1.82"]
 WEIGHTS_FILE = "best.pt"
 RESULTS_FILE = "results.csv"
 DATA_DIR = "data"  # per-fold links inside run_dir
@@ -397,6 +406,9 @@ class YoloKind:
         model = YOLO(str(Path(model_dir) / WEIGHTS_FILE))
         model.model.to(device)
         return model
+
+    def export(self, model_dir: Path, out_dir: Path) -> Path:
+        return export_yolo(self, model_dir, out_dir)
 
     def module(self, model: Any) -> Any:
         return model.model
@@ -762,3 +774,74 @@ def _predictions(jdict: list[dict], classes: list[dict], task: str = "detect") -
     if task == "segment":
         table["segmentation"] = [dict(d["segmentation"]) for d in jdict]
     return table
+
+
+def export_yolo(kind: YoloKind, model_dir: Path, out_dir: Path) -> Path:
+    """Export an ultralytics YOLO folder (``best.pt``, ``detector.json``: a detector or a
+    segmenter, as its ``task`` says) to ``out_dir``
+    with ultralytics' exporter: ONNX (dynamic batch, simplified by onnxslim, no NMS) at the
+    model's ``imgsz``, and TorchScript. Runs offline: the exporter's requirements are checked
+    first without installing, and a missing one is a clear error."""
+    from ml_assets.runtime import ultralytics_ready
+
+    ultralytics_ready()
+    from ultralytics import YOLO
+    from ultralytics.utils.checks import check_requirements
+
+    model_dir = Path(model_dir).resolve()
+    meta = read_meta(model_dir)
+    if not check_requirements(ONNX_REQUIREMENTS, install=False):
+        raise RuntimeError(
+            f"YOLO ONNX export needs {', '.join(ONNX_REQUIREMENTS)} installed (nothing is "
+            f"installed at run time)"
+        )
+    imgsz = int(meta["imgsz"])
+    preprocessing = {
+        "resize": "letterbox",
+        "size": [imgsz, imgsz],
+        "interpolation": "bilinear",
+        "pad_value": 114,
+        "channel_order": "RGB",
+        "layout": "NCHW",
+        "dtype": "float32",
+        "scale": 1 / 255,
+        "mean": [0.0, 0.0, 0.0],
+        "std": [1.0, 1.0, 1.0],
+        "input": "the whole image, letterboxed: scaled by min(size / height, size / width) "
+        "to round(width * r) x round(height * r), padded evenly (left/top round(pad / 2 - 0.1), "
+        "right/bottom round(pad / 2 + 0.1)) with pad_value",
+        "output": "output0 (batch, 4 + classes, anchors): box centre x, y, width, height in "
+        "input pixels, then class scores; no non-maximum suppression",
+    }
+    segment = meta.get("task") == "segment"
+    if segment:
+        preprocessing["output"] = (
+            "output0 (batch, 4 + classes + 32, anchors): box centre x, y, width, height in input "
+            "pixels, class scores, then 32 mask coefficients; output1 (batch, 32, size / 4, "
+            "size / 4): the mask prototypes (an instance's mask is the sigmoid of its "
+            "coefficients times the prototypes, cropped to its box); no non-maximum suppression"
+        )
+    with atomic_dir(Path(out_dir), overwrite=True) as tmp:
+        work = tmp / "work"
+        work.mkdir()
+        weights = shutil.copyfile(model_dir / WEIGHTS_FILE, work / WEIGHTS_FILE)
+        arguments = {"imgsz": imgsz, "device": "cpu", "half": False, "int8": False}
+        with quiet_torch_warnings():
+            onnx = YOLO(str(weights)).export(
+                format="onnx", dynamic=True, simplify=True, opset=OPSET, nms=False, **arguments
+            )
+        if not onnx or not Path(onnx).is_file():
+            raise RuntimeError(f"{model_dir}: ultralytics' ONNX export produced no file")
+        shutil.move(onnx, tmp / ONNX_FILE)
+        reason = None
+        try:
+            with quiet_torch_warnings():
+                traced = YOLO(str(weights)).export(format="torchscript", **arguments)
+            shutil.move(traced, tmp / TORCHSCRIPT_FILE)
+        except Exception as err:  # an architecture TorchScript cannot trace: ONNX still serves
+            reason = f"{type(err).__name__}: {err}"
+        shutil.rmtree(work)
+        outputs = ["output0", "output1"] if segment else ["output0"]
+        names = {"inputs": ["images"], "outputs": outputs}
+        write_export_folder(tmp, kind, model_dir, meta, preprocessing, names, reason)
+    return Path(out_dir)

@@ -29,12 +29,10 @@ from ml_assets.train.export import (
     PREPROCESSING_FILE,
     TORCHSCRIPT_FILE,
     check_onnx,
-    export_classifier,
-    export_model,
-    export_yolo,
     preprocess,
 )
 from ml_assets.train.kinds import prepare_run_dir
+from ml_assets.train.kinds.image_classifier import IMAGE_CLASSIFIER
 from ml_assets.train.kinds.yolo_detector import YOLO_DETECTOR
 from ml_assets.train.yolo import YoloConfig
 
@@ -59,7 +57,7 @@ def classifier(tmp_path_factory):
     model, _, _ = train_classifier(colour_crops(24, 24, 0), 3, config, torch.device("cpu"))
     model_dir = save_classifier(model, root / "model", config, CLASSES)
     before = {p.name: p.read_bytes() for p in model_dir.iterdir()}
-    out = export_classifier(model_dir, root / "export")
+    out = IMAGE_CLASSIFIER.export(model_dir, root / "export")
     assert {p.name: p.read_bytes() for p in model_dir.iterdir()} == before  # only read
     return model_dir, out
 
@@ -82,7 +80,7 @@ def test_classifier_folder_holds_what_a_server_needs(classifier):
 def test_classifier_check_passes_on_the_export_with_any_batch(classifier):
     _, out = classifier
     for n in (1, 5):  # the batch axis is dynamic
-        found = check_onnx(out, colour_crops(n, 24, 1).images)
+        found = check_onnx(IMAGE_CLASSIFIER, out, colour_crops(n, 24, 1).images)
         assert found["passed"], found
         assert found["max_abs_diff"] <= 1e-4 and found["outputs"] == ["logits"]
         assert found["samples"] == n
@@ -100,7 +98,7 @@ def test_classifier_check_fails_on_a_corrupted_export(classifier, tmp_path):
     values.flat[: values.size // 2] += 0.5  # change bytes of one weight tensor
     largest.CopyFrom(numpy_helper.from_array(values, largest.name))
     onnx.save(model, str(broken / ONNX_FILE))
-    found = check_onnx(broken, colour_crops(4, 24, 2).images)
+    found = check_onnx(IMAGE_CLASSIFIER, broken, colour_crops(4, 24, 2).images)
     assert not found["passed"] and found["max_abs_diff"] > 1e-2
 
 
@@ -131,11 +129,15 @@ def test_onnxruntime_with_the_described_preprocessing_predicts_like_the_classifi
     )
 
 
-def test_a_folder_without_a_model_is_refused(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no exportable model"):
-        export_model(tmp_path, tmp_path / "out")
+def test_a_folder_without_a_model_or_of_another_kind_is_refused(tmp_path, classifier):
+    with pytest.raises(FileNotFoundError):
+        IMAGE_CLASSIFIER.export(tmp_path, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
     with pytest.raises(FileNotFoundError, match="not an export folder"):
-        check_onnx(tmp_path, np.zeros((1, 8, 8, 3), np.uint8))
+        check_onnx(IMAGE_CLASSIFIER, tmp_path, np.zeros((1, 8, 8, 3), np.uint8))
+    _, out = classifier
+    with pytest.raises(ValueError, match="an export of a image_classifier, not of a yolo_detector"):
+        check_onnx(YOLO_DETECTOR, out, np.zeros((1, 8, 8, 3), np.uint8))
 
 
 def test_letterbox_matches_ultralytics():
@@ -179,7 +181,7 @@ def detector(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(subprocess, "check_output", no_subprocess)
         patch.setattr(subprocess, "run", no_subprocess)
-        out = export_yolo(model_dir, root / "export")
+        out = YOLO_DETECTOR.export(model_dir, root / "export")
     assert commands == []  # nothing installed, nothing run
     assert {p.name: p.read_bytes() for p in model_dir.iterdir()} == before  # only read
     return ds, ids, model_dir, out
@@ -197,7 +199,7 @@ def test_a_missing_export_requirement_is_an_error_not_an_install(detector, tmp_p
     monkeypatch.setattr(checks, "check_requirements", check_requirements)
     _, _, model_dir, _ = detector
     with pytest.raises(RuntimeError, match="needs onnx.*installed"):
-        export_yolo(model_dir, tmp_path / "export")
+        YOLO_DETECTOR.export(model_dir, tmp_path / "export")
     assert asked == [False] and not (tmp_path / "export").exists()
     assert checks.AUTOINSTALL is False  # ml_assets.runtime turned ultralytics' AutoUpdate off
 
@@ -215,7 +217,7 @@ def test_yolo_folder_and_check(detector):
         "cross",
     ]
     images = np.random.default_rng(0).integers(0, 256, (3, 48, 60, 3)).astype(np.uint8)
-    found = check_onnx(out, images)
+    found = check_onnx(YOLO_DETECTOR, out, images)
     assert found["passed"], found
     assert found["outputs"] == ["output0"] and found["samples"] == 3
     assert found["torchscript_max_abs_diff"] <= 1e-3
@@ -254,5 +256,5 @@ def test_yolo_check_fails_on_a_corrupted_export(detector, tmp_path):
         tensor.CopyFrom(numpy_helper.from_array(values, tensor.name))
     onnx.save(model, str(broken / ONNX_FILE))
     images = np.random.default_rng(1).integers(0, 256, (2, 64, 64, 3)).astype(np.uint8)
-    found = check_onnx(broken, images)
+    found = check_onnx(YOLO_DETECTOR, broken, images)
     assert not found["passed"], found

@@ -214,16 +214,16 @@ def test_fit_needs_its_base_model_and_known_target_modules(shapes, tmp_path, vit
 def test_the_merged_adapter_exports_to_onnx_that_agrees_with_pytorch(shapes, trained, tmp_path):
     import orjson
 
-    from ml_assets.train.export import check_onnx, export_model
+    from ml_assets.train.export import check_onnx
 
     ds, _, _ = shapes
     _, model_dir = trained
-    out = export_model(model_dir, tmp_path / "export")
+    out = LORA_CLASSIFIER.export(model_dir, tmp_path / "export")
     info = orjson.loads((out / "export.json").read_bytes())
     assert info["kind"] == "lora_classifier" and (out / "model.onnx").is_file()
     images = LORA_CLASSIFIER.load(model_dir, CPU).ml_assets_img_size
     crops = np.random.default_rng(0).integers(0, 255, (3, images, images, 3), dtype=np.uint8)
-    found = check_onnx(out, crops)
+    found = check_onnx(LORA_CLASSIFIER, out, crops)
     assert found["passed"] and found["max_abs_diff"] <= 1e-4
 
 

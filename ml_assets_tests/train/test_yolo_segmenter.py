@@ -17,7 +17,7 @@ from ml_assets.data.sample import write_sample
 from ml_assets.evaluate.detection import coco_ground_truth
 from ml_assets.evaluate.segmentation import mask_metrics
 from ml_assets.train.device import select_device
-from ml_assets.train.export import check_onnx, export_model
+from ml_assets.train.export import check_onnx
 from ml_assets.train.kinds import refusal
 from ml_assets.train.kinds.yolo_detector import YOLO_DETECTOR
 from ml_assets.train.kinds.yolo_segmenter import YOLO_SEGMENTER, YoloSegmenterConfig
@@ -53,9 +53,9 @@ def test_the_segmenter_trains_reloads_scores_exports_and_predicts_masks(tmp_path
     for mask in predicted["segmentation"]:
         assert list(mask["size"]) == [64, 64]
 
-    out = export_model(model_dir, tmp_path / "export")
+    out = YOLO_SEGMENTER.export(model_dir, tmp_path / "export")
     images = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
-    parity = check_onnx(out, images)
+    parity = check_onnx(YOLO_SEGMENTER, out, images)
     assert parity["passed"] and parity["outputs"] == ["output0", "output1"], parity
     assert json.loads((out / "export.json").read_text())["outputs"] == ["output0", "output1"]
 

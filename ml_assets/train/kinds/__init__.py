@@ -139,8 +139,8 @@ class ModelKind(Protocol):
     version: str
     demo: dict  # training settings of `ml-assets demo` on 2 CPU cores (--epochs overrides epochs)
     headline: tuple[str, ...]  # the metrics the demo and train commands print
-    # Largest difference its ONNX export may show against PyTorch (ml_assets.train.export);
-    # None: the kind has no exporter.
+    # Largest difference its ONNX export (``export``) may show against PyTorch
+    # (ml_assets.train.export.check_onnx); None: the kind has no exporter.
     export_tolerance: float | None
     tags: frozenset[str]  # Dagster kinds shown on the assets: "pytorch", "ultralytics", ...
     description: str
@@ -180,6 +180,12 @@ class ModelKind(Protocol):
         """Only where ``predicts``. Batch inference on image files: one row per image (classifiers: ``file``,
         ``predicted``, ``confidence`` and a probability column per class) or per detection
         (detectors: ``file``, ``category_id``, ``x``, ``y``, ``w``, ``h``, ``score``)."""
+        ...
+
+    def export(self, model_dir: Path, out_dir: Path) -> Path:
+        """Only where ``export_tolerance`` is set: the model at ``model_dir`` as a deployable
+        folder (ONNX, TorchScript where it traces, classes, preprocessing; see
+        ``ml_assets.train.export``) written atomically at ``out_dir``."""
         ...
 
     def load(self, model_dir: Path, device: Any) -> Any:

@@ -25,6 +25,7 @@ from ml_assets.train.classifier import (
     training_inputs,
     watched_ids,
 )
+from ml_assets.train.export import export_classifier
 from ml_assets.train.kinds import EpochCallback, FitResult, Learns
 
 
@@ -92,6 +93,9 @@ class ImageClassifier(ClassificationKind):
         model, meta = load_classifier(model_dir, device)
         tta = ClassifierConfig(**meta["config"]).tta
         return classify_images(model, meta["classes"], images, device, tta)
+
+    def export(self, model_dir: Path, out_dir: Path) -> Path:
+        return export_classifier(self, model_dir, out_dir)
 
     def load(self, model_dir: Path, device):
         return load_classifier(model_dir, device)[0]

@@ -23,6 +23,7 @@ from ml_assets.train.classifier import (
     score_crops,
     watched_ids,
 )
+from ml_assets.train.export import export_lora_classifier
 from ml_assets.train.kinds import EpochCallback, FitResult, Learns
 from ml_assets.train.lora import (
     LoraClassifierConfig,
@@ -126,6 +127,9 @@ class LoraClassifier(ClassificationKind):
         """Class probabilities of whole images, as the timm classifier's ``predict``."""
         model, meta = load_lora(model_dir, device)
         return classify_images(model, meta["classes"], images, device, tta=False)
+
+    def export(self, model_dir: Path, out_dir: Path) -> Path:
+        return export_lora_classifier(self, model_dir, out_dir)
 
     def load(self, model_dir: Path, device):
         return load_lora(model_dir, device)[0]
