@@ -21,18 +21,13 @@ the end, and the moto server is stopped.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -42,6 +37,9 @@ from ml_assets.data.store import HashCache
 from ml_assets.defs import automation
 from ml_assets.defs.partitions import dataset_versions
 from ml_assets.defs.resources import MLAssetsHome
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "ml_assets_tests"))  # the tests' servers
+from servers import moto_server  # noqa: E402
 
 
 def bare_walk(root: str) -> int:
@@ -163,38 +161,6 @@ def local_rows(tmp: Path, files: int, repeat: int) -> list[tuple]:
                 (f"local: {new} new files, tick that registers", registering, registering / bare)
             )
     return rows
-
-
-@contextlib.contextmanager
-def moto_server() -> Iterator[str]:
-    """A moto S3 server on a free loopback port, in its own process session; yields its URL and
-    stops it (SIGTERM, then SIGKILL of the group) at the end. The S3 tests use it too."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
-                break
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"moto server did not start on port {port}")
-            time.sleep(0.2)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
 
 
 def s3_rows(tmp: Path, objects: int, repeat: int) -> list[tuple]:

@@ -20,103 +20,22 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import http.server
 import os
 import resource
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).parents[1] / "ml_assets_tests"))  # the tests' servers
+from servers import FileServer  # noqa: E402
+
 GOAL_RATIO = 0.9
 GOAL_SECOND_S = 0.050
-
-
-class FileHandler(http.server.BaseHTTPRequestHandler):
-    """Serves the files under the server's ``root`` with ``Range`` (and ``If-Range``) support;
-    records every request in ``server.log``; ``server.drops[path] = n`` cuts the next answer for
-    ``path`` after ``n`` bytes of its body, once; ``server.headers[path]`` adds headers."""
-
-    protocol_version = "HTTP/1.1"
-    server: FileServer
-
-    def log_message(self, *args) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        self.serve_path(head=False)
-
-    def do_HEAD(self) -> None:
-        self.serve_path(head=True)
-
-    def serve_path(self, head: bool) -> None:
-        path = urllib.parse.urlsplit(self.path).path
-        self.server.log.append((self.command, path, self.headers.get("Range")))
-        file = self.server.root / urllib.parse.unquote(path).lstrip("/")
-        if not file.is_file():
-            self.send_error(404)
-            return
-        self.send_file(file, head, self.server.headers.get(path, {}))
-
-    def send_file(self, file: Path, head: bool, headers: dict, etag: str | None = None) -> None:
-        st = file.stat()
-        etag = etag or f'"{st.st_size:x}-{st.st_mtime_ns:x}"'
-        start, asked = 0, self.headers.get("Range")
-        if asked and self.headers.get("If-Range", etag) == etag:
-            start = int(asked.removeprefix("bytes=").split("-")[0])
-        self.send_response(206 if start else 200)
-        if start:
-            self.send_header("Content-Range", f"bytes {start}-{st.st_size - 1}/{st.st_size}")
-        self.send_header("Content-Length", str(st.st_size - start))
-        self.send_header("Accept-Ranges", "bytes")
-        self.send_header("ETag", etag)
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.end_headers()
-        if head:
-            return
-        drop = self.server.drops.pop(urllib.parse.urlsplit(self.path).path, None)
-        with open(file, "rb") as handle:
-            self.connection.sendfile(handle, start, drop or st.st_size - start)
-        if drop is not None:
-            self.close_connection = True
-            self.connection.shutdown(socket.SHUT_RDWR)
-
-
-class FileServer(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, root: Path, handler=FileHandler):
-        super().__init__(("127.0.0.1", 0), handler)
-        self.root = Path(root)
-        self.log: list[tuple[str, str, str | None]] = []
-        self.drops: dict[str, int] = {}
-        self.headers: dict[str, dict[str, str]] = {}
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-
-@contextlib.contextmanager
-def serving(root: Path, handler=FileHandler) -> Iterator[FileServer]:
-    """A :class:`FileServer` of ``root`` on a free loopback port, in a thread of this process."""
-    server = FileServer(root, handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 @contextlib.contextmanager

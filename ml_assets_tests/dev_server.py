@@ -12,7 +12,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,14 +19,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import requests
+from servers import free_port, wait_for  # noqa: F401  (the tests import them from here too)
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def graphql(port: int, query: str, variables: dict | None = None) -> dict:
@@ -41,16 +35,6 @@ def graphql(port: int, query: str, variables: dict | None = None) -> dict:
     if body.get("errors"):
         raise AssertionError(body["errors"])
     return body["data"]
-
-
-def wait_for(what: str, predicate, timeout: float, every: float = 2.0):
-    """``predicate()``'s first true value, polled every ``every`` seconds for ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not (found := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"waited {timeout:.0f} s for {what}")
-        time.sleep(every)
-    return found
 
 
 def stop_group(process: subprocess.Popen, grace_s: float = 20) -> None:

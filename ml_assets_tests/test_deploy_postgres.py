@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 from dagster._core.instance.config import dagster_instance_config
+from servers import free_port
 
 from ml_assets.data.sample import write_sample
 from ml_assets.data.store import Store
@@ -77,12 +77,6 @@ def postgres_bin() -> Path | None:
     """The newest PostgreSQL server installed the Debian way, or None."""
     found = [p.parent for p in POSTGRES_ROOT.glob("*/bin/initdb") if p.parent.parent.name.isdigit()]
     return max(found, key=lambda p: int(p.parent.name)) if found else None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager

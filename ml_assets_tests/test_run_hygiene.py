@@ -5,12 +5,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
 import pytest
+from servers import wait_for
 
 from ml_assets.local.runs import location_job_origin, slot_wait_message
 
@@ -118,16 +118,6 @@ def demo_command(home: Path, epochs: int) -> tuple[list[str], dict]:
     return command, env
 
 
-def wait_for(predicate, timeout: float, what: str, process=None) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if process is not None and process.poll() is not None:
-            raise AssertionError(f"the demo ended (exit {process.returncode}) before {what}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no {what} within {timeout} s")
-        time.sleep(0.5)
-
-
 @contextlib.contextmanager
 def started(command, env, log: Path):
     """A command in its own process session, its output in ``log``; its group killed on exit."""
@@ -150,7 +140,11 @@ def signalled_during_training(home: Path, command, env, sig: signal.Signals) -> 
     runs = home / "runs" / "image_classifier"
     with started(command, env, home / f"{sig.name}.log") as process:
         wait_for(
-            lambda: any(runs.glob("*/fold-0/checkpoint.pt")), 600, "checkpoint", process=process
+            "a checkpoint",
+            lambda: any(runs.glob("*/fold-0/checkpoint.pt")),
+            600,
+            every=0.5,
+            process=process,
         )
         os.killpg(process.pid, sig)
         return process.wait(timeout=120)

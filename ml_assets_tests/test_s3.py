@@ -1,12 +1,11 @@
 """S3 landing against a real S3 API server on loopback (moto in server mode, one per module)."""
 
-import sys
 import uuid
-from pathlib import Path
 
 import dagster as dg
 import pytest
 from click.testing import CliRunner
+from servers import moto_server
 
 from ml_assets.cli import main
 from ml_assets.data import landing as landing_module
@@ -15,9 +14,6 @@ from ml_assets.data.store import Store
 from ml_assets.defs import automation, datasets
 from ml_assets.defs.partitions import dataset_versions
 from ml_assets.defs.resources import MLAssetsHome
-
-sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))  # scripts, not a package
-from sensor import moto_server  # noqa: E402  (the benchmark's server, started the same way)
 
 KEY_ID = "AKIAH10AKEYIDVALUE77"
 SECRET = "h10a-secret-value-never-shown-9f3e"

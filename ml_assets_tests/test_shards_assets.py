@@ -1,13 +1,12 @@
 """webdataset_shards[version] through Dagster, shards streamed from the local S3 API server
 (moto on loopback, as the S3 tests), and the classifier trained from shards."""
 
-import sys
 import uuid
-from pathlib import Path
 
 import dagster as dg
 import numpy as np
 import pytest
+from servers import moto_server
 
 from ml_assets.data.coco import read_coco
 from ml_assets.data.shards import INDEX, shard_urls, stream_samples, write_shards
@@ -23,9 +22,6 @@ from ml_assets.train.classifier import (
     training_inputs,
 )
 from ml_assets.train.device import select_device
-
-sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))  # scripts, not a package
-from sensor import moto_server  # noqa: E402  (the S3 tests' server, started the same way)
 
 
 def test_the_shards_asset_writes_every_image_with_an_index(landed):

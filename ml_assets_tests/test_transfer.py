@@ -5,7 +5,6 @@ recorded by name and hash. Nothing reaches outside the machine."""
 
 import logging
 import re
-import sys
 from pathlib import Path
 
 import dagster as dg
@@ -15,6 +14,7 @@ import torch
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 from pipelines import ingested_version, metadata_of, train_fold_assets
+from servers import serving
 
 from ml_assets.cli import main
 from ml_assets.data.coco import read_coco
@@ -34,9 +34,6 @@ from ml_assets.train.kinds.image_classifier import IMAGE_CLASSIFIER
 from ml_assets.train.kinds.lora_classifier import LORA_CLASSIFIER
 from ml_assets.train.tracking import tracking_uri
 from ml_assets.train.weights import resolve_weights, with_weights
-
-sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))  # scripts, not a package
-from weights import serving  # noqa: E402  (the benchmark's loopback file server)
 
 CPU = select_device("cpu")
 NAME = "shapes-resnet10t"

@@ -5,7 +5,6 @@ import hashlib
 import json
 import socket
 import struct
-import sys
 import urllib.parse
 import uuid
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 from click.testing import CliRunner
+from servers import FileHandler, moto_server, serving
 
 from ml_assets.data import weights
 from ml_assets.data.store import Store, manifest_key, scan
@@ -25,10 +25,6 @@ from ml_assets.data.weights import (
     resolve,
 )
 from ml_assets.local.weights import weights as weights_command
-
-sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))  # scripts, not a package
-from sensor import moto_server  # noqa: E402
-from weights import FileHandler, serving  # noqa: E402  (the benchmark's file server)
 
 LFS = (".safetensors", ".bin", ".pt")
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
