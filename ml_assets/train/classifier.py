@@ -68,7 +68,8 @@ class ClassifierConfig(KindConfig):
         default=0,
         ge=0,
         description="Train only the head for the first N epochs (fine-tuning pretrained or "
-        "checkpoint weights); 0: everything trains from the first epoch",
+        "checkpoint weights; the body's batch-norm statistics still follow the new data); 0: "
+        "everything trains from the first epoch",
     )
     img_size: int = Field(default=48, gt=0, description="Side of the square inputs, in pixels")
     epochs: int = Field(default=12, gt=0, description="Passes over the training images")
