@@ -410,11 +410,19 @@ def _evaluate(gt: dict[str, Any], detections: list[dict[str, Any]]) -> CocoMetri
     truth.createIndex()
     results.createIndex()
     engine = COCOeval_faster(truth, results, "bbox", print_function=quiet)
+    return summarized(engine, gt["names"], gt["annotations"], detections)
+
+
+def summarized(
+    engine: Any, names: Mapping[int, str], truth: list[dict], detections: list[dict]
+) -> CocoMetrics:
+    """Evaluate, accumulate and summarize a faster-coco-eval engine (boxes or masks): its 12
+    COCO numbers and :func:`class_metrics`."""
     engine.evaluate()
     engine.accumulate()
     engine.summarize()
     stats = dict(zip(STAT_NAMES, (float(v) for v in engine.stats[:12]), strict=True))
-    return CocoMetrics(stats, class_metrics(engine, gt["names"], gt["annotations"], detections))
+    return CocoMetrics(stats, class_metrics(engine, names, truth, detections))
 
 
 def class_metrics(

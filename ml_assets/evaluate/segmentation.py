@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import pandas as pd
 
 from ml_assets.data.tables import Dataset
-from ml_assets.evaluate.coco import STAT_NAMES, CocoMetrics, class_metrics, quiet
+from ml_assets.evaluate.coco import CocoMetrics, quiet, summarized
 from ml_assets.evaluate.detection import (
     DETECTION_COLUMNS,
     coco_ground_truth,
@@ -46,12 +46,8 @@ def mask_metrics(ground_truth: dict, results: list[dict]) -> CocoMetrics:
         found.dataset = {**truth.dataset, "annotations": []}
         found.createIndex()
     engine = COCOeval_faster(truth, found, "segm", print_function=quiet)
-    engine.evaluate()
-    engine.accumulate()
-    engine.summarize()
-    stats = dict(zip(STAT_NAMES, (float(v) for v in engine.stats[:12]), strict=True))
     names = {c["id"]: c["name"] for c in ground_truth["categories"]}
-    return CocoMetrics(stats, class_metrics(engine, names, ground_truth["annotations"], results))
+    return summarized(engine, names, ground_truth["annotations"], results)
 
 
 def segmentation_scores(ds: Dataset, image_ids: Sequence[int], detections: pd.DataFrame) -> Scores:
