@@ -8,8 +8,8 @@ import tempfile
 os.environ["ML_ASSETS_FOLDS"] = "2"
 # Library settings (ultralytics, Hugging Face) go to a throwaway home, not the user's.
 os.environ["ML_ASSETS_HOME"] = tempfile.mkdtemp(prefix="ml_assets_tests_")
-# Settings of a user's shell or of make (make test inherits the exports make demo/ui use) would
-# narrow what the tests build: every kind, the default MLflow link.
+# Settings of a user's shell (what make exports for demo, train and ui) would narrow what the
+# tests build: every kind, the default MLflow link.
 for variable in (
     "YOLO_CONFIG_DIR",
     "HF_HOME",

@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import requests
-from servers import free_port, wait_for  # noqa: F401  (the tests import them from here too)
 
 ROOT = Path(__file__).resolve().parents[1]
 

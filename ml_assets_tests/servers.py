@@ -17,6 +17,23 @@ import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def loopback_only(monkeypatch) -> None:
+    """From here on (the test's ``monkeypatch`` undoes it), a connection to any host but this
+    one fails the test."""
+    import pytest
+
+    connect = socket.socket.connect
+
+    def guarded(sock, address):
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and address[0] not in LOOPBACK:
+            pytest.fail(f"a test reached outside the machine: {address}")
+        return connect(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", guarded)
+
 
 def free_port() -> int:
     with socket.socket() as s:

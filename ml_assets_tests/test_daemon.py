@@ -13,7 +13,8 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from dev_server import dagster_dev, free_port, graphql, wait_for
+from dev_server import dagster_dev, graphql
+from servers import free_port, wait_for
 
 REPOSITORY = {"repositoryName": "__repository__", "repositoryLocationName": "ml_assets"}
 SENSORS = ("landing_sensor", "automation_sensor")

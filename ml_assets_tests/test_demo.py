@@ -4,7 +4,8 @@ import dagster as dg
 import orjson
 import pytest
 from click.testing import CliRunner
-from dev_server import dagster_dev, free_port, graphql
+from dev_server import dagster_dev, graphql
+from servers import free_port
 
 from ml_assets.cli import main
 from ml_assets.local.demo import report_table, run_demo

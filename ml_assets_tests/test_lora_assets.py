@@ -9,7 +9,7 @@ import orjson
 import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
-from pipelines import ingested_version, metadata_of, train_fold_assets, training_resources
+from pipelines import ingested_version, metadata_of, train_fold_assets
 
 from ml_assets.cli import main
 from ml_assets.defs import base_models
@@ -93,14 +93,8 @@ def test_lora_classifier_trains_on_a_named_base_snapshot_and_records_its_hash(in
 
 def test_training_names_a_base_model_that_was_never_snapshotted(ingested):
     instance, home, key, _ = ingested
-    model = PIPELINE.model
-    result = dg.materialize(
-        [model],
-        partition_key=dg.MultiPartitionKey({"version": key, "fold": "0"}),
-        resources=training_resources(home),
-        instance=instance,
-        run_config={"ops": {LORA_CLASSIFIER.name: {"config": SETTINGS}}},
-        raise_on_error=False,
+    result = train_fold_assets(
+        instance, home, key, LORA_CLASSIFIER, SETTINGS, evaluate=False, raise_on_error=False
     )
     assert not result.success
     message = result.failure_data_for_node(LORA_CLASSIFIER.name).error.cause.message

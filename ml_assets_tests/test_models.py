@@ -32,7 +32,9 @@ def ingested(landed):
 
 def train(instance, home, key, name, fold=0, settings=None, raise_on_error=True):
     settings = settings or TINY[name]
-    return train_fold_assets(instance, home, key, KINDS[name], settings, fold, True, raise_on_error)
+    return train_fold_assets(
+        instance, home, key, KINDS[name], settings, fold, raise_on_error=raise_on_error
+    )
 
 
 # Kinds that train on a base model are materialized in their own tests, which make one.

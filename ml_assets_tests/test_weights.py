@@ -3,7 +3,6 @@ server with Range requests, a minimal Hugging Face Hub, moto's S3), never the In
 
 import hashlib
 import json
-import socket
 import struct
 import urllib.parse
 import uuid
@@ -12,7 +11,7 @@ from pathlib import Path
 import orjson
 import pytest
 from click.testing import CliRunner
-from servers import FileHandler, moto_server, serving
+from servers import FileHandler, loopback_only, moto_server, serving
 
 from ml_assets.data import weights
 from ml_assets.data.store import Store, manifest_key, scan
@@ -27,7 +26,6 @@ from ml_assets.data.weights import (
 from ml_assets.local.weights import weights as weights_command
 
 LFS = (".safetensors", ".bin", ".pt")
-LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
 def sha256(data: bytes) -> str:
@@ -35,16 +33,8 @@ def sha256(data: bytes) -> str:
 
 
 @pytest.fixture(autouse=True)
-def loopback_only(monkeypatch):
-    """A connection to any host but this one fails the test."""
-    connect = socket.socket.connect
-
-    def guarded(sock, address):
-        if sock.family in (socket.AF_INET, socket.AF_INET6) and address[0] not in LOOPBACK:
-            pytest.fail(f"a test reached outside the machine: {address}")
-        return connect(sock, address)
-
-    monkeypatch.setattr(socket.socket, "connect", guarded)
+def loopback(monkeypatch):
+    loopback_only(monkeypatch)
 
 
 @pytest.fixture
@@ -249,11 +239,11 @@ def test_a_partial_download_left_by_an_earlier_pull_is_resumed(served, store, mo
     server, write = served
     data = b"0123456789" * 50_000
     url = write("half.bin", data)
-    monkeypatch.setattr(weights, "ATTEMPTS", 1)
     server.drops["/half.bin"] = 123_456
-    with pytest.raises(ConnectionError, match="run the pull again to resume after the 123,456"):
-        pull(url, store)
-    monkeypatch.undo()
+    with monkeypatch.context() as one_attempt:  # the loopback guard stays on
+        one_attempt.setattr(weights, "ATTEMPTS", 1)
+        with pytest.raises(ConnectionError, match="run the pull again to resume after the 123,456"):
+            pull(url, store)
     pin = pull(url, store)
     assert pin.path.read_bytes() == data
     assert server.log[-1] == ("GET", "/half.bin", "bytes=123456-")
@@ -262,11 +252,11 @@ def test_a_partial_download_left_by_an_earlier_pull_is_resumed(served, store, mo
 def test_a_changed_file_on_the_server_restarts_the_resumed_download(served, store, monkeypatch):
     server, write = served
     url = write("moving.bin", b"a" * 200_000)
-    monkeypatch.setattr(weights, "ATTEMPTS", 1)
     server.drops["/moving.bin"] = 50_000
-    with pytest.raises(ConnectionError):
-        pull(url, store)
-    monkeypatch.undo()
+    with monkeypatch.context() as one_attempt:
+        one_attempt.setattr(weights, "ATTEMPTS", 1)
+        with pytest.raises(ConnectionError):
+            pull(url, store)
     write("moving.bin", b"b" * 150_000)  # a new ETag: If-Range fails, the whole file comes
     pin = pull(url, store)
     assert pin.path.read_bytes() == b"b" * 150_000

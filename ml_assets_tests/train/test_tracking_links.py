@@ -15,7 +15,8 @@ from types import SimpleNamespace
 
 import pytest
 import requests
-from dev_server import free_port, stop_group, wait_for
+from dev_server import stop_group
+from servers import free_port, wait_for
 
 from ml_assets.defs.resources import MLflowTracking
 from ml_assets.train.tracking import DEFAULT_UI, UI_ENV, Tracking, ui_address
