@@ -296,12 +296,17 @@ def lookup(store: Store, name_or_spec: str) -> Pinned:
     """The pin of weights pulled under that name or from that spec, or of a base model by name
     (what a model's lineage records: name, hash, path); never the network. Otherwise
     :class:`NotPulledError`, one line naming the command that pulls them."""
-    spec = name_or_spec.strip()
-    with contextlib.suppress(ValueError, FileNotFoundError):
-        spec = classify(spec)[1]
-    pins = pinned(store)
-    by_name = (p for p in pins if p.name == name_or_spec)
-    pin = next(by_name, None) or next((p for p in pins if p.spec == spec), None)
+    pin = None
+    with contextlib.suppress(ValueError):  # a name that is no pin's file name: search below
+        path = pin_path(store, name_or_spec)
+        pin = read_pin(store, path) if path.is_file() else None
+    if pin is None:  # a base model by name, or weights named by their spec
+        spec = name_or_spec.strip()
+        with contextlib.suppress(ValueError, FileNotFoundError):
+            spec = classify(spec)[1]
+        pins = pinned(store)
+        by_name = (p for p in pins if p.name == name_or_spec)
+        pin = next(by_name, None) or next((p for p in pins if p.spec == spec), None)
     if pin is None:
         command = f"ml-assets weights pull {shlex.quote(name_or_spec)}"
         raise NotPulledError(f"weights {name_or_spec!r} are not pulled: run `{command}`")
@@ -553,8 +558,11 @@ def http_opener(url: str) -> Opener:
         except urllib.error.URLError as err:
             raise ConnectionError(f"GET {url}: {err.reason}") from None
 
-        def header(name: str) -> str | None:  # the final answer's, else the latest hop's
-            found = [h.get(name) for h in [answer.headers, *reversed(hops)] if h.get(name)]
+        def header(name: str) -> str | None:
+            # The final answer's; Hugging Face's X-Linked-* come on a redirect (the latest hop's).
+            # A redirect's own length or validator says nothing about the file.
+            sources = [answer.headers, *reversed(hops)] if name.startswith("X-Linked") else []
+            found = [h.get(name) for h in sources or [answer.headers] if h.get(name)]
             return found[0].strip() if found else None
 
         part = header("Content-Range") if answer.status == 206 else None
@@ -651,13 +659,14 @@ def hub_cache(store: Store, spec: str) -> Iterator[Path]:
     (but one that failed a checksum) so that huggingface_hub resumes its partial files."""
     folder = store.root / "objects" / f".hf.{hashlib.sha256(spec.encode()).hexdigest()[:16]}"
     folder.mkdir(parents=True, exist_ok=True)
-    try:
-        with out_of_space(store.root / "objects"):
-            yield folder
-    except ValueError:  # bytes that failed their checksum: not to be resumed
+    with locked(folder.with_name(f".lock{folder.name}")):  # two pulls of one spec take turns
+        try:
+            with out_of_space(store.root / "objects"):
+                yield folder
+        except ValueError:  # bytes that failed their checksum: not to be resumed
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
         shutil.rmtree(folder, ignore_errors=True)
-        raise
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 @contextlib.contextmanager

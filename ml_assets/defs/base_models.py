@@ -7,7 +7,7 @@ folder: every folder under ``<home>/base_models/`` (named by its folder), plus a
 launchpad's ``folders`` (name -> folder). Each materialization snapshots them all into the
 content-addressed store (unchanged files are not copied again) and records each name's snapshot;
 LoRA kinds train on the snapshot their config's ``base_model`` names, and every adapter records
-its hash. Nothing is ever downloaded.
+its hash. ``base_model`` never downloads; ``pretrained_weights`` is the one asset that may.
 """
 
 from pathlib import Path
@@ -86,7 +86,9 @@ def pretrained_weights(
     from ml_assets.data.weights import pinned, pull
 
     for name, spec in config.weights.items():
-        pin = pull(spec, home.store, name=name, replace=config.replace)
+        pin = pull(
+            spec, home.store, name=name, replace=config.replace, client_factory=home.s3_client
+        )
         said = "pulled" if pin.fetched else "already pulled"
         context.log.info(f"{said} {pin.name}: {pin.kind} {pin.hash} from {pin.source}")
     pins = pinned(home.store)
