@@ -142,7 +142,7 @@ def inputs_of(kind: ModelKind, home: MLAssetsHome, version: str, config=None) ->
     (evaluation finds it through what the model recorded)."""
     found = {}
     for name in kind.inputs:
-        if name != "base_model":
+        if name not in kind.config_class.pinned_fields:  # weights: resolve_weights finds them
             found[name] = home.export_dir(name.removesuffix("_dataset"), version)
     if getattr(config, "source", "") == "shards":  # training streams the version's shards
         found["webdataset_shards"] = home.export_dir(SHARDS, version)

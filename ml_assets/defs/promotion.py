@@ -37,11 +37,8 @@ from ml_assets.defs.partitions import (
 )
 from ml_assets.defs.resources import MLAssetsHome, MLflowTracking, TrainingDevice
 from ml_assets.train.kinds import ModelKind
-from ml_assets.train.registry import KINDS
 
 CHAMPION_ALIAS = "champion"
-# Kinds with an exporter in ml_assets.train.export (its tolerances name them).
-EXPORTABLE = tuple(k.name for k in KINDS.values() if k.export_tolerance is not None)
 
 
 def read_champion(home: MLAssetsHome, kind: ModelKind) -> dict | None:
