@@ -25,9 +25,6 @@ from ml_assets.evaluate.detection import (
 )
 from ml_assets.evaluate.scores import Scores
 
-MASK_COLUMNS = [*DETECTION_COLUMNS, "segmentation"]
-"""A table of instance predictions: a detection's box and score, and its mask as COCO RLE."""
-
 
 def mask_metrics(ground_truth: dict, results: list[dict]) -> CocoMetrics:
     """COCO mask metrics of ``results`` (``image_id``, ``category_id``, ``segmentation``,
@@ -51,7 +48,7 @@ def mask_metrics(ground_truth: dict, results: list[dict]) -> CocoMetrics:
 
 
 def segmentation_scores(ds: Dataset, image_ids: Sequence[int], detections: pd.DataFrame) -> Scores:
-    """Box and mask metrics of ``detections`` (columns :data:`MASK_COLUMNS`) on ``image_ids``.
+    """Box and mask metrics of ``detections`` (the detection columns and ``segmentation``, a COCO RLE) on ``image_ids``.
 
     ``metrics``: the box numbers of :func:`detection_scores` and the 12 mask numbers as
     ``mask_AP``, ``mask_AP50`` ... ``mask_AR_large``, and ``mask_instances`` (objects with a

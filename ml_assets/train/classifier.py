@@ -810,7 +810,7 @@ def watched_ids(train_ids, val_ids, config: ClassifierConfig) -> tuple[list[int]
     (:func:`selects_epochs`): then a seeded tenth of the training images is set aside for it,
     never the fold that later scores the model, whose score would otherwise be the best of many
     looks at it."""
-    if not selects_epochs(config):
+    if not selects_epochs(config) or len(train_ids) < 2:  # one image: nothing to set aside
         return list(train_ids), list(val_ids)
     shuffled = np.random.default_rng(config.seed).permutation(np.asarray(train_ids, dtype=int))
     aside = max(1, round(len(shuffled) * SELECTION_SHARE))

@@ -191,14 +191,14 @@ def check_onnx(
 
     out_dir = Path(out_dir)
     info = read_export(out_dir)
+    if info["kind"] != kind.name:
+        raise ValueError(f"{out_dir} is an export of a {info['kind']}, not of a {kind.name}")
     x = _model_input(info["preprocessing"], inputs)
     session = onnxruntime.InferenceSession(
         str(out_dir / info["onnx"]), providers=["CPUExecutionProvider"]
     )
     names = [o.name for o in session.get_outputs()]
     exported = session.run(names, {session.get_inputs()[0].name: x})
-    if info["kind"] != kind.name:
-        raise ValueError(f"{out_dir} is an export of a {info['kind']}, not of a {kind.name}")
     network = _pytorch_network(kind, Path(model_dir) if model_dir else Path(info["source"]))
     with torch.inference_mode():
         reference = _outputs(network(torch.from_numpy(x)))

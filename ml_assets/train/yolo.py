@@ -260,6 +260,11 @@ class YoloKind:
                 arguments = {"resume": True, "save_dir": str(save_dir)}
             else:
                 model = YOLO(start)
+                if model.task != self.task:  # a detection .pt for the segmenter, or the reverse
+                    raise ValueError(
+                        f"{self.name} trains a {self.task} model; model {config.model!r} is a "
+                        f"{model.task} model"
+                    )
                 arguments = train_arguments(config) | {"val": bool(len(val_ids))}
             model.add_callback("on_train_epoch_start", seconds.start)
             model.add_callback("on_pretrain_routine_start", _atomic_checkpoints)

@@ -26,6 +26,15 @@ CPU = select_device("cpu")
 TINY = YoloSegmenterConfig(epochs=2, imgsz=64, batch=8)
 
 
+def test_a_model_of_another_task_is_refused_before_training(tmp_path):
+    ds = read_dataset(write_sample(tmp_path / "shapes", images=8, seed=3, size=64))
+    ids = ds.images["image_id"].tolist()
+    detection = TINY.model_copy(update={"model": "yolov8n.yaml"})
+    with pytest.raises(ValueError, match="yolo_segmenter trains a segment model; .* is a detect"):
+        YOLO_SEGMENTER.fit(ds, ids[:6], ids[6:], detection, CPU, tmp_path / "run")
+    assert not (tmp_path / "run" / "model").exists()
+
+
 def test_the_segmenter_trains_reloads_scores_exports_and_predicts_masks(tmp_path):
     ds = read_dataset(write_sample(tmp_path / "shapes", images=24, seed=3, size=64))
     ids = ds.images["image_id"].tolist()
