@@ -281,10 +281,9 @@ def evaluate(model_dir: Path, src: Path, from_: str, device: str) -> None:
     """Score the model saved in MODEL_DIR (any kind) on every image of the dataset in SRC."""
     from ml_assets.data.formats import read_dataset
     from ml_assets.train.device import select_device
-    from ml_assets.train.registry import kind
-    from ml_assets.train.runs import read_lineage
+    from ml_assets.train.registry import model_card
 
-    found = kind(read_lineage(model_dir)["kind"])
+    found, _ = model_card(model_dir)
     ds = read_dataset(src, from_)
     scores = found.score(model_dir, ds, ds.images["image_id"].tolist(), select_device(device))
     click.echo(f"{found.name} on {src}:")

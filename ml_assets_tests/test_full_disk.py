@@ -203,7 +203,7 @@ def test_a_model_or_report_written_to_a_full_disk_keeps_the_old_one_whole(small_
     fs = small_fs(4)
     staged, older = tmp_path / "staged", tmp_path / "older"
     write_bytes(staged / "weights.bin", os.urandom(1_000_000))
-    write_bytes(staged / "lineage.json", b"{}")
+    write_bytes(staged / "model.json", b"{}")
     write_bytes(older / "weights.bin", b"old")
     model_dir, report_dir = fs / "models" / "fold0", fs / "reports" / "abcdef123456"
     report = report_of_two_folds()

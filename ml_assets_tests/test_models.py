@@ -91,7 +91,7 @@ def test_mlflow_records_parameters_epochs_tags_the_model_and_its_registered_vers
     assert [m.step for m in losses] == [1, 2]
     assert "final_train_loss" in run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "model")}
-    assert {"model/model.safetensors", "model/classifier.json", "model/lineage.json"} <= artifacts
+    assert {"model/model.safetensors", "model/classifier.json", "model/model.json"} <= artifacts
     (version,) = client.search_model_versions("name = 'image_classifier'")
     assert version.run_id == run.info.run_id
 

@@ -193,10 +193,10 @@ def test_ingest_then_demo_reads_real_data_right(tmp_path, home, real_data, tree_
     by_landing = {Path(m["landing"]).name: key for key, m in versions.items()}
     assert sorted(by_landing) == ["coco8", "digits"]
     classifier = home / "models" / "image_classifier" / by_landing["digits"] / "fold-0"
-    lineage = orjson.loads((classifier / "lineage.json").read_bytes())
+    lineage = orjson.loads((classifier / "model.json").read_bytes())
     assert [c["name"] for c in lineage["classes"]] == [str(d) for d in range(10)]
     detector = home / "models" / "yolo_detector" / by_landing["coco8"] / "fold-0"
-    assert len(orjson.loads((detector / "lineage.json").read_bytes())["classes"]) == 80
+    assert len(orjson.loads((detector / "model.json").read_bytes())["classes"]) == 80
     assert not (home / "models" / "yolo_detector" / by_landing["digits"]).exists()
     assert tree_digest(home / "landing") == before
 

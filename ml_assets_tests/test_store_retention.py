@@ -60,7 +60,7 @@ def build_home(tmp_path, instance) -> tuple[MLAssetsHome, list[str], dict]:
         link_or_copy(home.store.files_dir(key) / "images/a.png", coco / "images/a.png")
         lineage = orjson.dumps({"kind": KIND, "version": key, "fold": 0})
         fold = home.model_dir(KIND, key, 0)
-        models[key] = write(fold / "weights.pt", b"w" * 50) + write(fold / "lineage.json", lineage)
+        models[key] = write(fold / "weights.pt", b"w" * 50) + write(fold / "model.json", lineage)
         write(home.run_dir(KIND, key, 1) / "last.pt", b"r" * 60)
         write(home.evaluation_dir(KIND, key, 0) / "scores.json", b"e" * OUTPUTS["evaluations"])
         write(home.report_dir(KIND, key) / "report.json", b"p" * OUTPUTS["reports"])
@@ -69,7 +69,7 @@ def build_home(tmp_path, instance) -> tuple[MLAssetsHome, list[str], dict]:
     final = home.model_dir(KIND, champion, None)
     lineage = orjson.dumps({"kind": KIND, "version": champion, "fold": None})
     models[champion] += write(final / "weights.pt", b"W" * 70) + write(
-        final / "lineage.json", lineage
+        final / "model.json", lineage
     )
     write(home.exports_dir(KIND, champion) / "model.onnx", b"o" * 9)
     promote(KIND, final, home.champion_path(KIND), champion, 0.9, None)

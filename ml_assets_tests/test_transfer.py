@@ -200,7 +200,7 @@ def test_weights_not_pulled_fail_before_training_and_new_weights_start_afresh(
     metadata = metadata_of(result, "image_classifier")
     assert metadata["resumed"] is False and metadata["epochs_run"] == 2
     assert metadata["pretrained"] == "start" and metadata["pretrained_hash"] == second.hash
-    lineage = orjson.loads((Path(metadata["path"]) / "lineage.json").read_bytes())
+    lineage = orjson.loads((Path(metadata["path"]) / "model.json").read_bytes())
     assert lineage["pretrained"] == {"pretrained": {"name": "start", "hash": second.hash}}
     client = MlflowClient(tracking_uri(home.mlflow_dir))
     (run,) = client.search_runs(

@@ -6,7 +6,7 @@ and the Dagster instance know, and prints:
 
 - champions: every kind's champion record (``MLAssetsHome.champion_path``) and the one it
   replaced name versions whose data must stay (the record's version and the version its model's
-  ``lineage.json`` names) and paths that must stay (the model folder, its deployable export);
+  ``model.json`` card names) and paths that must stay (the model folder, its deployable export);
 - running runs: a version is in use while a run of the Dagster instance that names it in a
   partition tag (``dagster/partition``, ``dagster/partition/version``, or a backfill's range) is
   queued, starting, started or cancelling; the instance is $DAGSTER_HOME, else ``<home>/dagster``
@@ -65,7 +65,7 @@ def layout(home) -> retention.Layout:
 
 def champion_needs(home, areas: dict[str, Path]) -> tuple[dict[str, list[str]], set[Path]]:
     """Versions a champion (or the one it replaced) needs, with why, and the paths it needs."""
-    from ml_assets.train.runs import LINEAGE, read_champion, read_lineage
+    from ml_assets.train.runs import card_path, read_champion, read_lineage
 
     needs, paths = defaultdict(list), set()
     for kind in retention.subfolders(areas["models"]):
@@ -75,7 +75,7 @@ def champion_needs(home, areas: dict[str, Path]) -> tuple[dict[str, list[str]], 
                 continue
             model = Path(champion["model"])
             named = {champion["version"]}
-            if (model / LINEAGE).is_file():
+            if card_path(model) is not None:
                 named.add(read_lineage(model)["version"])
             for key in sorted(named):
                 needs[key].append(f"{what} of {kind.name}")

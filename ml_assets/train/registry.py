@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ml_assets.train.kinds import ModelKind
 from ml_assets.train.kinds.image_classifier import IMAGE_CLASSIFIER
 from ml_assets.train.kinds.lora_classifier import LORA_CLASSIFIER
@@ -38,3 +40,14 @@ def kind(name: str) -> ModelKind:
         known = ", ".join(sorted(set(KINDS) | {a for a, k in ALIASES.items() if k in KINDS}))
         raise ValueError(f"unknown model kind {name!r}; known: {known}")
     return KINDS[full]
+
+
+def model_card(model_dir: Path) -> tuple[ModelKind, dict]:
+    """The kind that trained the model at ``model_dir`` and its card (``model.json``: kind,
+    classes, config, lineage), so any model folder can be loaded without being told its kind."""
+    from ml_assets.train.runs import read_lineage
+
+    card = read_lineage(model_dir)
+    if "kind" not in card:
+        raise ValueError(f"{model_dir}: the model card names no kind")
+    return kind(card["kind"]), card

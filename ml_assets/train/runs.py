@@ -3,8 +3,8 @@
 :func:`train_fold` picks the fold's images, keeps or clears the run folder (resume only with
 the same configuration and data), tracks the run in MLflow (parameters, per-epoch metrics,
 final numbers, the model as an artifact and a registered model version), logs one progress line
-per epoch, records what the model was trained on (``lineage.json``: data, configuration and the
-name and hash of the pulled weights it started from) and the trained model's outputs on a few
+per epoch, writes the model card (``model.json``: kind, classes, configuration, the data it was trained on
+and the name and hash of the pulled weights it started from) and the trained model's outputs on a few
 held-out images (``reference.npz``, for the reload check), and publishes the model folder
 atomically.
 """
@@ -34,7 +34,9 @@ from ml_assets.train.kinds import FitResult, KindConfig, ModelKind, fingerprint,
 from ml_assets.train.tracking import Tracking
 from ml_assets.train.weights import recorded, weights_tags, with_weights
 
-LINEAGE = "lineage.json"
+MODEL_CARD = "model.json"
+# The card's name in model folders written before it was called a model card: still read.
+EARLIER_CARD = "lineage.json"
 REFERENCE = "reference.npz"
 REFERENCE_IMAGES = 8
 
@@ -166,7 +168,7 @@ def train_fold(
             "mlflow_run_id": run.info.run_id if run is not None else None,
             "resumed_from": fit.resumed_from,
         }
-        write_bytes(staged / LINEAGE, orjson.dumps(lineage, option=orjson.OPT_INDENT_2))
+        write_bytes(staged / MODEL_CARD, orjson.dumps(lineage, option=orjson.OPT_INDENT_2))
         reference = io.BytesIO()  # np.savez would add ".npz" to a temporary name
         np.savez(reference, image_ids=np.asarray(sample, np.int64), outputs=outputs)
         write_bytes(staged / REFERENCE, reference.getvalue())
@@ -206,10 +208,19 @@ def publish(staged: Path, model_dir: Path) -> Path:
     return model_dir
 
 
+def card_path(model_dir: Path) -> Path | None:
+    """The model card of ``model_dir`` (``model.json``, or ``lineage.json`` in a folder written
+    before the rename); None when it holds no trained model."""
+    for name in (MODEL_CARD, EARLIER_CARD):
+        if (path := Path(model_dir) / name).is_file():
+            return path
+    return None
+
+
 def read_lineage(model_dir: Path) -> dict:
-    path = Path(model_dir) / LINEAGE
-    if not path.exists():
-        raise FileNotFoundError(f"{model_dir}: no trained model here (missing {LINEAGE})")
+    """The model card of ``model_dir``: kind, classes, config and what it was trained on."""
+    if (path := card_path(model_dir)) is None:
+        raise FileNotFoundError(f"{model_dir}: no trained model here (missing {MODEL_CARD})")
     return orjson.loads(path.read_bytes())
 
 

@@ -7,7 +7,7 @@ LoRA kinds' ``base_model``). :func:`resolve_weights` finds each name in the stor
 :func:`ml_assets.data.weights.lookup`, or fails with one line naming the command that pulls it.
 :func:`ml_assets.train.runs.train_fold` takes what it found: it hands each stored copy to the
 kind's ``fit`` as ``inputs[field]`` (:func:`with_weights`, read back by :func:`stored_copy`),
-writes the names and hashes into ``lineage.json`` (``pretrained``), the MLflow run's tags and
+writes the names and hashes into the model card ``model.json`` (``pretrained``), the MLflow run's tags and
 the model asset's metadata (:func:`weights_tags`), and puts the hashes in the run's
 fingerprint, so weights pinned anew under the same name start a run afresh instead of resuming
 it.

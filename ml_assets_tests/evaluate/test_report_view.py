@@ -104,7 +104,7 @@ def evaluate_folds(kind, tmp: Path, ds, assignment) -> tuple[list[dict], dict[in
         model_dir = tmp / "models" / str(fold)
         model_dir.mkdir(parents=True)
         lineage = {"version": "v1", "fold": fold, "folds_digest": DIGEST}
-        (model_dir / "lineage.json").write_bytes(orjson.dumps(lineage))
+        (model_dir / "model.json").write_bytes(orjson.dumps(lineage))
         folders[fold] = tmp / "evaluations" / f"fold-{fold}"
         ids = held_out_ids(assignment, fold)
         record, _ = evaluate_fold(kind, model_dir, ds, ids, "cpu", DIGEST, folders[fold])

@@ -13,7 +13,7 @@ from ml_assets.train.device import select_device
 from ml_assets.train.kinds.image_classifier import IMAGE_CLASSIFIER
 from ml_assets.train.kinds.yolo_detector import YOLO_DETECTOR
 from ml_assets.train.predictions import image_files, write_predictions
-from ml_assets.train.runs import LINEAGE
+from ml_assets.train.runs import MODEL_CARD
 from ml_assets.train.yolo import YoloConfig
 
 CPU = select_device("cpu")
@@ -29,7 +29,9 @@ def trained(kind, config, ds, folder):
     ids = ds.images["image_id"].tolist()
     kind.fit(ds, ids[:12], ids[12:], config, CPU, folder)
     model_dir = folder / "model"
-    (model_dir / LINEAGE).write_bytes(orjson.dumps({"kind": kind.name, "classes": class_list(ds)}))
+    (model_dir / MODEL_CARD).write_bytes(
+        orjson.dumps({"kind": kind.name, "classes": class_list(ds)})
+    )
     return model_dir
 
 
@@ -60,7 +62,7 @@ def test_detector_predictions_are_coco_results_pycocotools_loads(sample, tmp_pat
     root, ds = sample
     model_dir = tmp_path / "model"
     model_dir.mkdir()
-    (model_dir / LINEAGE).write_bytes(orjson.dumps({"classes": class_list(ds)}))
+    (model_dir / MODEL_CARD).write_bytes(orjson.dumps({"classes": class_list(ds)}))
     images = image_files(root / "images")
     out = tmp_path / "out"
     ids = list(range(100, 116))
