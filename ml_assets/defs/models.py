@@ -381,8 +381,22 @@ def promotion_config(kind: ModelKind, champion: bool = False) -> type[dg.Config]
 
 def build_pipeline(kind: ModelKind) -> KindPipeline:
     """The assets, checks and jobs of one model kind."""
+    model = model_asset(kind)
+    evaluation = evaluation_asset(kind, model)
+    report = report_asset(kind, evaluation)
+    return KindPipeline(
+        model,
+        evaluation,
+        report,
+        model_checks(model, kind),
+        gate_check(kind, report),
+        kind_jobs(kind),
+    )
+
+
+def model_asset(kind: ModelKind) -> dg.AssetsDefinition:
+    """``<kind>[version, fold]``: trained on every fold but this one."""
     config_class = type(kind.config_class.__name__, (dg.Config, kind.config_class), {})
-    gate_config = promotion_config(kind)
     tags = {KIND_TAG: kind.name}
 
     @dg.asset(
@@ -410,6 +424,13 @@ def build_pipeline(kind: ModelKind) -> KindPipeline:
         yield from train_partition(
             context, kind, home, training_device, mlflow_tracking, version, fold, config
         )
+
+    return model
+
+
+def evaluation_asset(kind: ModelKind, model: dg.AssetsDefinition) -> dg.AssetsDefinition:
+    """``<evaluation>[version, fold]``: the model of this very partition on its held-out fold."""
+    tags = {KIND_TAG: kind.name}
 
     @dg.asset(
         name=kind.evaluation_name,
@@ -450,6 +471,13 @@ def build_pipeline(kind: ModelKind) -> KindPipeline:
             data_version=data_version(metrics=record["metrics"], per_class=record["per_class"]),
             metadata=as_metadata(evaluation_view(kind.primary_metric, scores, links)),
         )
+
+    return evaluation
+
+
+def report_asset(kind: ModelKind, evaluation: dg.AssetsDefinition) -> dg.AssetsDefinition:
+    """``<report>[version]``: every fold, mean and std, and the baseline."""
+    tags = {KIND_TAG: kind.name}
 
     @dg.asset(
         name=kind.report_name,
@@ -498,6 +526,13 @@ def build_pipeline(kind: ModelKind) -> KindPipeline:
             metadata=as_metadata(view), data_version=data_version(**numbers_only)
         )
 
+    return report
+
+
+def gate_check(kind: ModelKind, report: dg.AssetsDefinition) -> dg.AssetChecksDefinition:
+    """``<gate>``: the promotion gate on a report (blocking)."""
+    gate_config = promotion_config(kind)
+
     @dg.multi_asset_check(
         **blocking_checks(
             report,
@@ -519,8 +554,13 @@ def build_pipeline(kind: ModelKind) -> KindPipeline:
             check_name=kind.gate_name, passed=passed, metadata=check_metadata(found)
         )
 
+    return gate
+
+
+def kind_jobs(kind: ModelKind) -> list:
+    """``<kind>_job`` (model and evaluation of one partition) and ``<report>_job``."""
     selection = dg.AssetSelection.tag(KIND_TAG, kind.name)
-    jobs = [
+    return [
         dg.define_asset_job(
             f"{kind.name}_job",
             selection=selection & dg.AssetSelection.groups("training", "evaluation"),
@@ -533,4 +573,3 @@ def build_pipeline(kind: ModelKind) -> KindPipeline:
             description=f"Summarize every fold of {kind.name} and apply its promotion gate.",
         ),
     ]
-    return KindPipeline(model, evaluation, report, model_checks(model, kind), gate, jobs)
