@@ -1,5 +1,6 @@
 """What the pipeline tests share: a dataset version ingested into a test instance, the resources
-a training step takes, one (version, fold) of a kind materialized, an asset's metadata."""
+a training step takes, one (version, fold) of a kind materialized, what a kind declares it can do
+beyond training (export, predictions) checked on its model, an asset's metadata."""
 
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -58,3 +59,28 @@ def train_fold_assets(
 def metadata_of(result, asset: str) -> dict:
     (event,) = result.asset_materializations_for_node(asset)
     return {k: v.value for k, v in event.metadata.items()}
+
+
+def landed_images(home, key) -> list:
+    files = home.store.files_dir(key)
+    return sorted(p for p in files.rglob("*") if p.suffix.lower() in {".png", ".jpg"})[:4]
+
+
+def declared_parts_work(kind, model_dir, images, tmp_path) -> None:
+    """What a kind declares it can do beyond training and scoring, done on its trained model:
+    an ONNX export that matches PyTorch within its tolerance, predictions on image files."""
+    import numpy as np
+    from PIL import Image
+
+    from ml_assets.train.export import check_onnx
+    from ml_assets.train.predictions import write_predictions
+
+    if kind.export_tolerance is not None:
+        out = kind.export(model_dir, tmp_path / "export")
+        pixels = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in images])
+        found = check_onnx(kind, out, pixels, model_dir)
+        assert found["passed"], found
+        assert found["tolerance"] == kind.export_tolerance
+    if kind.predicts:
+        summary = write_predictions(kind, model_dir, images, "cpu", tmp_path / "predicted")
+        assert summary["images"] == len(images)

@@ -9,7 +9,13 @@ import orjson
 import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
-from pipelines import ingested_version, metadata_of, train_fold_assets
+from pipelines import (
+    declared_parts_work,
+    ingested_version,
+    landed_images,
+    metadata_of,
+    train_fold_assets,
+)
 
 from ml_assets.cli import main
 from ml_assets.defs import base_models
@@ -19,7 +25,7 @@ from ml_assets.train.lora import read_meta
 from ml_assets.train.tracking import tracking_uri
 
 PIPELINE = build_pipeline(LORA_CLASSIFIER)
-SETTINGS = {"base_model": "tiny-vit", "epochs": 1, "batch_size": 8, "augment": "none"}
+SETTINGS = {"base_model": "tiny-vit", **LORA_CLASSIFIER.smoke}
 
 
 def snapshot(instance, home, folder) -> dict:
@@ -47,7 +53,7 @@ def ingested(landed, tmp_path):
 
 
 @pytest.mark.slow  # two trainings through Dagster: about 30 s on 2 idle cores
-def test_lora_classifier_trains_on_a_named_base_snapshot_and_records_its_hash(ingested):
+def test_lora_classifier_trains_on_a_named_base_snapshot_and_records_its_hash(ingested, tmp_path):
     instance, home, key, folder = ingested
     base = snapshot(instance, home, folder)
     assert base["base_models"] == 1 and base["tiny-vit_architecture"] == "vit"
@@ -70,6 +76,7 @@ def test_lora_classifier_trains_on_a_named_base_snapshot_and_records_its_hash(in
         (home.evaluation_dir(LORA_CLASSIFIER.name, key, 0) / "metrics.json").read_bytes()
     )
     assert record["extra"]["base_model_hash"] == base["tiny-vit_hash"]
+    declared_parts_work(LORA_CLASSIFIER, model_dir, landed_images(home, key), tmp_path)
 
     client = MlflowClient(tracking_uri(home.mlflow_dir))
     (run,) = client.search_runs(

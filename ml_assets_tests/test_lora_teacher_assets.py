@@ -6,7 +6,13 @@ import dagster as dg
 import orjson
 import pytest
 from click.testing import CliRunner
-from pipelines import ingested_version, metadata_of, train_fold_assets
+from pipelines import (
+    declared_parts_work,
+    ingested_version,
+    landed_images,
+    metadata_of,
+    train_fold_assets,
+)
 
 from ml_assets.cli import main
 from ml_assets.defs import base_models
@@ -15,7 +21,6 @@ from ml_assets.train.kinds.lora_segmenter import LORA_SEGMENTER
 
 KINDS = {k.name: k for k in (LORA_DETECTOR, LORA_SEGMENTER)}
 ARCH = {"lora_detector": "grounding-dino", "lora_segmenter": "sam"}
-SETTINGS = {"epochs": 1, "batch_size": 8, "lr": 1e-3}
 
 
 @pytest.fixture
@@ -42,7 +47,7 @@ def test_teacher_trains_is_checked_and_evaluated_on_a_named_base(ingested, tmp_p
         run_config={"ops": {"base_model": {"config": {"folders": {ARCH[name]: str(folder)}}}}},
     )
     base_hash = metadata_of(snapshot, "base_model")[f"{ARCH[name]}_hash"]
-    result = train_fold_assets(instance, home, key, kind, SETTINGS | {"base_model": ARCH[name]})
+    result = train_fold_assets(instance, home, key, kind, kind.smoke | {"base_model": ARCH[name]})
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     assert checks == {"weights_finite": True, "reloads_identically": True}
     trained = metadata_of(result, name)
@@ -56,3 +61,4 @@ def test_teacher_trains_is_checked_and_evaluated_on_a_named_base(ingested, tmp_p
     assert kind.primary_metric in scores
     record = orjson.loads((home.evaluation_dir(name, key, 0) / "metrics.json").read_bytes())
     assert record["extra"]["base_model_hash"] == base_hash
+    declared_parts_work(kind, model_dir, landed_images(home, key), tmp_path)  # none declared yet

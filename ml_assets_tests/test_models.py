@@ -4,7 +4,14 @@ for real on tiny data; MLflow records the run; an interrupted materialization re
 import dagster as dg
 import pytest
 from mlflow.tracking import MlflowClient
-from pipelines import ingested_version, metadata_of, train_fold_assets, training_resources
+from pipelines import (
+    declared_parts_work,
+    ingested_version,
+    landed_images,
+    metadata_of,
+    train_fold_assets,
+    training_resources,
+)
 
 from ml_assets.defs import datasets, exports
 from ml_assets.defs.models import build_pipeline
@@ -15,11 +22,6 @@ from ml_assets.train.registry import KINDS
 from ml_assets.train.tracking import tracking_uri
 
 PIPELINES = {name: build_pipeline(kind) for name, kind in KINDS.items()}
-TINY = {
-    "image_classifier": {"epochs": 2, "img_size": 32, "batch_size": 8},
-    "yolo_detector": {"epochs": 2, "imgsz": 64, "batch": 8},
-    "yolo_segmenter": {"epochs": 2, "imgsz": 64, "batch": 8},
-}
 
 
 @pytest.fixture
@@ -31,7 +33,7 @@ def ingested(landed):
 
 
 def train(instance, home, key, name, fold=0, settings=None, raise_on_error=True):
-    settings = settings or TINY[name]
+    settings = settings or KINDS[name].smoke
     return train_fold_assets(
         instance, home, key, KINDS[name], settings, fold, raise_on_error=raise_on_error
     )
@@ -42,7 +44,9 @@ WITHOUT_BASE = sorted(k for k, kind in KINDS.items() if "base_model" not in kind
 
 
 @pytest.mark.parametrize("name", WITHOUT_BASE)
-def test_every_kind_trains_is_checked_evaluated_and_reported(ingested, name):
+def test_every_kind_trains_is_checked_evaluated_reported_exported_and_predicts(
+    ingested, name, tmp_path
+):
     instance, home, key = ingested
     kind = KINDS[name]
     for fold in (0, 1):
@@ -74,6 +78,7 @@ def test_every_kind_trains_is_checked_evaluated_and_reported(ingested, name):
     (gate,) = report.get_asset_check_evaluations()
     assert gate.check_name == kind.gate_name
     assert gate.metadata["floor"].value == kind.promotion_floor
+    declared_parts_work(kind, home.model_dir(name, key, 0), landed_images(home, key), tmp_path)
 
 
 def test_mlflow_records_parameters_epochs_tags_the_model_and_its_registered_version(ingested):

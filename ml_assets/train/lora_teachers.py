@@ -767,6 +767,7 @@ class LoraTeacherKind:
     # Not in the demo's default kinds (ask with --models): tiny base models named
     # "grounding-dino", "sam".
     demo = {"epochs": 8, "batch_size": 8, "lr": 1e-3}
+    smoke = {"epochs": 1, "batch_size": 8, "lr": 1e-3}
     export_tolerance = None  # no exporter
     inputs: tuple[str, ...] = ("base_model",)
     distributed = ""  # one process: this loop has no DDP (nproc_per_node > 1 is refused)

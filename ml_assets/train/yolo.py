@@ -192,6 +192,7 @@ class YoloKind:
     predicts = True
     tags = frozenset({"pytorch", "ultralytics", "mlflow"})
     demo = {"epochs": 12, "imgsz": 96, "batch": 32}
+    smoke = {"epochs": 2, "imgsz": 64, "batch": 8}
     # Raw output mixes box coordinates in input pixels (up to the image side) with scores in
     # [0, 1], and the export fuses convolutions with their batch norms: float32 rounding of
     # numbers up to a few hundred.

@@ -138,6 +138,9 @@ class ModelKind(Protocol):
     # version of its assets, so automation retrains every version when it changes.
     version: str
     demo: dict  # training settings of `ml-assets demo` on 2 CPU cores (--epochs overrides epochs)
+    # Settings of the conformance test (ml_assets_tests/test_models.py): a real training of one
+    # or two epochs on tiny images, short enough to run for every kind on every commit.
+    smoke: dict
     headline: tuple[str, ...]  # the metrics the demo and train commands print
     # Largest difference its ONNX export (``export``) may show against PyTorch
     # (ml_assets.train.export.check_onnx); None: the kind has no exporter.

@@ -42,6 +42,7 @@ class ImageClassifier(ClassificationKind):
     inputs: tuple[str, ...] = ()
     version = "1"
     demo = {"epochs": 12}
+    smoke = {"epochs": 2, "img_size": 32, "batch_size": 8}
     headline = ("accuracy", "macro_f1", "weighted_f1", "ece", "macro_f1_tta", "samples")
     export_tolerance = 1e-4  # logits, order 1-10
     learns = Learns("labels")  # object crops, or whole images of an image folder

@@ -51,6 +51,7 @@ class LoraClassifier(ClassificationKind):
     inputs: tuple[str, ...] = ("base_model",)
     version = "1"
     demo = {"epochs": 8, "lr": 5e-3}
+    smoke = {"epochs": 1, "batch_size": 8, "augment": "none"}
     headline = ("accuracy", "macro_f1", "weighted_f1", "ece", "samples")
     export_tolerance = 1e-4  # the merged adapter's logits
     learns = Learns("labels")  # object crops, or whole images of an image folder
