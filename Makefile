@@ -51,11 +51,12 @@ train: setup
 MLFLOW_PORT ?= 5000
 demo train ui: export ML_ASSETS_MLFLOW_UI ?= http://127.0.0.1:$(MLFLOW_PORT)
 UI_PORT ?= 3000
-MLFLOW_UI = $(CURDIR)/$(VENV)/bin/mlflow ui --port $(MLFLOW_PORT) \
+MLFLOW_UI = $(CURDIR)/$(VENV)/bin/mlflow ui --host 127.0.0.1 --port $(MLFLOW_PORT) \
   --backend-store-uri sqlite:///$(ML_ASSETS_HOME)/mlflow/mlflow.db
 
 # Dagster (webserver and daemon) and, beside it, the MLflow UI that the metadata's mlflow_run
-# links open; Ctrl-C stops both. dagster dev runs in $(DAGSTER_HOME), the folder of the instance
+# links open, both on 127.0.0.1 only (neither has a login; deployments: deploy/k8s/README.md);
+# Ctrl-C stops both. dagster dev runs in $(DAGSTER_HOME), the folder of the instance
 # settings it uses (from the checkout it would warn that ./dagster.yaml "will not be used"), and
 # without the notice that `dg dev` supersedes `dagster dev` (dg is not part of this project).
 ui: setup
@@ -67,7 +68,7 @@ ui: setup
 	cd "$(DAGSTER_HOME)" && PYTHONWARNINGS='ignore:Function `dev_command` is superseded' \
 	  "$(CURDIR)/$(VENV)/bin/dagster" dev -h 127.0.0.1 -p $(UI_PORT) -w "$(CURDIR)/workspace.yaml"
 
-# The MLflow UI alone (make ui starts it too).
+# The MLflow UI alone (make ui starts it too), on loopback only like make ui.
 mlflow: setup
 	$(MLFLOW_UI)
 

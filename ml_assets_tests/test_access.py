@@ -1,0 +1,430 @@
+"""Who may do what (issue 20): a read-only webserver refuses what changes state, a gate reported
+passed by hand promotes nothing, no credential is written where the deployment ships it, and
+`make ui` listens on loopback only.
+
+The webserver here is a real `dagster-webserver --read-only` (the chart's `enableReadOnly`
+deployment runs the same command) on a free loopback port, with the repository's workspace.
+"""
+
+import fnmatch
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import orjson
+import pytest
+import requests
+import yaml
+from dagster._config import process_config
+from dagster._core.instance.config import dagster_instance_config
+from dagster._core.storage.config import pg_config
+from dev_server import graphql, stop_group
+from pipelines import training_resources
+from servers import free_port, wait_for
+
+from ml_assets.data.atomic import write_bytes
+from ml_assets.defs.models import build_pipeline
+from ml_assets.defs.partitions import dataset_versions
+from ml_assets.defs.promotion import build_promotion
+from ml_assets.defs.resources import MLAssetsHome
+from ml_assets.train.kinds.image_classifier import IMAGE_CLASSIFIER
+
+ROOT = Path(__file__).resolve().parents[1]
+K8S = ROOT / "deploy" / "k8s"
+MANIFESTS = [
+    K8S / "values.yaml",
+    K8S / "serve.yaml",
+    K8S / "mlflow.yaml",
+    K8S / "oauth2-proxy.yaml",
+]
+INSTANCES = [
+    ROOT / "dagster.yaml",
+    ROOT / "deploy" / "postgres" / "dagster.yaml",
+    K8S / "dagster.yaml",
+]
+LOCATION = "ml_assets"
+REPOSITORY = {"repositoryLocationName": LOCATION, "repositoryName": "__repository__"}
+ANSWER = "__typename ... on UnauthorizedError { message } ... on PythonError { message }"
+
+
+@pytest.fixture(scope="module")
+def read_only(tmp_path_factory):
+    """(port, DAGSTER_HOME) of `dagster-webserver --read-only` once its code location loaded."""
+    home = tmp_path_factory.mktemp("read-only")
+    dagster_home = home / "dagster"
+    dagster_home.mkdir()
+    shutil.copy(ROOT / "dagster.yaml", dagster_home / "dagster.yaml")
+    env = {**os.environ, "ML_ASSETS_HOME": str(home), "DAGSTER_HOME": str(dagster_home)}
+    port = free_port()
+    command = [str(Path(sys.executable).parent / "dagster-webserver"), "--read-only"]
+    command += ["-h", "127.0.0.1", "-p", str(port), "-w", str(ROOT / "workspace.yaml")]
+    log = home / "webserver.log"
+    with log.open("wb") as out:
+        server = subprocess.Popen(
+            command, cwd=dagster_home, env=env, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    try:
+
+        def loaded():
+            try:
+                data = graphql(port, "{ workspaceOrError { ... on Workspace { locationEntries {"
+                               " locationOrLoadError { __typename } } } } }")  # fmt: skip
+            except (requests.RequestException, AssertionError):
+                return False
+            entries = data["workspaceOrError"]["locationEntries"]
+            kinds = [
+                e["locationOrLoadError"] and e["locationOrLoadError"]["__typename"] for e in entries
+            ]
+            assert "PythonError" not in kinds, log.read_text()
+            return kinds == ["RepositoryLocation"]
+
+        wait_for("the read-only webserver and its code location", loaded, 120, 1, server)
+        yield port, dagster_home
+    finally:
+        stop_group(server)
+
+
+def mutate(port: int, query: str, variables: dict) -> dict:
+    (answer,) = graphql(port, query, variables).values()
+    return answer
+
+
+def test_the_read_only_webserver_refuses_launches_wipes_deletes_and_reported_checks(read_only):
+    port, dagster_home = read_only
+    data = graphql(port, "{ assetNodes { assetKey { path } } }")
+    assert {"path": ["raw_dataset"]} in [n["assetKey"] for n in data["assetNodes"]]
+    asset = {"path": ["raw_dataset"]}
+    refused = {
+        "launchRun": mutate(
+            port,
+            f"mutation($p: ExecutionParams!) {{ launchRun(executionParams: $p) {{ {ANSWER} }} }}",
+            {
+                "p": {
+                    "selector": {**REPOSITORY, "jobName": "__ASSET_JOB", "assetSelection": [asset]}
+                }
+            },
+        ),
+        "launchPartitionBackfill": mutate(
+            port,
+            "mutation($p: LaunchBackfillParams!) "
+            f"{{ launchPartitionBackfill(backfillParams: $p) {{ {ANSWER} }} }}",
+            {"p": {"assetSelection": [asset], "allPartitions": True}},
+        ),
+        "wipeAssets": mutate(
+            port,
+            "mutation($k: [PartitionsByAssetSelector!]!) "
+            f"{{ wipeAssets(assetPartitionRanges: $k) {{ {ANSWER} }} }}",
+            {"k": [{"assetKey": asset}]},
+        ),
+        "deleteDynamicPartitions": mutate(
+            port,
+            "mutation($r: RepositorySelector!, $n: String!, $k: [String!]!) "
+            "{ deleteDynamicPartitions(repositorySelector: $r, partitionsDefName: $n, "
+            f"partitionKeys: $k) {{ {ANSWER} }} }}",
+            {"r": REPOSITORY, "n": dataset_versions.name, "k": ["abcdef123456"]},
+        ),
+        "reportAssetCheckEvaluations": mutate(
+            port,
+            "mutation($p: ReportAssetCheckEvaluationsParams!) "
+            f"{{ reportAssetCheckEvaluations(eventParams: $p) {{ {ANSWER} }} }}",
+            {
+                "p": {
+                    "assetKey": {"path": ["image_classifier_final"]},
+                    "checkName": "beats_champion",
+                    "passed": True,
+                    "partitionKeys": ["abcdef123456"],
+                }
+            },
+        ),
+    }
+    for name, answer in refused.items():
+        assert answer["__typename"] == "UnauthorizedError", (name, answer)
+    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+        assert not instance.get_runs() and not instance.get_backfills()
+    # What the read-only UI still does: read.
+    assert graphql(port, "{ runsOrError { ... on Runs { results { runId } } } }")
+
+
+def test_a_gate_reported_passed_by_hand_does_not_promote(tmp_path):
+    """The Checks tab's "Report evaluation" (on the full webserver) writes an evaluation
+    passed=True for the gate; promotion decides from the report again and refuses."""
+    (_, promoted, *_), _ = build_promotion(
+        IMAGE_CLASSIFIER, build_pipeline(IMAGE_CLASSIFIER).report
+    )
+    home = MLAssetsHome(root=str(tmp_path))
+    key = "abcdef123456"
+    report = {"primary_metric": "macro_f1", "mean": {"macro_f1": 0.1}, "baseline": 0.3}
+    write_bytes(home.report_dir("image_classifier", key) / "report.json", orjson.dumps(report))
+    gate = dg.AssetCheckKey(dg.AssetKey("image_classifier_final"), "beats_champion")
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(dataset_versions.name, [key])
+        # What the reportAssetCheckEvaluations mutation does (dagster_graphql's
+        # report_asset_check_evaluation): a runless evaluation on the instance.
+        instance.report_runless_asset_event(
+            dg.AssetCheckEvaluation(
+                asset_key=gate.asset_key, check_name=gate.name, passed=True, partition=key
+            )
+        )
+        (record,) = instance.event_log_storage.get_asset_check_execution_history(gate, limit=1)
+        assert record.status.value == "SUCCEEDED"  # the UI shows the gate passed...
+        result = dg.materialize(
+            [promoted],
+            partition_key=key,
+            resources=training_resources(home),
+            instance=instance,
+            raise_on_error=False,
+        )
+    assert not result.success  # ...and promotion is not fooled
+    message = result.failure_data_for_node("promoted_image_classifier").error.message
+    assert "is not promoted" in message and "below the floor" in message
+    assert not home.champion_path("image_classifier").exists()
+
+
+# Names that hold a credential, and keys that only name where one is kept (a Secret's name).
+SECRETISH = re.compile(
+    r"(?i)(password|passwd|secret|token|api_?key|access_?key|credential|private_?key|"
+    r"(database|db|pg|postgres)_?ur[li]|dsn)"
+)
+REFERENCE = re.compile(
+    r"(?i)(secret_?name|existing_?secret|env_?secrets|secret_?ref|secret_?key_?ref)$"
+)
+URL_WITH_PASSWORD = re.compile(r"[a-z][\w+.-]*://[^\s/:@]+:[^\s/@]+@")
+
+
+def secret_mounts(tree) -> dict[str, str]:
+    """mountPath -> Secret name of every volume from a Secret in the pod specs of ``tree``."""
+    found = {}
+    for pod in walk_dicts(tree):
+        volumes = {
+            v["name"]: v["secret"]["secretName"] for v in pod.get("volumes") or [] if "secret" in v
+        }
+        for container in pod.get("containers") or []:
+            for mount in container.get("volumeMounts") or []:
+                if mount["name"] in volumes:
+                    found[mount["mountPath"]] = volumes[mount["name"]]
+    return found
+
+
+def walk_dicts(tree):
+    if isinstance(tree, dict):
+        yield tree
+        for value in tree.values():
+            yield from walk_dicts(value)
+    elif isinstance(tree, list):
+        for value in tree:
+            yield from walk_dicts(value)
+
+
+def literal_credentials(tree, mounts: dict[str, str], where: str = "") -> list[str]:
+    """Every place of ``tree`` where a credential is written rather than referenced."""
+    bad = []
+    if isinstance(tree, dict):
+        if {"name", "value"} <= set(tree) and SECRETISH.search(str(tree["name"])):
+            value = str(tree["value"])  # a k8s EnvVar: only a path into a mounted Secret
+            if not any(value.startswith(path.rstrip("/") + "/") for path in mounts):
+                bad.append(f"{where}: env {tree['name']} has a literal value")
+        for key, value in tree.items():
+            if key in ("name", "value"):
+                continue
+            # A scalar is written; a mapping (dagster's `{env: NAME}`, a secretKeyRef, a Secret
+            # volume) is walked on; flags (generatePostgresqlPasswordSecret) say nothing.
+            written = isinstance(value, str | int) and not isinstance(value, bool) and value != ""
+            if SECRETISH.search(str(key)) and not REFERENCE.search(str(key)) and written:
+                bad.append(f"{where}.{key}: literal {type(value).__name__}")
+            bad += literal_credentials(value, mounts, f"{where}.{key}")
+    elif isinstance(tree, list):
+        for i, value in enumerate(tree):
+            bad += literal_credentials(value, mounts, f"{where}[{i}]")
+    elif isinstance(tree, str):
+        if URL_WITH_PASSWORD.search(tree):
+            bad.append(f"{where}: a URL with a password")
+        name, sep, _ = tree.partition("=")  # NAME=VALUE in env_vars / envVars
+        if sep and re.fullmatch(r"[A-Z_][A-Z0-9_]*", name) and SECRETISH.search(name):
+            bad.append(f"{where}: {name} set literally")
+    return bad
+
+
+@pytest.mark.parametrize("path", MANIFESTS + INSTANCES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_credentials_are_referenced_never_written(path):
+    documents = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    mounts = secret_mounts(documents)
+    assert not literal_credentials(documents, mounts)
+    # The walker catches what it should (a guard against a test that passes on anything).
+    planted = {"env": [{"name": "AWS_SECRET_ACCESS_KEY", "value": "x"}], "postgres_url": "x"}
+    assert len(literal_credentials(planted, mounts)) == 2
+    assert literal_credentials({"env_vars": ["HF_TOKEN=x", "ML_ASSETS_HOME=/d"]}, {}) != []
+
+
+def test_secrets_of_the_values_and_manifests_are_secrets_named_by_reference():
+    values = yaml.safe_load((K8S / "values.yaml").read_text())
+    assert (
+        values["global"]["postgresqlSecretName"] and not values["generatePostgresqlPasswordSecret"]
+    )
+    assert "postgresqlPassword" not in values["postgresql"]
+    (serve, service) = yaml.safe_load_all((K8S / "serve.yaml").read_text())
+    (container,) = serve["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    tokens_file = Path(env["ML_ASSETS_SERVE_TOKENS"])
+    assert secret_mounts(serve) == {str(tokens_file.parent): "ml-assets-serve-tokens"}
+    assert env["ML_ASSETS_SERVE_OPEN_PATHS"] == "/health,/ready,/metrics"
+    assert "ML_ASSETS_SERVE_CORS_ORIGINS" not in env  # CORS off
+    assert container["command"] == ["ml-assets", "serve", "--host", "0.0.0.0", "--port", "8000"]
+    assert service["spec"]["type"] == "ClusterIP"
+    proxy = yaml.safe_load((K8S / "oauth2-proxy.yaml").read_text())
+    assert proxy["config"] == {"existingSecret": "oauth2-proxy"}
+
+
+def test_planted_credentials_never_reach_a_file_the_deployment_ships(tmp_path, monkeypatch):
+    planted = {
+        "AWS_ACCESS_KEY_ID": "planted-AKIA0000",
+        "AWS_SECRET_ACCESS_KEY": "planted-aws-secret",
+        "DAGSTER_PG_URL": "postgresql+psycopg2://dagster:planted-pg-password@db:5432/dagster",
+        "HF_TOKEN": "planted-hf-token",
+        "ML_ASSETS_SERVE_TOKENS": str(tmp_path / "planted-token-file"),
+    }
+    for name, value in planted.items():
+        monkeypatch.setenv(name, value)
+    # The instance files resolve the URL from the environment, in memory only.
+    for folder in (K8S, ROOT / "deploy" / "postgres"):
+        config, _ = dagster_instance_config(str(folder))
+        resolved = process_config(dg.Shape(pg_config()), config["storage"]["postgres"])
+        assert resolved.success and resolved.value["postgres_url"] == planted["DAGSTER_PG_URL"]
+    # What `make ui` writes into a fresh home with the environment set.
+    home = tmp_path / "home"
+    (home / "dagster").mkdir(parents=True)
+    shutil.copy(ROOT / "dagster.yaml", home / "dagster" / "dagster.yaml")
+    env = {**os.environ, "ML_ASSETS_HOME": str(home), "DAGSTER_HOME": str(home / "dagster")}
+    ready = [str(Path(sys.executable).parent / "ml-assets"), "ready-instance"]
+    subprocess.run(ready, cwd=ROOT, env=env, check=True, capture_output=True, timeout=120)
+
+    shipped = [p for p in (ROOT / "deploy").rglob("*") if p.is_file()]
+    shipped += build_context(ROOT) + [p for p in home.rglob("*") if p.is_file()]
+    assert len(shipped) > 20
+    secrets = [v.encode() for k, v in planted.items() if k != "ML_ASSETS_SERVE_TOKENS"]
+    for path in shipped:
+        data = path.read_bytes()
+        assert not [s for s in secrets if s in data], path
+    # The image sets no credential either (ENV/ARG lines of the Dockerfile).
+    dockerfile = (K8S / "Dockerfile").read_text()
+    for line in re.findall(r"^(?:ENV|ARG)\s+(.+(?:\\\n.+)*)", dockerfile, flags=re.MULTILINE):
+        names = re.findall(r"([A-Z_][A-Z0-9_]*)=", line) or [line.split()[0]]
+        assert not [n for n in names if SECRETISH.search(n)], line
+
+
+def build_context(root: Path) -> list[Path]:
+    """The files `docker build -f deploy/k8s/Dockerfile .` copies into the image: its COPY
+    sources, less what Dockerfile.dockerignore excludes (its patterns, matched per path)."""
+    dockerfile = (K8S / "Dockerfile").read_text()
+    sources = [
+        s
+        for line in re.findall(r"^COPY (.+) \S+$", dockerfile, flags=re.MULTILINE)
+        for s in line.split()
+    ]
+    ignore = [
+        p.strip()
+        for p in (K8S / "Dockerfile.dockerignore").read_text().splitlines()
+        if p.strip() and not p.startswith("#")
+    ]
+
+    def ignored(relative: Path) -> bool:
+        for pattern in ignore:
+            if pattern.startswith("**/"):  # any file or folder of that name, at any depth
+                if any(fnmatch.fnmatchcase(part, pattern[3:]) for part in relative.parts):
+                    return True
+            elif relative.parts[: len(Path(pattern).parts)] == Path(pattern).parts:
+                return True
+        return False
+
+    files = []
+    for source in sources:
+        start = root / source
+        for path in [start] if start.is_file() else start.rglob("*"):
+            if path.is_file() and not ignored(path.relative_to(root)):
+                files.append(path)
+    return files
+
+
+def test_the_image_leaves_credentials_files_out_of_its_build_context(tmp_path):
+    ignore = (K8S / "Dockerfile.dockerignore").read_text().split()
+    for pattern in (".ml_assets", "**/.env", "**/.aws", "**/*.pem"):
+        assert pattern in ignore, pattern
+    # A credentials file dropped in the copied package stays out of the image.
+    root = tmp_path / "repo"
+    shutil.copytree(
+        ROOT / "ml_assets", root / "ml_assets", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    for name in ("pyproject.toml", "setup.cfg", "constraints.txt", "README.md"):
+        if (ROOT / name).exists():
+            shutil.copy(ROOT / name, root / name)
+    for planted in ("ml_assets/.env", "ml_assets/.aws/credentials", "ml_assets/tls.pem"):
+        (root / planted).parent.mkdir(parents=True, exist_ok=True)
+        (root / planted).write_text("planted")
+    copied = {str(p.relative_to(root)) for p in build_context(root)}
+    assert "ml_assets/definitions.py" in copied
+    assert not {"ml_assets/.env", "ml_assets/.aws/credentials", "ml_assets/tls.pem"} & copied
+
+
+def test_make_ui_and_make_mlflow_listen_on_loopback_only():
+    dry = subprocess.run(
+        ["make", "-n", "ui", "mlflow"],
+        cwd=ROOT, capture_output=True, text=True, check=True, timeout=60,
+    ).stdout  # fmt: skip
+    dagster = re.findall(r"bin/dagster\S*\" dev (.*)", dry)
+    mlflow = re.findall(r"bin/mlflow ui (.*)", dry)
+    assert len(dagster) == 1 and len(mlflow) == 2, dry
+    for command in dagster + mlflow:
+        hosts = re.findall(r"(?:-h|--host)[ =](\S+)", command)
+        assert hosts == ["127.0.0.1"], command
+    (said,) = [line for line in dry.splitlines() if line.startswith('echo "Dagster UI')]
+    assert "loopback only" in said and "0.0.0.0" not in dry
+
+
+# Keys of the Dagster chart's values schema (helm/dagster/schema: subschema/webserver.py, whose
+# model forbids other keys, and subschema/ingress.py). dagster-k8s does not ship the chart's
+# schema, so these are copied from it; the chart has no `extraManifests`, hence serve.yaml and
+# mlflow.yaml beside it.
+CHART_WEBSERVER = {
+    "replicaCount", "image", "nameOverride", "pathPrefix", "service", "workspace", "env",
+    "envConfigMaps", "envSecrets", "deploymentLabels", "labels", "nodeSelector", "affinity",
+    "tolerations", "podSecurityContext", "securityContext", "resources", "readinessProbe",
+    "livenessProbe", "startupProbe", "annotations", "enableReadOnly", "dbStatementTimeout",
+    "dbPoolRecycle", "logLevel", "schedulerName", "volumeMounts", "volumes",
+}  # fmt: skip
+CHART_INGRESS = {"enabled", "apiVersion", "ingressClassName", "labels", "annotations", "flower"}
+CHART_INGRESS |= {"dagsterWebserver", "readOnlyDagsterWebserver"}
+CHART_INGRESS_HOST = {"host", "path", "pathType", "tls", "precedingPaths", "succeedingPaths"}
+AUTH = "nginx.ingress.kubernetes.io/auth-"
+
+
+def test_every_ui_is_reached_only_through_the_sign_in_proxy():
+    values = yaml.safe_load((K8S / "values.yaml").read_text())
+    webserver, ingress = values["dagsterWebserver"], values["ingress"]
+    assert webserver["enableReadOnly"] is True and set(webserver) <= CHART_WEBSERVER
+    assert ingress["enabled"] and set(ingress) <= CHART_INGRESS and "extraManifests" not in values
+    hosts = [ingress[k] for k in ("dagsterWebserver", "readOnlyDagsterWebserver")]
+    assert all(set(h) == CHART_INGRESS_HOST and h["tls"]["enabled"] for h in hosts)
+    assert len({h["host"] for h in hosts}) == 2
+
+    (mlflow_ingress,) = [
+        d for d in yaml.safe_load_all((K8S / "mlflow.yaml").read_text()) if d["kind"] == "Ingress"
+    ]
+    auth = {k: v for k, v in ingress["annotations"].items() if k.startswith(AUTH)}
+    assert auth == {k: v for k, v in mlflow_ingress["metadata"]["annotations"].items()
+                    if k.startswith(AUTH)}  # fmt: skip
+    assert auth[AUTH + "url"].endswith(".svc.cluster.local/oauth2/auth")
+    proxy = yaml.safe_load((K8S / "oauth2-proxy.yaml").read_text())
+    (sign_in_host,) = proxy["ingress"]["hosts"]
+    assert auth[AUTH + "signin"].startswith(f"https://{sign_in_host}/oauth2/start?rd=")
+    assert all(h["host"].endswith(proxy["extraArgs"]["cookie-domain"]) for h in hosts)
+
+    # No other way in: every Service is ClusterIP, the webservers' too.
+    assert webserver["service"]["type"] == "ClusterIP"
+    for path in (K8S / "serve.yaml", K8S / "mlflow.yaml"):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc["kind"] == "Service":
+                assert doc["spec"]["type"] == "ClusterIP", path
