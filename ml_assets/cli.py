@@ -342,7 +342,9 @@ def register_groups() -> None:
     """Command groups that live in modules of their own."""
     from ml_assets.local.store import store
     from ml_assets.local.weights import weights
+    from ml_assets.serve.cli import serve
 
+    main.add_command(serve)
     main.add_command(store)
     main.add_command(weights)
 
