@@ -340,6 +340,7 @@ def coco_eval(ground_truth: Path, detections: Path, as_json: bool) -> None:
 
 def register_groups() -> None:
     """Command groups that live in modules of their own."""
+    from ml_assets.local.quality import label_issues
     from ml_assets.local.store import store
     from ml_assets.local.weights import weights
     from ml_assets.serve.cli import serve
@@ -347,6 +348,7 @@ def register_groups() -> None:
     main.add_command(serve)
     main.add_command(store)
     main.add_command(weights)
+    main.add_command(label_issues)
 
 
 register_groups()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from ml_assets.defs import automation, base_models, datasets, exports, shards
+from ml_assets.defs import automation, base_models, datasets, exports, quality, shards
 from ml_assets.defs.models import build_pipeline
 from ml_assets.defs.promotion import build_promotion, predictions
 from ml_assets.defs.resources import MLAssetsHome, MLflowTracking, TrainingDevice
@@ -70,10 +70,12 @@ promotions = [build_promotion(kind, p.report) for kind, p in zip(kinds, pipeline
 defs = dg.Definitions.merge(
     dg.Definitions(
         assets=[
-            *described(dg.load_assets_from_modules([datasets, exports, base_models, shards])),
+            *described(
+                dg.load_assets_from_modules([datasets, exports, base_models, shards, quality])
+            ),
             *described([predictions]),
         ],
-        asset_checks=dg.load_asset_checks_from_modules([datasets]),
+        asset_checks=dg.load_asset_checks_from_modules([datasets, quality]),
         jobs=[automation.ingest_job, automation.training_job, automation.report_job],
         sensors=[automation.landing_sensor, automation.automation_sensor],
         schedules=[automation.weekly_retraining],
@@ -94,4 +96,5 @@ defs = dg.Definitions.merge(
         dg.Definitions(assets=described(assets), asset_checks=checks)
         for assets, checks in promotions
     ),
+    *(dg.Definitions(assets=described([a]), asset_checks=[c]) for a, c in quality.per_kind(kinds)),
 )

@@ -75,7 +75,13 @@ def test_graph_has_the_data_assets_and_one_pipeline_per_model_kind():
         for n in (k.name, k.evaluation_name, k.report_name, f"{k.name}_final", f"promoted_{k.name}")
     }
     exported = {f"exported_{k.name}" for k in KINDS.values() if k.export_tolerance is not None}
-    assert keys == data | per_kind | exported | {"base_model", "pretrained_weights", "predictions"}
+    quality = {f"{k.name}_label_issues" for k in KINDS.values() if k.name != "lora_segmenter"}
+    quality |= {"version_diff", "image_issues"}
+    assert keys == data | per_kind | exported | quality | {
+        "base_model",
+        "pretrained_weights",
+        "predictions",
+    }
     checks = {(c.asset_key.to_user_string(), c.name) for c in graph.asset_check_keys}
     assert {
         ("annotations", "annotations_schema"),

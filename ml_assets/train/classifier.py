@@ -876,6 +876,11 @@ def score_crops(
             "true": np.asarray(names)[crops.labels],
             "predicted": np.asarray(names)[predicted],
             "confidence": probabilities.max(axis=1) if len(probabilities) else np.zeros(0),
+            # out-of-fold class probabilities: what ml_assets.evaluate.quality reads
+            **{
+                f"p_{n}": probabilities[:, i] if len(probabilities) else np.zeros(0)
+                for i, n in enumerate(names)
+            },
         }
     )
     return Scores(
