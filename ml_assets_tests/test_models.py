@@ -39,6 +39,16 @@ def train(instance, home, key, name, fold=0, settings=None, raise_on_error=True)
     )
 
 
+def test_every_kind_declares_every_part_of_the_protocol():
+    from ml_assets.train.kinds import ModelKind
+
+    for kind in KINDS.values():
+        assert not [a for a in ModelKind.__annotations__ if not hasattr(kind, a)], kind.name
+        assert kind.held_out in {"classes", "boxes", ""} and set(kind.smoke) <= set(
+            kind.config_class.model_fields
+        )
+
+
 # Kinds that train on a base model are materialized in their own tests, which make one.
 WITHOUT_BASE = sorted(k for k, kind in KINDS.items() if "base_model" not in kind.inputs)
 

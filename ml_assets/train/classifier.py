@@ -961,6 +961,7 @@ class ClassificationKind:
     and its logits on a few crops for the reload check."""
 
     predicts = True
+    held_out = "classes"
 
     def baseline(self, folds: list[dict]) -> float:
         return majority_baseline(folds)

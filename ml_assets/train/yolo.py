@@ -190,6 +190,7 @@ class YoloKind:
     version = "1"
     distributed = "self"  # ultralytics runs its own DDP over a device list
     predicts = True
+    held_out = "boxes"
     tags = frozenset({"pytorch", "ultralytics", "mlflow"})
     demo = {"epochs": 12, "imgsz": 96, "batch": 32}
     smoke = {"epochs": 2, "imgsz": 64, "batch": 8}

@@ -152,6 +152,10 @@ class ModelKind(Protocol):
     # fit (ultralytics), "": it trains in one process and refuses more.
     distributed: str
     predicts: bool  # it has ``predict`` (batch inference on image files: the predictions asset)
+    # What its held-out predictions (the evaluation's predictions.parquet) hold, which decides
+    # how its labels are checked (label issues): "classes" (a p_<class> column per class for each
+    # annotation), "boxes" (detections with a class and a score), "" (neither: not checked).
+    held_out: str
 
     def fit(
         self,

@@ -38,6 +38,7 @@ class LoraDetector(LoraTeacherKind):
     gate_name = "lora_detector_promotable"
     config_class = LoraDetectorConfig
     learns = Learns("boxes")
+    held_out = "boxes"
     headline = ("AP", "AP50", "AP75", "AR100", "instances")
     primary_metric = "AP"
     promotion_floor = 0.1
