@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import dagster as dg
 import orjson
@@ -37,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "k8s"
 MANIFESTS = [
     K8S / "values.yaml",
+    K8S / "ingress.yaml",
     K8S / "serve.yaml",
     K8S / "mlflow.yaml",
     K8S / "oauth2-proxy.yaml",
@@ -385,9 +387,9 @@ def test_make_ui_and_make_mlflow_listen_on_loopback_only():
 
 
 # Keys of the Dagster chart's values schema (helm/dagster/schema: subschema/webserver.py, whose
-# model forbids other keys, and subschema/ingress.py). dagster-k8s does not ship the chart's
-# schema, so these are copied from it; the chart has no `extraManifests`, hence serve.yaml and
-# mlflow.yaml beside it.
+# model forbids other keys). dagster-k8s does not ship the chart's schema, so these are copied
+# from it; the chart has no `extraManifests`, hence ingress.yaml, serve.yaml and mlflow.yaml
+# beside it.
 CHART_WEBSERVER = {
     "replicaCount", "image", "nameOverride", "pathPrefix", "service", "workspace", "env",
     "envConfigMaps", "envSecrets", "deploymentLabels", "labels", "nodeSelector", "affinity",
@@ -395,36 +397,145 @@ CHART_WEBSERVER = {
     "livenessProbe", "startupProbe", "annotations", "enableReadOnly", "dbStatementTimeout",
     "dbPoolRecycle", "logLevel", "schedulerName", "volumeMounts", "volumes",
 }  # fmt: skip
-CHART_INGRESS = {"enabled", "apiVersion", "ingressClassName", "labels", "annotations", "flower"}
-CHART_INGRESS |= {"dagsterWebserver", "readOnlyDagsterWebserver"}
-CHART_INGRESS_HOST = {"host", "path", "pathType", "tls", "precedingPaths", "succeedingPaths"}
 AUTH = "nginx.ingress.kubernetes.io/auth-"
+EDITORS, VIEWERS = "ml-editors", "ml-viewers"
+# ingress-nginx's annotation validation (internal/ingress/annotations/parser/validators.go):
+# auth-url is a URL of these characters only (URLIsValidRegex; no `%`, so no encoded commas),
+# auth-signin may add nginx variables (URLWithNginxVariableRegex).
+NGINX_URL = re.compile(r"^[-._~a-zA-Z0-9/:,?&=]*$")
+NGINX_URL_WITH_VARIABLES = re.compile(r"^[-._~a-zA-Z0-9/:, ?&=$]*$")
+
+
+def documents(path: Path) -> list[dict]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def ingresses() -> dict[str, dict]:
+    """Every Ingress the deployment creates by hand, by name (ingress.yaml, mlflow.yaml)."""
+    found = {}
+    for path in (K8S / "ingress.yaml", K8S / "mlflow.yaml"):
+        for doc in documents(path):
+            if doc["kind"] == "Ingress":
+                assert doc["metadata"]["name"] not in found
+                found[doc["metadata"]["name"]] = doc
+    return found
+
+
+def backends(ingress: dict) -> dict[str, set[tuple[str, int]]]:
+    """host -> the (Service, port) pairs its rules route to (a default backend counts for all)."""
+    spec = ingress["spec"]
+    assert "defaultBackend" not in spec, "a default backend serves every host"
+    routes = {}
+    for rule in spec["rules"]:
+        assert rule.get("host"), "a rule without host serves every host"
+        routes.setdefault(rule["host"], set()).update(  # two rules of one host: both count
+            (p["backend"]["service"]["name"], p["backend"]["service"]["port"]["number"])
+            for p in rule["http"]["paths"]
+        )
+    return routes
+
+
+def allowed_groups(ingress: dict) -> set[str]:
+    """The groups oauth2-proxy's /oauth2/auth lets through for this Ingress (none: any session)."""
+    url = urlsplit(ingress["metadata"]["annotations"][AUTH + "url"])
+    assert url.path == "/oauth2/auth" and url.hostname.endswith(".svc.cluster.local")
+    (groups,) = parse_qs(url.query, strict_parsing=True)["allowed_groups"]
+    return set(groups.split(","))
+
+
+def webserver_services() -> tuple[tuple[str, int], tuple[str, int]]:
+    """The chart's (Service, port) of the full and of the read-only webserver for the release
+    the README installs: `<release>-webserver[-read-only]` (helm/dagster/templates/helpers/
+    _helpers.tpl, dagster.webserver.fullname)."""
+    readme = (K8S / "README.md").read_text()
+    (release,) = set(re.findall(r"helm upgrade --install (\S+) dagster/dagster", readme))
+    webserver = yaml.safe_load((K8S / "values.yaml").read_text())["dagsterWebserver"]
+    name = f"{release}-{webserver.get('nameOverride') or 'webserver'}"
+    port = webserver["service"]["port"]
+    return (name, port), (f"{name}-read-only", port)
+
+
+def test_the_full_ui_lets_in_editors_only_and_the_read_only_ui_routes_only_to_read_only():
+    values = yaml.safe_load((K8S / "values.yaml").read_text())
+    webserver = values["dagsterWebserver"]
+    assert webserver["enableReadOnly"] is True and set(webserver) <= CHART_WEBSERVER
+    # The chart's one Ingress for both hosts (one set of annotations) stays off.
+    assert values["ingress"] == {"enabled": False} and "extraManifests" not in values
+    full, read_only = webserver_services()
+    assert full == ("dagster-webserver", 80) and read_only == ("dagster-webserver-read-only", 80)
+
+    found = ingresses()
+    routes = {name: backends(ingress) for name, ingress in found.items()}
+    reaching = {name for name, r in routes.items() if any(full in s for s in r.values())}
+    reaching_read_only = {
+        name for name, r in routes.items() if any(read_only in s for s in r.values())
+    }
+    assert reaching == {"ml-assets-dagster-webserver"}
+    assert reaching_read_only == {"ml-assets-dagster-webserver-read-only"}
+    # The full UI: one host, the full webserver only, editors only.
+    (full_ingress,) = [found[n] for n in reaching]
+    assert list(routes["ml-assets-dagster-webserver"].values()) == [{full}]
+    assert allowed_groups(full_ingress) == {EDITORS}
+    # The read-only UI: one host, the read-only webserver only, viewers and editors.
+    (read_only_ingress,) = [found[n] for n in reaching_read_only]
+    assert list(routes["ml-assets-dagster-webserver-read-only"].values()) == [{read_only}]
+    assert allowed_groups(read_only_ingress) == {VIEWERS, EDITORS}
+    # MLflow has no read-only mode: editors only, like the full UI.
+    assert allowed_groups(found["ml-assets-mlflow"]) == {EDITORS}
+    # Viewers reach nothing that is not read-only.
+    for name, ingress in found.items():
+        if VIEWERS in allowed_groups(ingress):
+            assert set().union(*routes[name].values()) == {read_only}, name
+    # The guard sees a shared Ingress for what it is (a test that passes on anything is none).
+    shared = {"spec": {"rules": [
+        {"host": "a", "http": {"paths": [{"backend": {"service": {"name": n, "port": {"number": p}}}}]}}
+        for n, p in (full, read_only)
+    ]}}  # fmt: skip
+    assert backends(shared) == {"a": {full, read_only}}
 
 
 def test_every_ui_is_reached_only_through_the_sign_in_proxy():
-    values = yaml.safe_load((K8S / "values.yaml").read_text())
-    webserver, ingress = values["dagsterWebserver"], values["ingress"]
-    assert webserver["enableReadOnly"] is True and set(webserver) <= CHART_WEBSERVER
-    assert ingress["enabled"] and set(ingress) <= CHART_INGRESS and "extraManifests" not in values
-    hosts = [ingress[k] for k in ("dagsterWebserver", "readOnlyDagsterWebserver")]
-    assert all(set(h) == CHART_INGRESS_HOST and h["tls"]["enabled"] for h in hosts)
-    assert len({h["host"] for h in hosts}) == 2
-
-    (mlflow_ingress,) = [
-        d for d in yaml.safe_load_all((K8S / "mlflow.yaml").read_text()) if d["kind"] == "Ingress"
-    ]
-    auth = {k: v for k, v in ingress["annotations"].items() if k.startswith(AUTH)}
-    assert auth == {k: v for k, v in mlflow_ingress["metadata"]["annotations"].items()
-                    if k.startswith(AUTH)}  # fmt: skip
-    assert auth[AUTH + "url"].endswith(".svc.cluster.local/oauth2/auth")
     proxy = yaml.safe_load((K8S / "oauth2-proxy.yaml").read_text())
+    args = proxy["extraArgs"]
+    # Groups in the session, for allowed_groups: the OIDC groups scope and claim.
+    assert args["provider"] == "oidc" and args["oidc-groups-claim"] == "groups"
+    assert {"openid", "email", "groups"} <= set(args["scope"].split())
     (sign_in_host,) = proxy["ingress"]["hosts"]
-    assert auth[AUTH + "signin"].startswith(f"https://{sign_in_host}/oauth2/start?rd=")
-    assert all(h["host"].endswith(proxy["extraArgs"]["cookie-domain"]) for h in hosts)
+    found = ingresses()
+    assert len(found) == 3
+    for name, ingress in found.items():
+        annotations = ingress["metadata"]["annotations"]
+        assert ingress["spec"]["ingressClassName"] == "nginx", name
+        assert allowed_groups(ingress) <= {EDITORS, VIEWERS} and allowed_groups(ingress), name
+        url = annotations[AUTH + "url"]
+        assert url.startswith("http://oauth2-proxy.ml-assets.svc.cluster.local/oauth2/auth?")
+        assert NGINX_URL.fullmatch(url), url
+        signin = annotations[AUTH + "signin"]
+        assert signin.startswith(f"https://{sign_in_host}/oauth2/start?rd=https://$host")
+        assert NGINX_URL_WITH_VARIABLES.fullmatch(signin), signin
+        assert annotations[AUTH + "response-headers"] == "X-Auth-Request-User,X-Auth-Request-Email"
+        hosts = set(backends(ingress))
+        tls = {h for entry in ingress["spec"]["tls"] for h in entry["hosts"]}
+        assert hosts == tls, name  # every host on TLS
+        assert all(h.endswith(args["cookie-domain"]) for h in hosts), name
+    # The validation refuses an encoded comma: the groups are listed with a plain one.
+    assert not NGINX_URL.fullmatch("http://o.svc.cluster.local/oauth2/auth?allowed_groups=a%2Cb")
 
-    # No other way in: every Service is ClusterIP, the webservers' too.
-    assert webserver["service"]["type"] == "ClusterIP"
-    for path in (K8S / "serve.yaml", K8S / "mlflow.yaml"):
-        for doc in yaml.safe_load_all(path.read_text()):
+
+def test_no_host_is_served_by_two_ingresses_and_every_service_is_cluster_ip():
+    values = yaml.safe_load((K8S / "values.yaml").read_text())
+    proxy = yaml.safe_load((K8S / "oauth2-proxy.yaml").read_text())
+    served = [h for ingress in ingresses().values() for h in backends(ingress)]
+    served += proxy["ingress"]["hosts"]  # the oauth2-proxy chart's own Ingress
+    assert not values["ingress"]["enabled"]  # else the chart's Ingress serves hosts too
+    assert len(served) == len(set(served)) == 4, served
+    # No other way in: every Service is ClusterIP, the webservers' and oauth2-proxy's too.
+    assert values["dagsterWebserver"]["service"]["type"] == "ClusterIP"
+    assert proxy["service"]["type"] == "ClusterIP"
+    kinds = set()
+    for path in (K8S / "ingress.yaml", K8S / "serve.yaml", K8S / "mlflow.yaml"):
+        for doc in documents(path):
+            kinds.add(doc["kind"])
             if doc["kind"] == "Service":
-                assert doc["spec"]["type"] == "ClusterIP", path
+                assert doc["spec"].get("type") == "ClusterIP", path
+    assert kinds == {"Deployment", "Service", "Ingress"}
