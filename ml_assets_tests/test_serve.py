@@ -27,10 +27,11 @@ from ml_assets.serve.app import Settings, create_app
 from ml_assets.train.classifier import ClassifierConfig
 from ml_assets.train.kinds.image_classifier import IMAGE_CLASSIFIER
 from ml_assets.train.kinds.yolo_detector import YOLO_DETECTOR
+from ml_assets.train.kinds.yolo_segmenter import YOLO_SEGMENTER, YoloSegmenterConfig
 from ml_assets.train.runs import promote, read_lineage, train_fold
 from ml_assets.train.yolo import YoloConfig
 
-KINDS = ("image_classifier", "yolo_detector")
+KINDS = ("image_classifier", "yolo_detector", "yolo_segmenter")
 CONFIDENCE = 0.001  # a one-epoch detector's scores are low: ask for its weak boxes too
 
 
@@ -53,15 +54,18 @@ def champion(paths: MLAssetsHome, kind, ds, config, version: str, make_champion:
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
-    """A home with a classifier and a detector champion (version v1) and a second classifier
-    (v2), exported but not promoted yet."""
+    """A home with a classifier, a detector and a segmenter champion (version v1) and a second
+    classifier (v2), exported but not promoted yet."""
     root = tmp_path_factory.mktemp("serve")
     ds = read_dataset(write_sample(root / "shapes", 12, seed=5, size=48))
     paths = MLAssetsHome(root=str(root / "home"))
     small = {"img_size": 32, "epochs": 1, "batch_size": 8}
     champion(paths, IMAGE_CLASSIFIER, ds, ClassifierConfig(**small, tta=True), "v1")
     champion(paths, IMAGE_CLASSIFIER, ds, ClassifierConfig(**small, seed=1), "v2", False)
-    champion(paths, YOLO_DETECTOR, ds, YoloConfig(epochs=1, imgsz=64, batch=8, workers=0), "v1")
+    yolo = {"epochs": 1, "imgsz": 64, "batch": 8, "workers": 0}
+    champion(paths, YOLO_DETECTOR, ds, YoloConfig(**yolo), "v1")
+    # three epochs: after one, no mask of the tiny segmenter has a positive pixel yet
+    champion(paths, YOLO_SEGMENTER, ds, YoloSegmenterConfig(**yolo | {"epochs": 3}), "v1")
     images = sorted((root / "shapes" / "images").glob("*.png"))[:4]
     return paths, images
 
@@ -127,6 +131,8 @@ def test_health_ready_models_and_docs(server, pipeline):
         assert model["champion_since"].startswith("20")
     assert models["image_classifier"]["input_size"] == [32, 32]
     assert models["yolo_detector"]["input_size"] == [64, 64]
+    assert models["yolo_segmenter"]["input_size"] == [64, 64]
+    assert models["yolo_segmenter"]["task"] == "segment"
     assert server.get("/docs").status_code == 200
     assert "/predict/{kind}" in server.get("/openapi.json").json()["paths"]
 
@@ -153,19 +159,21 @@ def test_classifier_answers_as_its_predict(server, pipeline):
     assert one.json()["predictions"] == body["predictions"][:1]
 
 
-def test_detector_answers_as_its_predict(server, pipeline):
+def yolo_answers(server, paths, kind, images) -> list[tuple]:
+    """The server's detections of ``kind`` on ``images`` and ``kind.predict``'s, matched by
+    rank of score per image after checking they agree: (image size, mine, its rows) each."""
     import torch
 
-    paths, images = pipeline
     answer = server.post(
-        "/predict/yolo_detector", files=files(images), params={"confidence": CONFIDENCE}
+        f"/predict/{kind.name}", files=files(images), params={"confidence": CONFIDENCE}
     )
-    assert answer.status_code == 200
+    assert answer.status_code == 200, answer.text
     predictions = answer.json()["predictions"]
-    model_dir = paths.model_dir("yolo_detector", "v1", None)
-    expected = YOLO_DETECTOR.predict(model_dir, images, torch.device("cpu"), CONFIDENCE)
-    tolerance = YOLO_DETECTOR.export_tolerance
+    model_dir = paths.model_dir(kind.name, "v1", None)
+    expected = kind.predict(model_dir, images, torch.device("cpu"), CONFIDENCE)
+    tolerance = kind.export_tolerance
     assert sum(len(p["detections"]) for p in predictions) == len(expected) > 0
+    matched = []
     for path, found in zip(images, predictions, strict=True):
         assert (found["width"], found["height"]) == Image.open(path).size
         rows = expected[expected["file"] == str(path)].sort_values("score", ascending=False)
@@ -175,7 +183,41 @@ def test_detector_answers_as_its_predict(server, pipeline):
             [d["box"] for d in mine], rows[["x", "y", "w", "h"]].to_numpy(), atol=10 * tolerance
         )
         np.testing.assert_allclose([d["score"] for d in mine], rows["score"], atol=tolerance)
-        assert {d["class"] for d in mine} <= {"circle", "square", "triangle"}
+        assert {d["class"] for d in mine} <= {"circle", "square", "triangle", "cross"}
+        matched.append((Image.open(path).size, mine, rows))
+    return matched
+
+
+def test_detector_answers_as_its_predict(server, pipeline):
+    paths, images = pipeline
+    for _, mine, _ in yolo_answers(server, paths, YOLO_DETECTOR, images):
+        assert all("segmentation" not in d for d in mine)
+
+
+def mask_iou(a: dict, b: dict) -> float:
+    from pycocotools import mask as mask_utils
+
+    a, b = (mask_utils.decode({"size": m["size"], "counts": m["counts"].encode()}) for m in (a, b))
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+def test_segmenter_answers_boxes_and_masks_as_its_predict(server, pipeline, tmp_path):
+    """Boxes as the detector's; masks (COCO RLE in the image's pixels) decoded from the ONNX
+    export's two outputs overlap ``kind.predict``'s (ultralytics in PyTorch) with a mean IoU of
+    at least 0.9 over the matched detections; on the sample images and on a wide crop of one,
+    which the letterbox pads (the masks are mapped back through that padding)."""
+    paths, images = pipeline
+    wide = tmp_path / "wide.png"
+    Image.open(images[0]).convert("RGB").crop((0, 9, 48, 39)).save(wide)  # 48 x 30
+    ious = []
+    for (width, height), mine, rows in yolo_answers(server, paths, YOLO_SEGMENTER, [*images, wide]):
+        for d, theirs in zip(mine, rows["segmentation"], strict=True):
+            assert d["segmentation"]["size"] == [height, width]
+            ious.append(mask_iou(d["segmentation"], theirs))
+    print(f"segmenter masks: {len(ious)} matched, mean IoU {np.mean(ious):.4f}, "
+          f"min {np.min(ious):.4f}")  # fmt: skip
+    assert np.mean(ious) >= 0.9
 
 
 def test_bad_input_is_a_4xx_with_a_message_and_the_server_keeps_serving(server, pipeline):
@@ -341,9 +383,10 @@ def test_the_command_refuses_what_it_cannot_serve(tmp_path, pipeline):
 
 def test_serving_never_imports_pytorch(pipeline):
     code = (
-        "import sys; from ml_assets.serve.models import load_champion; "
-        f"m = load_champion({str(pipeline[0].path)!r}, 'yolo_detector'); "
-        "import numpy as np; m.predict([np.zeros((40, 50, 3), np.uint8)]); "
+        "import sys; from ml_assets.serve.models import load_champion; import numpy as np\n"
+        "for kind in ('yolo_detector', 'yolo_segmenter'):\n"
+        f"    m = load_champion({str(pipeline[0].path)!r}, kind)\n"
+        "    m.predict([np.zeros((40, 50, 3), np.uint8)], confidence=0.0)\n"
         "print(sorted(k for k in ('torch', 'ultralytics', 'timm') if k in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -360,10 +403,10 @@ def test_not_ready_without_a_champion_and_the_old_model_kept_until_the_new_expor
     from ml_assets.serve.models import Champions
 
     paths, images = pipeline
-    app = create_app(Settings(home=paths.path, kinds=["yolo_segmenter"], poll=0))
+    app = create_app(Settings(home=paths.path, kinds=["lora_classifier"], poll=0))
     with TestClient(app) as client:
         assert client.get("/ready").status_code == 503
-        answer = client.post("/predict/yolo_segmenter", content=images[0].read_bytes(),
+        answer = client.post("/predict/lora_classifier", content=images[0].read_bytes(),
                              headers={"content-type": "image/png"})  # fmt: skip
         assert answer.status_code == 503 and "no champion yet" in answer.json()["detail"]
     home = MLAssetsHome(root=str(tmp_path / "home"))

@@ -194,8 +194,9 @@ def build_export(kind: ModelKind, promoted: dg.AssetsDefinition, tags: dict):
         kinds={"onnx"},
         tags=tags,
         automation_condition=ON_CHANGE,
-        description=f"The promoted {kind.name} as ONNX (and TorchScript where the architecture "
-        "allows), with its class names, input size and normalization: what a server needs.",
+        description=f"The promoted {kind.name} as ONNX (and TorchScript and an OpenVINO IR where "
+        "they convert; TensorRT and CoreML refused with the reason), with its class names, "
+        "input size and normalization: what a server needs.",
     )
     def exported(context: dg.AssetExecutionContext, home: MLAssetsHome) -> dg.MaterializeResult:
         from ml_assets.train.export import read_export
@@ -206,16 +207,21 @@ def build_export(kind: ModelKind, promoted: dg.AssetsDefinition, tags: dict):
         )
         info = read_export(out)
         sizes = {
-            f"{f.stem}_mb": round(f.stat().st_size / 2**20, 2)
-            for f in sorted(out.iterdir())
-            if f.suffix in {".onnx", ".pt"}
+            f"{f.stem if f.suffix != '.bin' else 'openvino'}_mb": round(f.stat().st_size / 2**20, 2)
+            for f in sorted([*out.iterdir(), *out.glob("openvino/*.bin")])
+            if f.suffix in {".onnx", ".pt", ".bin"}
         }
         return dg.MaterializeResult(
             data_version=model_version(home, kind, version),
             metadata={
                 **sizes,
-                "formats": ", ".join(f for f in ("onnx", "torchscript") if info.get(f)),
-                **({"torchscript_error": e} if (e := info.get("torchscript_error")) else {}),
+                "formats": ", ".join(info.get("formats", ())),
+                **{
+                    f"{f}_error": e
+                    for f in ("torchscript", "openvino")
+                    if (e := info.get(f"{f}_error"))
+                },
+                **{f"{f}_refused": reason for f, reason in info.get("refused", {}).items()},
                 "opset": int(info.get("opset", 0)),
                 "path": dg.MetadataValue.path(str(out)),
             },
@@ -227,7 +233,8 @@ def build_export(kind: ModelKind, promoted: dg.AssetsDefinition, tags: dict):
             {
                 "onnx_matches_pytorch": "The ONNX model in onnxruntime and the PyTorch model give "
                 "the same outputs on sample images of the version, within the export's stated "
-                "tolerance."
+                "tolerance; so does the OpenVINO IR where the export holds one "
+                "(openvino_max_abs_diff)."
             },
         )
     )

@@ -11,8 +11,9 @@ export is not written yet (the export asset runs after promotion) keeps the old 
 Preprocessing is ``ml_assets.train.export.preprocess`` (what the export's parity check uses);
 the classifier's softmax (with its flip test-time augmentation when the model was trained with
 it) and YOLO's box decoding and class-aware non-maximum suppression (ultralytics'
-``non_max_suppression`` and ``scale_boxes``, in numpy with OpenCV's batched NMS) reproduce the
-kinds' ``predict``.
+``non_max_suppression`` and ``scale_boxes``, in numpy with OpenCV's batched NMS) and, for the
+segmenter, its masks (``process_mask`` on the two outputs, then the contours ``kind.predict``
+turns into COCO RLE) reproduce the kinds' ``predict``.
 """
 
 from __future__ import annotations
@@ -119,13 +120,13 @@ class Served:
                 flipped = {self.info["inputs"][0]: np.ascontiguousarray(x[..., ::-1])}
                 probabilities = (probabilities + softmax(self.session.run(None, flipped)[0])) / 2
             return [self.classes(p) for p in probabilities]
-        if self.task == "segment":
-            raise BadImage(f"{self.kind}: serving masks is not built yet", 501)
-        output = self.session.run(None, feed)[0]
+        outputs = self.session.run(None, feed)
         size = self.info["preprocessing"]["size"]
+        # the segmenter's output1: each image's mask prototypes
+        protos = outputs[1] if self.task == "segment" else [None] * len(images)
         return [
-            self.detections(out, size, image.shape[:2], confidence)
-            for out, image in zip(output, images, strict=True)
+            self.detections(out, size, image.shape[:2], confidence, proto)
+            for out, proto, image in zip(outputs[0], protos, images, strict=True)
         ]
 
     def classes(self, p: np.ndarray) -> dict:
@@ -136,10 +137,21 @@ class Served:
             "probabilities": {n: float(v) for n, v in zip(self.names, p, strict=True)},
         }
 
-    def detections(self, out: np.ndarray, size, shape, confidence: float) -> dict:
-        """Boxes of one image from the raw ``output0`` (4 + classes, anchors)."""
+    def detections(
+        self, out: np.ndarray, size, shape, confidence: float, protos: np.ndarray | None = None
+    ) -> dict:
+        """Boxes of one image from the raw ``output0`` (4 + classes [+ mask coefficients],
+        anchors); with the segmenter's ``protos`` (its ``output1``) each detection also gets its
+        mask (``segmentation``, COCO RLE in the image's pixels), and, as ultralytics does, a
+        detection whose mask is empty is dropped."""
         ids = [c["id"] for c in self.info["classes"]]
-        boxes, scores, labels = decode_yolo(out, len(ids), confidence)
+        boxes, scores, labels, coefficients = decode_yolo(out, len(ids), confidence)
+        masks: list = [None] * len(boxes)
+        if protos is not None:
+            binary = process_masks(protos, coefficients, boxes, size)
+            keep = binary.any(axis=(1, 2))
+            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+            masks = [mask_rle(m, shape) for m in binary[keep]]
         boxes = scale_boxes(size, boxes, shape)
         found = [
             {
@@ -148,7 +160,8 @@ class Served:
                 "category_id": ids[c],
                 "score": float(s),
             }
-            for (x1, y1, x2, y2), s, c in zip(boxes, scores, labels, strict=True)
+            | ({"segmentation": m} if m is not None else {})
+            for (x1, y1, x2, y2), s, c, m in zip(boxes, scores, labels, masks, strict=True)
         ]
         return {"height": int(shape[0]), "width": int(shape[1]), "detections": found}
 
@@ -160,15 +173,16 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 def decode_yolo(
     out: np.ndarray, classes: int, confidence: float, iou: float = 0.7, max_det: int = 300
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """ultralytics' ``non_max_suppression`` (best class per anchor, class-aware, the predict
-    defaults: IoU 0.7, 300 detections) on one image's (4 + classes, anchors) output: boxes
-    x1, y1, x2, y2 in input pixels, scores, class indices."""
-    x = out[: 4 + classes].T
-    scores = x[:, 4:].max(axis=1)
+    defaults: IoU 0.7, 300 detections) on one image's (4 + classes [+ extra], anchors) output:
+    boxes x1, y1, x2, y2 in input pixels, scores, class indices, and the kept anchors' extra
+    rows (the segmenter's mask coefficients; none for the detector) as (detections, extra)."""
+    x = out.T
+    scores = x[:, 4 : 4 + classes].max(axis=1)
     x = x[scores > confidence]
-    labels = x[:, 4:].argmax(axis=1)
-    scores = x[:, 4:].max(axis=1)
+    labels = x[:, 4 : 4 + classes].argmax(axis=1)
+    scores = x[:, 4 : 4 + classes].max(axis=1)
     cx, cy, w, h = x[:, 0], x[:, 1], x[:, 2], x[:, 3]
     boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
     xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1).astype(np.float64)
@@ -177,7 +191,55 @@ def decode_yolo(
         cv2.dnn.NMSBoxesBatched(xywh, scores.astype(np.float32), labels.astype(np.int32), 0.0, iou),
         dtype=np.int64,
     ).reshape(-1)[:max_det]
-    return boxes[keep], scores[keep], labels[keep]
+    return boxes[keep], scores[keep], labels[keep], x[keep, 4 + classes :]
+
+
+def process_masks(
+    protos: np.ndarray, coefficients: np.ndarray, boxes: np.ndarray, size
+) -> np.ndarray:
+    """ultralytics' ``process_mask`` with ``upsample=True`` (what its predict uses): each
+    detection's coefficients times the prototypes (mask dim, height / 4, width / 4), resized
+    bilinearly to the input ``size`` (OpenCV's linear resize samples pixel centres as
+    ``F.interpolate(align_corners=False)`` does), positive logits kept, cropped to its box in
+    input pixels: (detections, height, width) bool."""
+    height, width = size
+    dim, mh, mw = protos.shape
+    logits = (coefficients.astype(np.float32) @ protos.reshape(dim, -1)).reshape(-1, mh, mw)
+    resized = np.empty((len(logits), height, width), np.float32)
+    for start in range(0, len(logits), 512):  # OpenCV resizes at most 512 channels at once
+        chunk = np.ascontiguousarray(logits[start : start + 512].transpose(1, 2, 0))
+        up = cv2.resize(chunk, (width, height), interpolation=cv2.INTER_LINEAR)
+        resized[start : start + 512] = up.reshape(height, width, -1).transpose(2, 0, 1)
+    columns, rows = np.arange(width)[None, None, :], np.arange(height)[None, :, None]
+    x1, y1, x2, y2 = (boxes[:, i, None, None] for i in range(4))
+    inside = (columns >= x1) & (columns < x2) & (rows >= y1) & (rows < y2)
+    return (resized > 0) & inside
+
+
+def mask_rle(mask: np.ndarray, shape) -> dict:
+    """A mask in letterboxed input pixels as COCO RLE in the pixels of an image of ``shape``
+    (height, width), the way ``kind.predict`` makes it: the mask's outer contours (OpenCV,
+    ultralytics' ``masks2segments``) scaled back like boxes (``scale_coords``, clipped), filled
+    by pycocotools; a contour of fewer than 3 points has no area."""
+    from pycocotools import mask as mask_utils
+
+    height, width = (int(v) for v in shape)
+    contours = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[
+        0
+    ]
+    polygons = []
+    for contour in contours:
+        points = contour.reshape(-1, 2).astype(np.float64)
+        if len(points) < 3:
+            continue
+        corners = np.concatenate([points, points], axis=1)  # scale_boxes takes x1, y1, x2, y2
+        points = scale_boxes(mask.shape, corners, (height, width))[:, :2]
+        polygons.append(points.reshape(-1).tolist())
+    if polygons:
+        rle = mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
+    else:
+        rle = mask_utils.encode(np.zeros((height, width, 1), np.uint8, order="F"))[0]
+    return {"size": [height, width], "counts": rle["counts"].decode()}
 
 
 def scale_boxes(size, boxes: np.ndarray, shape) -> np.ndarray:

@@ -12,10 +12,20 @@ An export folder holds everything a server needs, and nothing else is read to us
     out_dir/
       model.onnx             the network (ONNX opset :data:`OPSET`, dynamic batch axis)
       model.torchscript.pt   the same traced with TorchScript, where the architecture allows
+      openvino/model.xml     the same as an OpenVINO IR (with model.bin; float32 weights), where
+                             the conversion works
       classes.json           [{"index": i, "id": category id, "name": ...}] in model output order
       preprocessing.json     how to turn an RGB image into the model's input (see below)
-      export.json            kind, files, input and output names, opset, tolerance, versions,
-                             and the source model folder (what :func:`check_onnx` compares with)
+      export.json            kind, files, ``formats`` made, ``refused`` formats with the reason,
+                             input and output names, opset, tolerance, versions, and the source
+                             model folder (what :func:`check_onnx` compares with)
+
+OpenVINO: the classifiers' IR is ``openvino.convert_model`` of the ONNX file; YOLO's is
+ultralytics' own OpenVINO exporter (``format="openvino"``, dynamic shapes, float32), whose
+requirement is checked without installing. A conversion that fails leaves the ONNX export
+whole and export.json says why (``openvino_error``). TensorRT and CoreML are never made here:
+``refused`` says why (TensorRT needs an NVIDIA GPU with CUDA and the ``tensorrt`` package, CoreML
+macOS and ``coremltools``; see :func:`refused_formats`).
 
 ``preprocessing.json`` for the timm classifier (``"resize": "stretch"``): resize the RGB image
 (a square crop around one object, the box padded by 15% per side, or the whole image for
@@ -44,6 +54,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import shutil
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -61,6 +72,7 @@ chooses for torch >= 2.4, because its CUDA provider lacks some opset-19+ kernels
 ReduceMax-20) and would fall back to the CPU for them."""
 ONNX_FILE = "model.onnx"
 TORCHSCRIPT_FILE = "model.torchscript.pt"
+OPENVINO_FILE = "openvino/model.xml"  # its weights: openvino/model.bin
 CLASSES_FILE = "classes.json"
 PREPROCESSING_FILE = "preprocessing.json"
 EXPORT_FILE = "export.json"
@@ -131,9 +143,51 @@ def _export_logits(
                 dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
             )
         reason = _trace(model, example, tmp / TORCHSCRIPT_FILE)
+        openvino_error = _openvino_from_onnx(tmp)
         names = {"inputs": ["input"], "outputs": ["logits"]}
-        write_export_folder(tmp, kind, model_dir, meta, preprocessing, names, reason)
+        write_export_folder(
+            tmp, kind, model_dir, meta, preprocessing, names, reason, openvino_error
+        )
     return Path(out_dir)
+
+
+def _openvino_from_onnx(tmp: Path) -> str | None:
+    """The OpenVINO IR of ``tmp``'s ONNX file (float32, the dynamic batch kept) at
+    :data:`OPENVINO_FILE`; None when written, else why not."""
+    try:
+        import openvino
+
+        model = openvino.convert_model(str(tmp / ONNX_FILE))
+        (tmp / OPENVINO_FILE).parent.mkdir()
+        openvino.save_model(model, str(tmp / OPENVINO_FILE), compress_to_fp16=False)
+    except Exception as err:  # an operator OpenVINO cannot convert: ONNX still serves
+        shutil.rmtree(tmp / Path(OPENVINO_FILE).parent, ignore_errors=True)
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def refused_formats() -> dict[str, str]:
+    """The deployment formats not made on this machine, each with the reason: TensorRT (needs
+    an NVIDIA GPU with CUDA and the ``tensorrt`` package; an engine is built for the GPU it runs
+    on, so it belongs on the serving machine) and CoreML (macOS with ``coremltools``)."""
+    import importlib.util
+    import platform
+
+    import torch
+
+    tensorrt = "TensorRT engines are built on the NVIDIA GPU that runs them"
+    if not torch.cuda.is_available():
+        tensorrt += ": this machine has no CUDA GPU"
+    elif importlib.util.find_spec("tensorrt") is None:
+        tensorrt += ": the tensorrt package is not installed"
+    else:
+        tensorrt += "; build one there from model.onnx (trtexec --onnx=model.onnx)"
+    coreml = "CoreML export runs on macOS with coremltools"
+    if platform.system() != "Darwin":
+        coreml += f": this machine runs {platform.system()}"
+    elif importlib.util.find_spec("coremltools") is None:
+        coreml += ": coremltools is not installed"
+    return {"tensorrt": tensorrt, "coreml": coreml}
 
 
 def read_export(out_dir: Path) -> dict:
@@ -182,9 +236,11 @@ def check_onnx(
     ready float32 input (N, 3, H, W). Returns ``max_abs_diff`` (largest absolute difference
     over every compared output), ``outputs`` (their names), ``samples``, ``tolerance`` (the
     export's: 1e-4 for the classifier's logits, 1e-3 for YOLO's raw output, see
-    the kind's ``export_tolerance``), ``passed`` (``max_abs_diff <= tolerance``) and, when the folder holds
-    TorchScript, ``torchscript_max_abs_diff``. The caller (the export's asset check) fails
-    when ``passed`` is false.
+    the kind's ``export_tolerance``), ``passed`` (``max_abs_diff <= tolerance``, and the
+    OpenVINO model's too when the folder holds one), when the folder holds TorchScript
+    ``torchscript_max_abs_diff``, and when it holds an OpenVINO IR ``openvino_max_abs_diff``
+    (the same outputs, run by OpenVINO's CPU plugin in float32). The caller (the export's asset
+    check) fails when ``passed`` is false.
     """
     import onnxruntime
     import torch
@@ -216,7 +272,25 @@ def check_onnx(
             traced = torch.jit.load(str(out_dir / info["torchscript"]), map_location="cpu")
             scripted = _outputs(traced(torch.from_numpy(x)))[0]
         found["torchscript_max_abs_diff"] = max_difference(scripted, reference[0])
+    if info.get("openvino"):
+        found["openvino_max_abs_diff"] = openvino_difference(
+            out_dir / info["openvino"], x, reference
+        )
+        found["passed"] = found["passed"] and found["openvino_max_abs_diff"] <= info["tolerance"]
     return found
+
+
+def openvino_difference(xml: Path, x: np.ndarray, reference: list[np.ndarray]) -> float:
+    """Largest absolute difference between an OpenVINO IR's outputs on ``x`` (CPU, float32
+    inference precision: the plugin would otherwise compute in bfloat16 where the CPU has it)
+    and ``reference`` (the PyTorch outputs, in the same order)."""
+    import openvino
+
+    compiled = openvino.Core().compile_model(str(xml), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    result = compiled(x)
+    found = [np.asarray(result[output]) for output in compiled.outputs]
+    compared = min(len(found), len(reference))
+    return max(max_difference(found[i], reference[i]) for i in range(compared))
 
 
 def max_difference(found: np.ndarray, reference: np.ndarray) -> float:
@@ -237,20 +311,27 @@ def write_export_folder(
     preprocessing: dict,
     names: dict[str, list[str]],
     torchscript_error: str | None,
+    openvino_error: str | None,
 ) -> None:
     """classes.json, preprocessing.json and export.json beside the model files in ``tmp``;
     ``meta`` is the model folder's own (its ``classes``), ``names`` the graph's ``inputs`` and
-    ``outputs``, ``torchscript_error`` why there is no TorchScript file (None when there is)."""
+    ``outputs``, ``torchscript_error`` and ``openvino_error`` why there is no TorchScript or
+    OpenVINO file (None when there is)."""
     import onnx
     import onnxruntime
+    import openvino
     import torch
 
     onnx.checker.check_model(str(tmp / ONNX_FILE))
+    files = {"onnx": ONNX_FILE, "torchscript": TORCHSCRIPT_FILE, "openvino": OPENVINO_FILE}
+    made = {f: name if (tmp / name).exists() else None for f, name in files.items()}
     info = {
         "kind": kind.name,
-        "onnx": ONNX_FILE,
-        "torchscript": TORCHSCRIPT_FILE if (tmp / TORCHSCRIPT_FILE).exists() else None,
+        **made,
+        "formats": [f for f, name in made.items() if name],
+        "refused": refused_formats(),
         "torchscript_error": torchscript_error,
+        "openvino_error": openvino_error,
         "opset": OPSET,
         **names,
         "tolerance": kind.export_tolerance,
@@ -259,6 +340,7 @@ def write_export_folder(
             "torch": torch.__version__,
             "onnx": onnx.__version__,
             "onnxruntime": onnxruntime.__version__,
+            "openvino": openvino.__version__,
         },
     }
     indexed = [

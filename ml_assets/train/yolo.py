@@ -50,6 +50,7 @@ from ml_assets.data.yolo import YAML_FILE, label_path, write_yolo
 from ml_assets.evaluate.scores import Scores
 from ml_assets.train.export import (
     ONNX_FILE,
+    OPENVINO_FILE,
     OPSET,
     TORCHSCRIPT_FILE,
     quiet_torch_warnings,
@@ -787,8 +788,9 @@ def export_yolo(kind: YoloKind, model_dir: Path, out_dir: Path) -> Path:
     """Export an ultralytics YOLO folder (``best.pt``, ``detector.json``: a detector or a
     segmenter, as its ``task`` says) to ``out_dir``
     with ultralytics' exporter: ONNX (dynamic batch, simplified by onnxslim, no NMS) at the
-    model's ``imgsz``, and TorchScript. Runs offline: the exporter's requirements are checked
-    first without installing, and a missing one is a clear error."""
+    model's ``imgsz``, TorchScript, and an OpenVINO IR (float32, dynamic shapes; its error in
+    export.json when it fails). Runs offline: the exporter's requirements are checked first
+    without installing; a missing ONNX one is a clear error, a missing OpenVINO one skips it."""
     from ml_assets.runtime import ultralytics_ready
 
     ultralytics_ready()
@@ -847,8 +849,25 @@ def export_yolo(kind: YoloKind, model_dir: Path, out_dir: Path) -> Path:
             shutil.move(traced, tmp / TORCHSCRIPT_FILE)
         except Exception as err:  # an architecture TorchScript cannot trace: ONNX still serves
             reason = f"{type(err).__name__}: {err}"
+        openvino_error = None
+        try:  # ultralytics' OpenVINO exporter: a folder with best.xml, best.bin, metadata.yaml
+            if not check_requirements("openvino>=2024.0.0", install=False):  # as it checks
+                raise RuntimeError("openvino>=2024.0.0 is not installed")
+            with quiet_torch_warnings():
+                folder = Path(
+                    YOLO(str(weights)).export(format="openvino", dynamic=True, **arguments)
+                )
+            xml = tmp / OPENVINO_FILE
+            xml.parent.mkdir()
+            shutil.move(folder / weights.with_suffix(".xml").name, xml)
+            shutil.move(folder / weights.with_suffix(".bin").name, xml.with_suffix(".bin"))
+        except Exception as err:  # OpenVINO cannot convert it: ONNX still serves
+            shutil.rmtree(tmp / Path(OPENVINO_FILE).parent, ignore_errors=True)
+            openvino_error = f"{type(err).__name__}: {err}"
         shutil.rmtree(work)
         outputs = ["output0", "output1"] if segment else ["output0"]
         names = {"inputs": ["images"], "outputs": outputs}
-        write_export_folder(tmp, kind, model_dir, meta, preprocessing, names, reason)
+        write_export_folder(
+            tmp, kind, model_dir, meta, preprocessing, names, reason, openvino_error
+        )
     return Path(out_dir)

@@ -26,6 +26,7 @@ from ml_assets.train.export import (
     CLASSES_FILE,
     EXPORT_FILE,
     ONNX_FILE,
+    OPENVINO_FILE,
     PREPROCESSING_FILE,
     TORCHSCRIPT_FILE,
     check_onnx,
@@ -65,7 +66,8 @@ def classifier(tmp_path_factory):
 def test_classifier_folder_holds_what_a_server_needs(classifier):
     _, out = classifier
     files = {p.name for p in out.iterdir()}
-    assert files == {ONNX_FILE, TORCHSCRIPT_FILE, CLASSES_FILE, PREPROCESSING_FILE, EXPORT_FILE}
+    assert files == {ONNX_FILE, TORCHSCRIPT_FILE, CLASSES_FILE, PREPROCESSING_FILE, EXPORT_FILE,
+                     "openvino"}  # fmt: skip
     assert orjson.loads((out / CLASSES_FILE).read_bytes()) == [
         {"index": i, **c} for i, c in enumerate(CLASSES)
     ]
@@ -207,7 +209,8 @@ def test_a_missing_export_requirement_is_an_error_not_an_install(detector, tmp_p
 def test_yolo_folder_and_check(detector):
     _, _, _, out = detector
     files = {p.name for p in out.iterdir()}
-    assert files == {ONNX_FILE, TORCHSCRIPT_FILE, CLASSES_FILE, PREPROCESSING_FILE, EXPORT_FILE}
+    assert files == {ONNX_FILE, TORCHSCRIPT_FILE, CLASSES_FILE, PREPROCESSING_FILE, EXPORT_FILE,
+                     "openvino"}  # fmt: skip
     info = orjson.loads((out / EXPORT_FILE).read_bytes())
     assert info["kind"] == "yolo_detector" and info["outputs"] == ["output0"]
     assert [c["name"] for c in orjson.loads((out / CLASSES_FILE).read_bytes())] == [
@@ -258,3 +261,50 @@ def test_yolo_check_fails_on_a_corrupted_export(detector, tmp_path):
     images = np.random.default_rng(1).integers(0, 256, (2, 64, 64, 3)).astype(np.uint8)
     found = check_onnx(YOLO_DETECTOR, broken, images)
     assert not found["passed"], found
+
+
+# --- OpenVINO ------------------------------------------------------------------------------------
+
+
+def test_formats_made_and_refused_are_listed(classifier, detector):
+    for out in (classifier[1], detector[3]):
+        info = orjson.loads((out / EXPORT_FILE).read_bytes())
+        assert info["formats"] == ["onnx", "torchscript", "openvino"]
+        assert info["openvino"] == OPENVINO_FILE and info["openvino_error"] is None
+        assert {p.name for p in (out / OPENVINO_FILE).parent.iterdir()} == {
+            "model.xml",
+            "model.bin",
+        }
+        assert "no CUDA GPU" in info["refused"]["tensorrt"]  # this machine: no GPU, Linux
+        assert "macOS" in info["refused"]["coreml"]
+
+
+def test_classifier_openvino_matches_pytorch(classifier):
+    _, out = classifier
+    for n in (1, 5):  # the batch axis stays dynamic in the IR
+        found = check_onnx(IMAGE_CLASSIFIER, out, colour_crops(n, 24, 4).images)
+        print(f"classifier, batch {n}: openvino_max_abs_diff {found['openvino_max_abs_diff']:.2e}")
+        assert found["passed"] and found["openvino_max_abs_diff"] <= 1e-4, found
+
+
+def test_yolo_openvino_matches_pytorch(detector):
+    _, _, _, out = detector
+    for n in (1, 3):
+        images = np.random.default_rng(n).integers(0, 256, (n, 48, 60, 3)).astype(np.uint8)
+        found = check_onnx(YOLO_DETECTOR, out, images)
+        print(f"detector, batch {n}: openvino_max_abs_diff {found['openvino_max_abs_diff']:.2e}")
+        assert found["passed"] and found["openvino_max_abs_diff"] <= 1e-3, found
+
+
+def test_a_corrupted_openvino_model_fails_the_check(classifier, tmp_path):
+    import shutil
+
+    _, out = classifier
+    broken = shutil.copytree(out, tmp_path / "broken")
+    weights = broken / OPENVINO_FILE.replace(".xml", ".bin")
+    values = np.frombuffer(weights.read_bytes(), np.float32).copy()
+    values[: values.size // 2] += 0.5  # the ONNX file is untouched: only OpenVINO's weights
+    weights.write_bytes(values.tobytes())
+    found = check_onnx(IMAGE_CLASSIFIER, broken, colour_crops(4, 24, 2).images)
+    assert found["max_abs_diff"] <= 1e-4 and found["openvino_max_abs_diff"] > 1e-2
+    assert not found["passed"]
