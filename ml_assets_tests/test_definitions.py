@@ -76,7 +76,7 @@ def test_graph_has_the_data_assets_and_one_pipeline_per_model_kind():
     }
     exported = {f"exported_{k.name}" for k in KINDS.values() if k.export_tolerance is not None}
     quality = {f"{k.name}_label_issues" for k in KINDS.values() if k.name != "lora_segmenter"}
-    quality |= {"version_diff", "image_issues"}
+    quality |= {"version_diff", "image_issues", "to_label_next"}
     assert keys == data | per_kind | exported | quality | {
         "base_model",
         "pretrained_weights",

@@ -14,12 +14,15 @@ from pipelines import ingested_version, metadata_of, train_fold_assets
 from ml_assets.data.tables import Dataset
 from ml_assets.defs import quality
 from ml_assets.defs.partitions import dataset_versions
-from ml_assets.defs.resources import MLAssetsHome
+from ml_assets.defs.resources import MLAssetsHome, TrainingDevice
 from ml_assets.evaluate.quality import (
     detection_issues,
     diff_line,
+    diverse_order,
+    image_hashes,
     image_issues,
     iou,
+    uncertainty,
     version_diff,
 )
 from ml_assets.train.kinds.image_classifier import IMAGE_CLASSIFIER
@@ -296,3 +299,100 @@ def test_image_issues_find_near_duplicates_across_folds(tmp_path):
     near = found[found["type"] == "near_duplicates"]
     assert set(near["file"]) == {"0.png", "near.png"} and near["leak"].all()
     assert "dark.png" in set(found.loc[found["type"] == "dark", "file"])
+
+
+def noise_images(folder, count: int, seed: int = 0) -> list:
+    """``count`` distinct random 32x32 images (blocky, so their perceptual hashes differ)."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for n in range(count):
+        blocks = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+        path = folder / f"{n}.png"
+        Image.fromarray(blocks).resize((32, 32), Image.NEAREST).save(path)
+        paths.append(path)
+    return paths
+
+
+def near_copy(source, target) -> None:
+    """``source`` a little brighter: another file, the same picture to a perceptual hash."""
+    array = np.asarray(Image.open(source)).astype(int)
+    Image.fromarray(np.clip(array + 6, 0, 255).astype(np.uint8)).save(target)
+
+
+def test_to_label_next_ranks_unsure_first_and_pushes_near_duplicates_down(tmp_path):
+    """Constructed predictions: the classifier's smallest margins come first, the detector's
+    images without detections then its least confident; a near copy of the most unsure image
+    goes behind every distinct one."""
+    a, b, d = (str(p) for p in noise_images(tmp_path, 3))
+    c = str(tmp_path / "b_copy.png")
+    near_copy(b, c)
+    probs = {a: [0.95, 0.05], b: [0.5, 0.5], c: [0.52, 0.48], d: [0.75, 0.25]}
+    predictions = pd.DataFrame(
+        [{"file": f, "predicted": "x", "p_x": p, "p_y": q} for f, (p, q) in probs.items()]
+    )
+    ranked = uncertainty(predictions, [a, b, c, d])
+    assert ranked["file"].tolist() == [b, c, d, a]
+    assert ranked["margin"].tolist() == pytest.approx([0.0, 0.04, 0.5, 0.9])
+    hashes = image_hashes(ranked["file"])
+    assert hashes[0] - hashes[1] <= 6 < min(hashes[0] - hashes[2], hashes[0] - hashes[3])
+    diverse = diverse_order(ranked, hashes, distance=6)
+    assert diverse["file"].tolist() == [b, d, a, c]
+    assert diverse["duplicate_of"].tolist() == ["", "", "", b]
+
+    boxes = pd.DataFrame(
+        {"file": [a, a, d, b], "score": [0.9, 0.2, 0.8, 0.6], "category_id": 0}
+    )  # c: no detection
+    ranked = uncertainty(boxes, [a, b, c, d])
+    assert ranked["file"].tolist() == [c, a, b, d]
+    assert ranked["detections"].tolist() == [0, 2, 1, 1]
+    assert ranked["uncertainty"].tolist() == pytest.approx([1.0, 0.8, 0.4, 0.2])
+
+
+def test_to_label_next_asset_with_a_trained_champion(tmp_path):
+    """A real tiny classifier champion ranks the version's images without annotations (and a
+    near copy of one of them): every unlabelled image listed once, the copy behind its
+    original, a gallery, the champion's version in the metadata."""
+    from test_serve import champion
+
+    from ml_assets.data.formats import read_dataset
+    from ml_assets.data.sample import write_sample
+    from ml_assets.train.classifier import ClassifierConfig
+
+    landing = write_sample(tmp_path / "landing", 12, seed=5, size=48)
+    home = MLAssetsHome(root=str(tmp_path / "home"), landing=str(landing))
+    champion(
+        home, IMAGE_CLASSIFIER, read_dataset(landing),
+        ClassifierConfig(img_size=32, epochs=1, batch_size=8), "v1",
+    )  # fmt: skip
+    doc = json.loads((landing / "annotations.json").read_text())
+    bare = {i["id"] for i in doc["images"][:4]}
+    doc["annotations"] = [a for a in doc["annotations"] if a["image_id"] not in bare]
+    first = doc["images"][0]
+    near_copy(landing / "images" / first["file_name"], landing / "images" / "copy.png")
+    doc["images"].append(first | {"id": max(bare | {i["id"] for i in doc["images"]}) + 1,
+                                  "file_name": "copy.png"})  # fmt: skip
+    (landing / "annotations.json").write_text(json.dumps(doc))
+    with ingested_version(landing, home) as (instance, key):
+        done = dg.materialize(
+            [quality.to_label_next],
+            partition_key=key,
+            resources={"home": home, "training_device": TrainingDevice(device="cpu")},
+            instance=instance,
+            run_config={"ops": {"to_label_next": {"config": {"kind": "image_classifier"}}}},
+        )
+        meta = metadata_of(done, "to_label_next")
+    out = quality.quality_dir(home, "to_label_next", key)
+    listed = (out / "to_label_next.txt").read_text().splitlines()
+    ranked = pd.read_parquet(out / "to_label_next.parquet")
+    names = [p.rsplit("/", 1)[-1] for p in listed]
+    assert sorted(names) == sorted([*(i["file_name"] for i in doc["images"][:4]), "copy.png"])
+    assert listed == ranked["file"].tolist()
+    copies = ranked.loc[ranked["duplicate_of"] != ""]
+    assert len(copies) == 1 and copies.index[0] == len(ranked) - 1
+    assert {copies.iloc[0]["file"].rsplit("/", 1)[-1], copies.iloc[0]["duplicate_of"].rsplit("/", 1)[-1]} == {"copy.png", first["file_name"]}  # fmt: skip
+    kept = ranked.loc[ranked["duplicate_of"] == ""]
+    assert kept["margin"].is_monotonic_increasing
+    assert meta["champion_version"] == "v1" and meta["images"] == 5
+    assert meta["near_duplicates"] == 1
+    assert (out / "gallery.png").read_bytes().startswith(b"\x89PNG")

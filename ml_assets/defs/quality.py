@@ -5,6 +5,7 @@
     version_diff[version]          what changed since the previous version of the same landing
     image_issues[version]          cleanvision's broken images and duplicates (leaks across folds)
       check: image_issues_share (warning, non-blocking)
+    to_label_next[version]         unlabelled images ranked by a champion's uncertainty, diverse
 
 Results are written under ``<home>/quality/<asset>/<version>`` (Parquet and a gallery PNG),
 atomically; the pure logic is ``ml_assets.evaluate.quality``.
@@ -17,9 +18,10 @@ import pandas as pd
 from pydantic import Field
 
 from ml_assets.defs.datasets import load_folds, load_version
-from ml_assets.defs.models import md_frame
+from ml_assets.defs.models import GPU_OP_TAGS, md_frame
 from ml_assets.defs.partitions import checked_partition, dataset_versions, fold_partitions
-from ml_assets.defs.resources import MLAssetsHome
+from ml_assets.defs.promotion import PredictionsConfig, read_champion
+from ml_assets.defs.resources import MLAssetsHome, TrainingDevice
 from ml_assets.train.kinds import ModelKind
 
 # What every quality asset is: per dataset version, in the quality group, written with pandas.
@@ -69,7 +71,12 @@ def find_label_issues(home: MLAssetsHome, kind: str, version: str, **thresholds)
     return label_issues(ds, predictions, held, **thresholds)
 
 
-def write_frame(folder: Path, frames: dict[str, pd.DataFrame], png: dict[str, bytes]) -> Path:
+def write_frame(
+    folder: Path,
+    frames: dict[str, pd.DataFrame],
+    png: dict[str, bytes],
+    texts: dict[str, str] | None = None,
+) -> Path:
     from ml_assets.data.atomic import atomic_dir
 
     with atomic_dir(folder, overwrite=True) as tmp:
@@ -77,6 +84,8 @@ def write_frame(folder: Path, frames: dict[str, pd.DataFrame], png: dict[str, by
             frame.to_parquet(tmp / f"{name}.parquet", index=False)
         for name, data in png.items():
             (tmp / f"{name}.png").write_bytes(data)
+        for name, data in (texts or {}).items():
+            (tmp / name).write_text(data)
     return folder
 
 
@@ -275,3 +284,88 @@ image_issues_share = share_check(
     "image_issues",
     "Warns when images with issues exceed a share of the version.",
 )
+
+
+class LabelNextConfig(PredictionsConfig):
+    """The predictions' ``kind`` and ``folder`` (empty: the version's images without
+    annotations), and how the ranking is shown."""
+
+    distance: int = Field(
+        default=6,
+        description="Images whose perceptual hashes differ by at most this many bits (of 64) "
+        "are near duplicates: all but the most uncertain are pushed to the end",
+    )
+    gallery: int = Field(default=12, description="Top images drawn in the gallery")
+
+
+@dg.asset(
+    deps=["annotations"],
+    **(QUALITY | {"kinds": {"pandas", "pytorch"}}),
+    pool="gpu",
+    op_tags=GPU_OP_TAGS,
+    description="The unlabelled images of a version (or of a folder) most worth labelling next: "
+    "ranked by the uncertainty of the champion of config kind (classifiers: the smallest margin between the two "
+    "likeliest classes; detectors: the least confident detection, images with none first), "
+    "near duplicates pushed down; to_label_next.txt (one path a line) and a gallery.",
+)
+def to_label_next(
+    context: dg.AssetExecutionContext,
+    config: LabelNextConfig,
+    home: MLAssetsHome,
+    training_device: TrainingDevice,
+) -> dg.MaterializeResult:
+    from ml_assets.evaluate.plots import markdown_image
+    from ml_assets.evaluate.quality import (
+        diverse_order,
+        image_hashes,
+        label_next_gallery,
+        uncertainty,
+        unlabelled_files,
+    )
+    from ml_assets.train.predictions import image_files
+    from ml_assets.train.registry import kind as kind_named
+
+    version = context.partition_key
+    kind = kind_named(config.kind)
+    if not kind.predicts:
+        raise dg.Failure(f"{kind.name} cannot predict on image files: pick a kind that predicts")
+    champion = read_champion(home, kind)
+    if champion is None:
+        raise dg.Failure(f"{kind.name} has no champion yet: promote one (promoted_{kind.name})")
+    if config.folder:
+        paths = image_files(Path(config.folder))
+    else:
+        ds = load_version(home, version)
+        paths = [ds.image_path(f) for f in unlabelled_files(ds)]
+    files = [str(p) for p in paths]
+    if files:
+        predicted = kind.predict(
+            Path(champion["model"]), paths, training_device.torch_device()
+        ).assign(file=lambda f: f["file"].astype(str))
+        ranked = uncertainty(predicted, files)
+        ranked = diverse_order(ranked, image_hashes(ranked["file"]), config.distance)
+    else:
+        ranked = pd.DataFrame(columns=["file", "uncertainty", "duplicate_of"])
+    top = ranked.head(config.gallery)
+    png = label_next_gallery(
+        top["file"].tolist(),
+        [f"{u:.3f} {Path(f).name}" for f, u in zip(top["file"], top["uncertainty"], strict=True)],
+    )
+    out = write_frame(
+        quality_dir(home, "to_label_next", version),
+        {"to_label_next": ranked},
+        {"gallery": png},
+        {"to_label_next.txt": "".join(f"{f}\n" for f in ranked["file"])},
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "images": len(ranked),
+            "near_duplicates": int((ranked["duplicate_of"] != "").sum()),
+            "kind": kind.name,
+            "champion_version": champion["version"],
+            "source": config.folder or f"unlabelled images of dataset version {version}",
+            "top": md_frame(ranked.head(20), index=False),
+            "gallery": dg.MetadataValue.md(markdown_image(png, "to label next")),
+            "path": dg.MetadataValue.path(str(out / "to_label_next.txt")),
+        }
+    )

@@ -550,3 +550,97 @@ def diff_line(counts: dict[str, int], previous: str) -> str:
         if n
     ]
     return f"{', '.join(parts) or 'no change'} since {previous}"
+
+
+# --- what to label next -------------------------------------------------------------------------
+
+
+def unlabelled_files(ds: Dataset) -> list[str]:
+    """The file names of the images of ``ds`` without any annotation, in the tables' order."""
+    annotated = set(ds.annotations["image_id"])
+    images = ds.images.drop_duplicates("image_id")
+    return images.loc[~images["image_id"].isin(annotated), "file_name"].tolist()
+
+
+def uncertainty(predictions: pd.DataFrame, files: list[str]) -> pd.DataFrame:
+    """How unsure a champion is of each of ``files`` (its ``predict`` frame, ``file`` column as
+    given), most unsure first: classifiers (``p_<class>`` columns) by the ``margin`` between the
+    two likeliest classes, smallest first; detectors by their ``least`` confident detection,
+    images without any detection first (``detections`` 0). ``uncertainty``: 1 - margin or
+    1 - least score (1 where there is none)."""
+    columns = probability_columns(predictions)
+    if columns:
+        probs = np.sort(predictions[columns].to_numpy(np.float64), axis=1)[:, ::-1]
+        second = probs[:, 1] if probs.shape[1] > 1 else np.zeros(len(probs))
+        found = pd.DataFrame(
+            {
+                "file": predictions["file"].astype(str).to_numpy(),
+                "predicted": predictions["predicted"].to_numpy(),
+                "margin": probs[:, 0] - second,
+            }
+        )
+        found = found.set_index("file").reindex(files).reset_index()
+        found["uncertainty"] = 1 - found["margin"]
+        return found.sort_values("margin", kind="stable", na_position="first").reset_index(
+            drop=True
+        )
+    if "score" not in predictions.columns:
+        raise ValueError("these predictions hold neither p_<class> columns nor detection scores")
+    by_file = predictions.assign(file=predictions["file"].astype(str)).groupby("file")["score"]
+    found = pd.DataFrame({"file": files})
+    found["detections"] = found["file"].map(by_file.size()).fillna(0).astype(int)
+    found["least"] = found["file"].map(by_file.min())
+    found["uncertainty"] = 1 - found["least"].fillna(0.0)
+    return found.sort_values(
+        ["detections", "least"], key=lambda c: c if c.name == "least" else c > 0, kind="stable"
+    ).reset_index(drop=True)
+
+
+def image_hashes(paths) -> list:
+    """A perceptual hash (imagehash's 64-bit ``phash``) of each image at ``paths``."""
+    import imagehash
+    from PIL import Image
+
+    hashes = []
+    for path in paths:
+        with Image.open(path) as image:
+            hashes.append(imagehash.phash(image.convert("L")))
+    return hashes
+
+
+def diverse_order(ranked: pd.DataFrame, hashes: list, distance: int = 6) -> pd.DataFrame:
+    """``ranked`` (most worth labelling first, one row per image, ``hashes`` in its order)
+    with each image whose hash is within ``distance`` bits of an image kept before it pushed
+    behind every kept one, ``duplicate_of`` naming that image's file (empty for kept ones)."""
+    kept: list[int] = []
+    duplicate_of = [""] * len(ranked)
+    files = ranked["file"].tolist()
+    for n, value in enumerate(hashes):
+        near = next((k for k in kept if value - hashes[k] <= distance), None)
+        if near is None:
+            kept.append(n)
+        else:
+            duplicate_of[n] = files[near]
+    found = ranked.assign(duplicate_of=duplicate_of)
+    order = kept + [n for n in range(len(found)) if duplicate_of[n]]
+    return found.iloc[order].reset_index(drop=True)
+
+
+def label_next_gallery(paths, captions: list[str], side: int = 128, columns: int = 4) -> bytes:
+    """The images at ``paths`` as one contact sheet, each captioned."""
+    import io
+
+    from PIL import Image, ImageDraw
+
+    rows = max(1, -(-len(paths) // columns))
+    sheet = Image.new("RGB", (side * columns, (side + 14) * rows), "white")
+    for n, (path, caption) in enumerate(zip(paths, captions, strict=True)):
+        with Image.open(path) as image:
+            tile = image.convert("RGB")
+        tile.thumbnail((side, side))
+        left, top = (n % columns) * side, (n // columns) * (side + 14)
+        sheet.paste(tile, (left, top))
+        ImageDraw.Draw(sheet).text((left + 2, top + side), caption[:24], fill="black")
+    buffer = io.BytesIO()
+    sheet.save(buffer, format="PNG")
+    return buffer.getvalue()
