@@ -59,16 +59,23 @@ def evaluation_folders(home: MLAssetsHome, kind: str, version: str) -> dict[int,
     }
 
 
-def find_label_issues(home: MLAssetsHome, kind: str, version: str, **thresholds) -> pd.DataFrame:
+def find_label_issues(
+    home: MLAssetsHome, kind: ModelKind, version: str, **thresholds
+) -> pd.DataFrame:
     """The label issues of ``kind`` on ``version`` from every fold's evaluation (what the asset
     and ``ml-assets label-issues`` compute)."""
     from ml_assets.evaluate.quality import label_issues, read_fold_predictions
 
+    if not kind.held_out:
+        raise ValueError(
+            f"{kind.name} has no label issues: its held-out predictions hold neither classes "
+            "nor boxes"
+        )
     ds = load_version(home, version)
     assignment, _ = load_folds(home, version)
-    predictions = read_fold_predictions(evaluation_folders(home, kind, version))
+    predictions = read_fold_predictions(evaluation_folders(home, kind.name, version))
     held = assignment.loc[assignment["fold"] >= 0, "image_id"].tolist()
-    return label_issues(ds, predictions, held, **thresholds)
+    return label_issues(ds, predictions, kind.held_out, held, **thresholds)
 
 
 def write_frame(
@@ -115,7 +122,7 @@ def build_label_issues(kind: ModelKind) -> tuple[dg.AssetsDefinition, dg.AssetCh
 
         version = context.partition_key
         thresholds = config.model_dump(exclude={"gallery"})
-        found = find_label_issues(home, kind.name, version, **thresholds)
+        found = find_label_issues(home, kind, version, **thresholds)
         ds = load_version(home, version)
         png = gallery_png(ds, found, config.gallery)
         out = write_frame(
@@ -140,14 +147,10 @@ def build_label_issues(kind: ModelKind) -> tuple[dg.AssetsDefinition, dg.AssetCh
     return label_issues, share_check(label_issues, f"{name}_share", "label_issues", text)
 
 
-# Kinds whose evaluation predictions hold neither class probabilities nor boxes (the LoRA
-# segmenter writes per-object mask IoUs): no label issues from them.
-WITHOUT_LABEL_ISSUES = frozenset({"lora_segmenter"})
-
-
 def per_kind(kinds: list[ModelKind]) -> list[tuple]:
-    """``build_label_issues`` of every kind that has them: (asset, check) pairs."""
-    return [build_label_issues(k) for k in kinds if k.name not in WITHOUT_LABEL_ISSUES]
+    """``build_label_issues`` of every kind whose held-out predictions hold classes or boxes
+    (``kind.held_out``): (asset, check) pairs."""
+    return [build_label_issues(k) for k in kinds if k.held_out]
 
 
 def share_check(

@@ -47,19 +47,24 @@ def probability_columns(predictions: pd.DataFrame) -> list[str]:
     return [c for c in predictions.columns if c.startswith("p_")]
 
 
-def is_classification(predictions: pd.DataFrame) -> bool:
-    return "annotation_id" in predictions.columns and "true" in predictions.columns
-
-
 def label_issues(
-    ds: Dataset, predictions: pd.DataFrame, image_ids=None, **thresholds
+    ds: Dataset, predictions: pd.DataFrame, held_out: str, image_ids=None, **thresholds
 ) -> pd.DataFrame:
     """The label issues of ``ds`` from out-of-fold ``predictions`` (every fold's, see
-    :func:`read_fold_predictions`), worst first: classification rows or detections
-    (``image_ids``: the images the folds held out, those without any detection included;
+    :func:`read_fold_predictions`), worst first, as the kind's ``held_out`` says they are:
+    ``"classes"`` (class probabilities per annotation) or ``"boxes"`` (detections;
+    ``image_ids``: the images the folds held out, those without any detection included;
     ``thresholds``: :func:`detection_issues`')."""
-    if is_classification(predictions):
+    if held_out == "classes":
+        missing = {"annotation_id", "true"} - set(predictions.columns)
+        if missing or not probability_columns(predictions):
+            raise ValueError(
+                f"these class predictions lack {sorted(missing) or 'p_<class> columns'}: "
+                "rematerialize the kind's evaluations"
+            )
         return classification_issues(ds, predictions)
+    if held_out != "boxes":
+        raise ValueError(f"no label issues from predictions that hold {held_out!r}")
     missing = {"image_id", "category_id", "score", *BOX} - set(predictions.columns)
     if missing:
         raise ValueError(

@@ -21,7 +21,7 @@ def label_issues(version: str, kind_name: str, as_json: bool) -> None:
     from ml_assets.train.registry import kind
 
     try:
-        found = find_label_issues(MLAssetsHome(), kind(kind_name).name, version)
+        found = find_label_issues(MLAssetsHome(), kind(kind_name), version)
     except (FileNotFoundError, KeyError, ValueError) as err:
         raise click.ClickException(str(err)) from err
     rows = found[list(FIELDS)].to_dict("records")
