@@ -27,7 +27,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import orjson
@@ -579,6 +579,89 @@ def trained_state(model, trainable_only: bool) -> dict:
     return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
 
 
+@dataclass
+class Loop:
+    """What a classifier's training holds from epoch to epoch (built by :func:`build_loop`)."""
+
+    model: Any  # images -> logits
+    network: Any  # what runs forward and backward: the model, or DDP's wrapper under torchrun
+    optimizer: Any
+    scheduler: Any  # timm's, stepped per update and per epoch
+    scaler: Any  # AMP's gradient scaler (a no-op off CUDA)
+    loss_fn: Any
+    mixup: Any  # timm's Mixup/CutMix, or None
+    loader: Any
+    reseed: Any  # reseeds the loader's augmentation for an epoch
+    generator: Any  # the loader's shuffling
+    body: list  # parameters held still during freeze_epochs
+    device: Any
+    amp_dtype: Any
+    use_amp: bool
+    channels_last: bool
+    uneven: bool  # ranks streaming their own shards may run out of batches at different steps
+
+
+def build_loop(model, crops, num_classes: int, config: ClassifierConfig, device) -> Loop:
+    """The model on ``device`` (wrapped in DDP under torchrun), timm's optimizer, schedule and
+    Mixup, the loss and the loader of ``crops``."""
+    import torch
+    from timm.data import Mixup
+    from timm.optim import create_optimizer_v2
+
+    from ml_assets.train.ddp import world
+
+    model = model.to(device)
+    on_cuda = device.type == "cuda"
+    channels_last = on_cuda and config.channels_last
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    _, ranks = world()
+    network = model
+    if ranks > 1:
+        network = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if on_cuda else None
+        )
+    # timm's parameter groups skip frozen parameters: they get no optimizer state.
+    optimizer = create_optimizer_v2(
+        model,
+        opt=config.optimizer,
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        **({"momentum": config.momentum} if config.optimizer == "sgd" else {}),
+    )
+    amp_dtype = torch.bfloat16 if on_cuda and torch.cuda.is_bf16_supported() else torch.float16
+    use_amp = on_cuda and config.amp
+    mixup = None
+    if config.mixup_alpha > 0 or config.cutmix_alpha > 0:
+        mixup = Mixup(
+            mixup_alpha=config.mixup_alpha,
+            cutmix_alpha=config.cutmix_alpha,
+            label_smoothing=config.label_smoothing,
+            num_classes=num_classes,
+        )
+    generator = torch.Generator()
+    loader, reseed = build_loader(crops, config, augment=True, generator=generator)
+    updates_per_epoch = max(1, -(-len(loader) // config.accumulation_steps))
+    return Loop(
+        model=model,
+        network=network,
+        optimizer=optimizer,
+        scheduler=build_schedule(optimizer, config, updates_per_epoch),
+        scaler=torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16),
+        loss_fn=build_loss(config, crops.labels, num_classes, device),
+        mixup=mixup,
+        loader=loader,
+        reseed=reseed,
+        generator=generator,
+        body=body_parameters(model) if config.freeze_epochs else [],
+        device=device,
+        amp_dtype=amp_dtype,
+        use_amp=use_amp,
+        channels_last=channels_last,
+        uneven=ranks > 1 and isinstance(crops, ShardCrops),
+    )
+
+
 def fit_loop(
     model,
     crops: Crops,
@@ -596,49 +679,11 @@ def fit_loop(
     epoch's weights when training chooses by ``validation``'s score, see :func:`watched_ids`,
     else the last epoch's), the per-epoch history and the epoch it resumed at (None for a fresh
     start)."""
-    import torch
-    from timm.data import Mixup
-    from timm.optim import create_optimizer_v2
-
-    from ml_assets.train.ddp import barrier, sum_over_ranks, world
+    from ml_assets.train.ddp import barrier, world
 
     if len(crops.labels) == 0:
         raise ValueError("no training samples: the training folds hold no labelled objects")
-    model = model.to(device)
-    on_cuda = device.type == "cuda"
-    if on_cuda and config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    rank, ranks = world()
-    network = model  # what runs forward and backward: DDP's wrapper under torchrun
-    if ranks > 1:
-        network = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if on_cuda else None
-        )
-    # timm's parameter groups skip frozen parameters: they get no optimizer state.
-    optimizer = create_optimizer_v2(
-        model,
-        opt=config.optimizer,
-        lr=config.lr,
-        weight_decay=config.weight_decay,
-        **({"momentum": config.momentum} if config.optimizer == "sgd" else {}),
-    )
-    amp_dtype = torch.bfloat16 if on_cuda and torch.cuda.is_bf16_supported() else torch.float16
-    use_amp = on_cuda and config.amp
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-    loss_fn = build_loss(config, crops.labels, num_classes, device)
-    mixup = None
-    if config.mixup_alpha > 0 or config.cutmix_alpha > 0:
-        mixup = Mixup(
-            mixup_alpha=config.mixup_alpha,
-            cutmix_alpha=config.cutmix_alpha,
-            label_smoothing=config.label_smoothing,
-            num_classes=num_classes,
-        )
-    generator = torch.Generator()
-    loader, reseed = build_loader(crops, config, augment=True, generator=generator)
-    body = body_parameters(model) if config.freeze_epochs else []
-    steps = config.accumulation_steps
-    scheduler = build_schedule(optimizer, config, max(1, -(-len(loader) // steps)))
+    loop = build_loop(model, crops, num_classes, config, device)
     state = {
         "epoch": 0,
         "updates": 0,
@@ -651,94 +696,129 @@ def fit_loop(
     resumed_from = None
     barrier()  # rank 0 has prepared run_dir: every rank sees the same checkpoint
     if checkpoint is not None and checkpoint.exists():
-        saved = torch.load(checkpoint, map_location=device, weights_only=False)
-        model.load_state_dict(saved["model"], strict=not trainable_only)
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        if "plateau" in saved:  # timm does not save the plateau's own counters: we do
-            scheduler.lr_scheduler.load_state_dict(saved["plateau"])
-        scaler.load_state_dict(saved["scaler"])
-        state = saved["state"]
+        state = resume(loop, checkpoint, trainable_only)
         resumed_from = state["epoch"] + 1
+    rank, _ = world()
     while state["epoch"] < config.epochs and not stopped_early(state, config):
         epoch = state["epoch"]
-        seed = config.seed * 100_003 + epoch
-        generator.manual_seed(seed)
-        reseed(seed)
-        np.random.seed(seed % 2**32)  # timm's Mixup draws from numpy's global generator
-        torch.manual_seed(seed)
-        model.train()
-        started, total, correct, seen = time.perf_counter(), 0.0, 0, 0
-        optimizer.zero_grad(set_to_none=True)
-
-        def update(frozen: bool = epoch < config.freeze_epochs) -> None:
-            if frozen:  # only the head learns: the optimizer skips parameters without a gradient
-                for p in body:
-                    p.grad = None
-            if config.grad_clip:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            state["updates"] += 1
-            scheduler.step_update(state["updates"])
-
-        pending = False
-        # Ranks streaming their own shards may run out of batches at different steps: DDP's
-        # join lets the others finish without waiting for them.
-        uneven = ranks > 1 and isinstance(crops, ShardCrops)
-        with network.join() if uneven else contextlib.nullcontext():
-            for i, (x, y) in enumerate(loader):
-                x, y = normalize(x, device, on_cuda and config.channels_last), y.to(device)
-                targets = y
-                if mixup is not None:
-                    x, targets = mixup(x, y)
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                    logits = network(x)
-                loss = loss_fn(logits, targets)
-                scaler.scale(loss / steps).backward()
-                pending = (i + 1) % steps != 0
-                if not pending:
-                    update()
-                total += loss.item() * len(y)
-                correct += (logits.argmax(1) == y).sum().item()
-                seen += len(y)
-        if pending:  # the epoch's last batches, fewer than accumulation_steps
-            update()
-        total, correct, seen = sum_over_ranks(total, correct, seen, device=device)
-        row = {
-            "train_loss": total / seen,
-            "train_accuracy": correct / seen,
-            "lr": optimizer.param_groups[0]["lr"],
-        }
+        started = time.perf_counter()
+        row = train_one_epoch(loop, config, epoch, state)
         metric = None
         if validation is not None and len(validation.labels):
-            model.eval()
-            metric = row["val_macro_f1"] = macro_f1(model, validation, num_classes, device)
-            if not selects_epochs(config):
-                metric = None  # watched only: nothing is chosen by it
-            elif metric > state["best_f1"]:
-                state["best_f1"], state["bad_epochs"] = metric, 0
-                state["best_state"] = {
-                    k: v.detach().cpu().clone()
-                    for k, v in trained_state(model, trainable_only).items()
-                }
-            else:
-                state["bad_epochs"] += 1
-        scheduler.step(epoch + 1, metric)
+            metric = validate(loop, validation, num_classes, config, state, row, trainable_only)
+        loop.scheduler.step(epoch + 1, metric)
         row["seconds"] = time.perf_counter() - started
         state["epoch"] = epoch + 1
         state["history"].append({"epoch": epoch + 1, **row})
         if rank == 0:  # the only rank that writes and reports
             if checkpoint is not None:
-                weights = trained_state(model, trainable_only)
-                save_checkpoint(checkpoint, weights, optimizer, scheduler, scaler, state)
+                weights = trained_state(loop.model, trainable_only)
+                save_checkpoint(
+                    checkpoint, weights, loop.optimizer, loop.scheduler, loop.scaler, state
+                )
             if on_epoch:
                 on_epoch(epoch + 1, config.epochs, row)
     if state["best_state"] is not None:
-        model.load_state_dict(state["best_state"], strict=not trainable_only)
-    return model.eval(), pd.DataFrame(state["history"]), resumed_from
+        loop.model.load_state_dict(state["best_state"], strict=not trainable_only)
+    return loop.model.eval(), pd.DataFrame(state["history"]), resumed_from
+
+
+def resume(loop: Loop, checkpoint: Path, trainable_only: bool) -> dict:
+    """Load the model, optimizer, schedule and scaler saved in ``checkpoint``; its state."""
+    import torch
+
+    saved = torch.load(checkpoint, map_location=loop.device, weights_only=False)
+    loop.model.load_state_dict(saved["model"], strict=not trainable_only)
+    loop.optimizer.load_state_dict(saved["optimizer"])
+    loop.scheduler.load_state_dict(saved["scheduler"])
+    if "plateau" in saved:  # timm does not save the plateau's own counters: we do
+        loop.scheduler.lr_scheduler.load_state_dict(saved["plateau"])
+    loop.scaler.load_state_dict(saved["scaler"])
+    return saved["state"]
+
+
+def train_one_epoch(loop: Loop, config: ClassifierConfig, epoch: int, state: dict) -> dict:
+    """One pass over the loader, seeded by (seed, epoch) so a resumed run repeats it exactly;
+    the epoch's loss, accuracy (summed over ranks) and learning rate."""
+    import torch
+
+    from ml_assets.train.ddp import sum_over_ranks
+
+    seed = config.seed * 100_003 + epoch
+    loop.generator.manual_seed(seed)
+    loop.reseed(seed)
+    np.random.seed(seed % 2**32)  # timm's Mixup draws from numpy's global generator
+    torch.manual_seed(seed)
+    model, optimizer, scaler, steps = (
+        loop.model,
+        loop.optimizer,
+        loop.scaler,
+        config.accumulation_steps,
+    )
+    model.train()
+    total, correct, seen = 0.0, 0, 0
+    optimizer.zero_grad(set_to_none=True)
+
+    def update(frozen: bool = epoch < config.freeze_epochs) -> None:
+        if frozen:  # only the head learns: the optimizer skips parameters without a gradient
+            for p in loop.body:
+                p.grad = None
+        if config.grad_clip:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        state["updates"] += 1
+        loop.scheduler.step_update(state["updates"])
+
+    pending = False
+    # Ranks streaming their own shards may run out of batches at different steps: DDP's
+    # join lets the others finish without waiting for them.
+    with loop.network.join() if loop.uneven else contextlib.nullcontext():
+        for i, (x, y) in enumerate(loop.loader):
+            x, y = normalize(x, loop.device, loop.channels_last), y.to(loop.device)
+            targets = y
+            if loop.mixup is not None:
+                x, targets = loop.mixup(x, y)
+            with torch.autocast(loop.device.type, dtype=loop.amp_dtype, enabled=loop.use_amp):
+                logits = loop.network(x)
+            loss = loop.loss_fn(logits, targets)
+            scaler.scale(loss / steps).backward()
+            pending = (i + 1) % steps != 0
+            if not pending:
+                update()
+            total += loss.item() * len(y)
+            correct += (logits.argmax(1) == y).sum().item()
+            seen += len(y)
+    if pending:  # the epoch's last batches, fewer than accumulation_steps
+        update()
+    total, correct, seen = sum_over_ranks(total, correct, seen, device=loop.device)
+    return {
+        "train_loss": total / seen,
+        "train_accuracy": correct / seen,
+        "lr": optimizer.param_groups[0]["lr"],
+    }
+
+
+def validate(
+    loop: Loop, validation: Crops, num_classes: int, config, state: dict, row: dict, trainable_only
+) -> float | None:
+    """The epoch's macro F1 on ``validation`` (into ``row``), keeping the best epoch's weights
+    in ``state`` when training chooses by it; the metric the schedule steps on, or None."""
+    model = loop.model
+    model.eval()
+    metric = row["val_macro_f1"] = macro_f1(model, validation, num_classes, loop.device)
+    if not selects_epochs(config):
+        return None  # watched only: nothing is chosen by it
+    if metric > state["best_f1"]:
+        state["best_f1"], state["bad_epochs"] = metric, 0
+        state["best_state"] = {
+            k: v.detach().cpu().clone() for k, v in trained_state(model, trainable_only).items()
+        }
+    else:
+        state["bad_epochs"] += 1
+    return metric
 
 
 def stopped_early(state: dict, config: ClassifierConfig) -> bool:
