@@ -71,9 +71,21 @@ def decide(home: MLAssetsHome, kind: ModelKind, version: str, config) -> tuple[b
 
 
 def build_promotion(kind: ModelKind, report: dg.AssetsDefinition):
-    """The final model, its checks and the promoted champion of one kind."""
-    gate = promotion_config(kind, champion=True)
+    """The final model, its checks and the promoted champion of one kind (and its export when
+    the kind declares an exporter): (assets, checks)."""
     tags = {KIND_TAG: kind.name}
+    final = final_asset(kind, report, tags)
+    promoted = promoted_asset(kind, final, tags)
+    assets, checks = [final, promoted], [model_checks(final, kind), champion_gate(kind, final)]
+    if kind.export_tolerance is not None:
+        exported, matches = build_export(kind, promoted, tags)
+        assets.append(exported)
+        checks.append(matches)
+    return assets, checks
+
+
+def final_asset(kind: ModelKind, report: dg.AssetsDefinition, tags: dict) -> dg.AssetsDefinition:
+    """``<kind>_final[version]``: trained on every fold with the cross-validated config."""
 
     @dg.asset(
         name=f"{kind.name}_final",
@@ -107,6 +119,13 @@ def build_promotion(kind: ModelKind, report: dg.AssetsDefinition):
             context, kind, home, training_device, mlflow_tracking, version, None, config
         )
 
+    return final
+
+
+def champion_gate(kind: ModelKind, final: dg.AssetsDefinition) -> dg.AssetChecksDefinition:
+    """``beats_champion`` (blocking) on the final model."""
+    gate = promotion_config(kind, champion=True)
+
     @dg.multi_asset_check(
         **blocking_checks(
             final,
@@ -126,6 +145,13 @@ def build_promotion(kind: ModelKind, report: dg.AssetsDefinition):
         yield dg.AssetCheckResult(
             check_name="beats_champion", passed=passed, metadata=check_metadata(found)
         )
+
+    return beats_champion
+
+
+def promoted_asset(kind: ModelKind, final: dg.AssetsDefinition, tags: dict) -> dg.AssetsDefinition:
+    """``promoted_<kind>[version]``: moves the champion to this version's final model."""
+    gate = promotion_config(kind, champion=True)
 
     @dg.asset(
         name=f"promoted_{kind.name}",
@@ -175,12 +201,7 @@ def build_promotion(kind: ModelKind, report: dg.AssetsDefinition):
             },
         )
 
-    assets, checks = [final, promoted], [model_checks(final, kind), beats_champion]
-    if kind.export_tolerance is not None:
-        exported, matches = build_export(kind, promoted, tags)
-        assets.append(exported)
-        checks.append(matches)
-    return assets, checks
+    return promoted
 
 
 def build_export(kind: ModelKind, promoted: dg.AssetsDefinition, tags: dict):
