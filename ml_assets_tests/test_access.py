@@ -1,6 +1,6 @@
-"""Who may do what (issue 20): a read-only webserver refuses what changes state, a gate reported
-passed by hand promotes nothing, no credential is written where the deployment ships it, and
-`make ui` listens on loopback only.
+"""Who may do what (issue 20): a read-only webserver refuses what changes state, no credential is
+written where the deployment ships it, and `make ui` listens on loopback only. (A gate reported
+passed by hand promotes nothing: test_promotion.py, beside the launch past a failed gate.)
 
 The webserver here is a real `dagster-webserver --read-only` (the chart's `enableReadOnly`
 deployment runs the same command) on a free loopback port, with the repository's workspace.
@@ -16,7 +16,6 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import dagster as dg
-import orjson
 import pytest
 import requests
 import yaml
@@ -24,15 +23,9 @@ from dagster._config import process_config
 from dagster._core.instance.config import dagster_instance_config
 from dagster._core.storage.config import pg_config
 from dev_server import graphql, stop_group
-from pipelines import training_resources
 from servers import free_port, wait_for
 
-from ml_assets.data.atomic import write_bytes
-from ml_assets.defs.models import build_pipeline
 from ml_assets.defs.partitions import dataset_versions
-from ml_assets.defs.promotion import build_promotion
-from ml_assets.defs.resources import MLAssetsHome
-from ml_assets.train.kinds.image_classifier import IMAGE_CLASSIFIER
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "k8s"
@@ -150,41 +143,6 @@ def test_the_read_only_webserver_refuses_launches_wipes_deletes_and_reported_che
         assert not instance.get_runs() and not instance.get_backfills()
     # What the read-only UI still does: read.
     assert graphql(port, "{ runsOrError { ... on Runs { results { runId } } } }")
-
-
-def test_a_gate_reported_passed_by_hand_does_not_promote(tmp_path):
-    """The Checks tab's "Report evaluation" (on the full webserver) writes an evaluation
-    passed=True for the gate; promotion decides from the report again and refuses."""
-    (_, promoted, *_), _ = build_promotion(
-        IMAGE_CLASSIFIER, build_pipeline(IMAGE_CLASSIFIER).report
-    )
-    home = MLAssetsHome(root=str(tmp_path))
-    key = "abcdef123456"
-    report = {"primary_metric": "macro_f1", "mean": {"macro_f1": 0.1}, "baseline": 0.3}
-    write_bytes(home.report_dir("image_classifier", key) / "report.json", orjson.dumps(report))
-    gate = dg.AssetCheckKey(dg.AssetKey("image_classifier_final"), "beats_champion")
-    with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions(dataset_versions.name, [key])
-        # What the reportAssetCheckEvaluations mutation does (dagster_graphql's
-        # report_asset_check_evaluation): a runless evaluation on the instance.
-        instance.report_runless_asset_event(
-            dg.AssetCheckEvaluation(
-                asset_key=gate.asset_key, check_name=gate.name, passed=True, partition=key
-            )
-        )
-        (record,) = instance.event_log_storage.get_asset_check_execution_history(gate, limit=1)
-        assert record.status.value == "SUCCEEDED"  # the UI shows the gate passed...
-        result = dg.materialize(
-            [promoted],
-            partition_key=key,
-            resources=training_resources(home),
-            instance=instance,
-            raise_on_error=False,
-        )
-    assert not result.success  # ...and promotion is not fooled
-    message = result.failure_data_for_node("promoted_image_classifier").error.message
-    assert "is not promoted" in message and "below the floor" in message
-    assert not home.champion_path("image_classifier").exists()
 
 
 # Names that hold a credential, and keys that only name where one is kept (a Secret's name).

@@ -157,13 +157,26 @@ def test_a_worse_candidate_is_blocked_and_the_champion_moves_only_for_a_better_o
         mlflow.end_run()
 
 
-def test_promoting_by_hand_past_a_failed_gate_is_refused(tmp_path):
+@pytest.mark.parametrize("reported", [False, True], ids=["launched", "gate-reported-by-hand"])
+def test_promoting_by_hand_past_a_failed_gate_is_refused(tmp_path, reported):
+    """A launch by hand past a failed gate, and one after the Checks tab's "Report evaluation"
+    (on the full webserver) wrote passed=True for the gate: promotion decides from the report
+    again and refuses either way (issue 20: the UI may show a gate passed that did not)."""
     home = MLAssetsHome(root=str(tmp_path))
     key = "abcdef123456"
     report = {"primary_metric": "macro_f1", "mean": {"macro_f1": 0.1}, "baseline": 0.3}
     write_bytes(home.report_dir("image_classifier", key) / "report.json", orjson.dumps(report))
+    gate = dg.AssetCheckKey(FINAL.key, "beats_champion")
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(dataset_versions.name, [key])
+        if reported:  # what the reportAssetCheckEvaluations mutation writes: a runless evaluation
+            instance.report_runless_asset_event(
+                dg.AssetCheckEvaluation(
+                    asset_key=gate.asset_key, check_name=gate.name, passed=True, partition=key
+                )
+            )
+            history = instance.event_log_storage.get_asset_check_execution_history(gate, limit=1)
+            assert history[0].status.value == "SUCCEEDED"  # the UI shows the gate passed...
         result = dg.materialize(
             [PROMOTED],
             partition_key=key,
@@ -171,7 +184,7 @@ def test_promoting_by_hand_past_a_failed_gate_is_refused(tmp_path):
             instance=instance,
             raise_on_error=False,
         )
-    assert not result.success
+    assert not result.success  # ...and promotion is not fooled
     message = result.failure_data_for_node("promoted_image_classifier").error.message
     assert "is not promoted" in message and "below the floor" in message
     assert not home.champion_path("image_classifier").exists()
