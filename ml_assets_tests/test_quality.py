@@ -396,3 +396,48 @@ def test_to_label_next_asset_with_a_trained_champion(tmp_path):
     assert meta["champion_version"] == "v1" and meta["images"] == 5
     assert meta["near_duplicates"] == 1
     assert (out / "gallery.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_new_version_gets_its_diff_and_image_issues_and_label_issues_wait_for_the_folds(landed):
+    """Automation: once ingested, a version's version_diff and image_issues are due; its label
+    issues only once every fold's evaluation is there."""
+    from ml_assets.definitions import defs
+
+    landing, home = landed
+    # The evaluations are in the selection, as the automation sensor evaluates the whole graph.
+    selection = dg.AssetSelection.assets(
+        "version_diff", "image_issues", "classifier_evaluation", "image_classifier_label_issues"
+    )
+    with dg.instance_for_test() as instance:
+        key = home.store.register(landing)
+        instance.add_dynamic_partitions(dataset_versions.name, [key])
+        idle = dg.evaluate_automation_conditions(
+            defs=defs, instance=instance, asset_selection=selection
+        )
+        assert idle.total_requested == 0  # nothing ingested yet
+        from pipelines import DATA
+
+        from ml_assets.defs import datasets
+
+        ingest = [*DATA, datasets.annotations_checks, datasets.folds_are_disjoint]  # gates too
+        assert dg.materialize(
+            ingest, partition_key=key, resources={"home": home}, instance=instance
+        ).success
+        due = dg.evaluate_automation_conditions(
+            defs=defs, instance=instance, asset_selection=selection, cursor=idle.cursor
+        )
+        assert due.get_requested_partitions(dg.AssetKey("version_diff")) == {key}
+        assert due.get_requested_partitions(dg.AssetKey("image_issues")) == {key}
+        assert due.get_requested_partitions(dg.AssetKey("image_classifier_label_issues")) == set()
+        for fold in "01":  # as if both folds were evaluated
+            instance.report_runless_asset_event(
+                dg.AssetMaterialization(
+                    "classifier_evaluation",
+                    partition=dg.MultiPartitionKey({"version": key, "fold": fold}),
+                    tags={"dagster/data_version": f"scores of fold {fold}"},  # as evaluations do
+                )
+            )
+        later = dg.evaluate_automation_conditions(
+            defs=defs, instance=instance, asset_selection=selection, cursor=due.cursor
+        )
+        assert later.get_requested_partitions(dg.AssetKey("image_classifier_label_issues")) == {key}

@@ -7,6 +7,10 @@
       check: image_issues_share (warning, non-blocking)
     to_label_next[version]         unlabelled images ranked by a champion's uncertainty, diverse
 
+The first three are automated like the rest of the graph (``ON_CHANGE``): a new version gets its
+diff and image issues once ingested, its label issues once every fold's evaluation is there.
+``to_label_next`` runs when asked (it reads the champion of the kind you label for).
+
 Results are written under ``<home>/quality/<asset>/<version>`` (Parquet and a gallery PNG),
 atomically; the pure logic is ``ml_assets.evaluate.quality``.
 """
@@ -18,7 +22,7 @@ import pandas as pd
 from pydantic import Field
 
 from ml_assets.defs.datasets import load_folds, load_version
-from ml_assets.defs.models import GPU_OP_TAGS, md_frame
+from ml_assets.defs.models import GPU_OP_TAGS, ON_CHANGE, md_frame
 from ml_assets.defs.partitions import checked_partition, dataset_versions, fold_partitions
 from ml_assets.defs.promotion import PredictionsConfig, read_champion
 from ml_assets.defs.resources import MLAssetsHome, TrainingDevice
@@ -109,6 +113,7 @@ def build_label_issues(kind: ModelKind) -> tuple[dg.AssetsDefinition, dg.AssetCh
         name=name,
         deps=[evaluation],
         **QUALITY,
+        automation_condition=ON_CHANGE,  # once every fold's evaluation is there, or changed
         tags={"ml_assets/kind": kind.name},
         description=f"Labels most likely wrong in a dataset version, from {kind.name}'s "
         "out-of-fold predictions of every fold (cleanlab): file, record, type, score, given "
@@ -219,6 +224,7 @@ class DiffConfig(dg.Config):
 @dg.asset(
     deps=["annotations"],
     **QUALITY,
+    automation_condition=ON_CHANGE,
     description="What changed since the previous version of the same dataset (matched by "
     "content): images added, removed, changed; annotations added, removed, relabelled, moved; "
     "the class histogram's shift.",
@@ -258,6 +264,7 @@ def version_diff(
 @dg.asset(
     deps=["folds"],
     **QUALITY,
+    automation_condition=ON_CHANGE,
     description="Images broken in ways labels cannot fix (cleanvision, model-free): blurry, too "
     "dark or light, low information, odd size or aspect, exact and near duplicates; duplicates "
     "in different folds are leaks.",
