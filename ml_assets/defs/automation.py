@@ -5,7 +5,8 @@ New data: ``landing_sensor`` lists the landing location (a folder or an S3 prefi
 registers its version as a dynamic partition and runs ``ingest_job`` for it. Training, evaluation and the report run when an upstream partition is new
 or updated and its blocking checks passed (``eager() & all_deps_blocking_checks_passed()``), so
 ``automation_sensor`` requests every fold of every model kind for a new version once its folds
-exist and pass their check, and each kind's report once its folds are evaluated. On schedule: ``weekly_retraining`` retrains
+exist and pass their check, and each kind's report once its folds are evaluated; the version's
+diff and image issues once ingested and its label issues once evaluated. On schedule: ``weekly_retraining`` retrains
 every fold of the newest version whose ingest went through.
 """
 
@@ -144,9 +145,11 @@ TRAINING_JOBS = {"training_job", "__ASSET_JOB", *(f"{name}_job" for name in KIND
 
 automation_sensor = dg.AutomationConditionSensorDefinition(
     "automation_sensor",
-    target=dg.AssetSelection.groups("training", "evaluation", "reports", "promotion"),
+    # to_label_next (quality) has no automation condition: it runs when asked.
+    target=dg.AssetSelection.groups("training", "evaluation", "reports", "promotion", "quality"),
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=30,
     run_tags=training_run_tags(),
-    description="Trains, evaluates and reports whatever a new dataset version made stale.",
+    description="Trains, evaluates and reports whatever a new dataset version made stale, and "
+    "checks its quality (diff, image issues, label issues).",
 )
