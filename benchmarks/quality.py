@@ -127,7 +127,7 @@ def main() -> None:
                     [a], partition_key=key, resources={"home": home}, instance=instance
                 )
             )
-    out = quality.quality_dir(home, label_issues.key.to_user_string(), key)
+    out = home.quality_dir(label_issues.key.to_user_string(), key)
     found = pd.read_parquet(out / "label_issues.parquet")
     keys = [
         (Path(f).name, round(x, 1), round(y, 1))
@@ -135,7 +135,7 @@ def main() -> None:
     ]
     n = len(planted)
     precision = len(set(keys[:n]) & planted) / max(1, n)
-    diff = pd.read_parquet(quality.quality_dir(home, "version_diff", key) / "annotations.parquet")
+    diff = pd.read_parquet(home.quality_dir("version_diff", key) / "annotations.parquet")
     relabelled = int((diff["change"] == "relabelled").sum())
 
     print(

@@ -7,9 +7,9 @@ images in a temporary home, exports and promotes them, and starts ``ml-assets se
 loopback port (a process of its own). For each kind and each number of concurrent clients
 (threads with one keep-alive connection each), ``--requests`` requests of one PNG image go to
 ``POST /predict/<kind>``: throughput and p50/p99 latency. The bare loop runs the same champion's
-``preprocess`` and ``session.run`` on the same images, already decoded, one at a time in this
-process: the server's overhead is its p50 minus the bare p50, its throughput ratio over the bare
-loop's. The server's resident memory (RSS) is read before and after each row's requests.
+``preprocess`` and ``session.run`` on the same images, already decoded, one at a time in a fresh
+process that, like the server, never imports torch (this one trained the models): the server's
+overhead is its p50 minus the bare p50, its throughput ratio over the bare loop's. The server's resident memory (RSS) is read before and after each row's requests.
 Goals (issue 19): p50 overhead <= 3 ms at 1 client; throughput at 16 clients >= 0.8x the bare
 loop's; memory flat.
 """
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import io
+import json
 import statistics
 import subprocess
 import sys
@@ -29,7 +29,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "ml_assets_tests"))  # the tests' helpers
 from servers import free_port, wait_for  # noqa: E402
@@ -38,7 +37,6 @@ from test_serve import champion  # noqa: E402
 from ml_assets.data.formats import read_dataset  # noqa: E402
 from ml_assets.data.sample import write_sample  # noqa: E402
 from ml_assets.defs.resources import MLAssetsHome  # noqa: E402
-from ml_assets.serve.models import load_champion  # noqa: E402
 from ml_assets.train.classifier import ClassifierConfig  # noqa: E402
 from ml_assets.train.kinds.image_classifier import IMAGE_CLASSIFIER  # noqa: E402
 from ml_assets.train.kinds.yolo_detector import YOLO_DETECTOR  # noqa: E402
@@ -84,20 +82,39 @@ def load(port: int, kind: str, bodies: list[bytes], requests: int, clients: int)
     return time.perf_counter() - started, latencies
 
 
-def bare(served, images: list[np.ndarray], requests: int) -> tuple[float, list[float]]:
-    """The champion's own work on decoded images, one at a time: preprocess and session.run."""
-    from ml_assets.train.export import preprocess
+BARE = """
+import json, sys, time
+import numpy as np
+from ml_assets.serve.models import load_champion
+from ml_assets.train.export import preprocess
 
-    name, pre = served.info["inputs"][0], served.info["preprocessing"]
-    runs = 2 if served.lineage.get("config", {}).get("tta") else 1  # the classifier's flip TTA
+home, kind, requests, files = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:]
+served = load_champion(home, kind)
+images = [np.asarray(Image.open(f).convert("RGB")) for f in files]
+name, pre = served.info["inputs"][0], served.info["preprocessing"]
+runs = 2 if served.lineage.get("config", {}).get("tta") else 1  # the classifier's flip TTA
+def loop(n):
     latencies, started = [], time.perf_counter()
-    for i in range(requests):
+    for i in range(n):
         t = time.perf_counter()
         x = preprocess(pre, [images[i % len(images)]])
         for _ in range(runs):
             served.session.run(None, {name: x})
         latencies.append(time.perf_counter() - t)
     return time.perf_counter() - started, latencies
+loop(50)  # warm up
+seconds, latencies = loop(requests)
+json.dump({"seconds": seconds, "latencies": latencies, "torch": "torch" in sys.modules}, sys.stdout)
+"""
+
+
+def bare(home: Path, kind: str, files: list[Path], requests: int) -> tuple[float, list[float]]:
+    """The champion's own work on decoded images, one at a time (preprocess and session.run),
+    in a fresh process that never imports torch, like the server's: (seconds, latencies)."""
+    command = [sys.executable, "-c", BARE, str(home), kind, str(requests), *map(str, files)]
+    found = json.loads(subprocess.run(command, capture_output=True, check=True).stdout)
+    assert not found["torch"], "the bare loop imported torch"
+    return found["seconds"], found["latencies"]
 
 
 def main() -> None:
@@ -114,7 +131,6 @@ def main() -> None:
         champion(paths, YOLO_DETECTOR, ds, YoloConfig(epochs=1, imgsz=96, batch=32), "v1")
         files = sorted((root / "shapes" / "images").glob("*.png"))[:32]
         bodies = [f.read_bytes() for f in files]
-        images = [np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in bodies]
         port = free_port()
         command = [sys.executable, "-c", "from ml_assets.cli import main; main()", "serve"]
         server = subprocess.Popen(
@@ -135,10 +151,8 @@ def main() -> None:
 
             wait_for("the server", ready, timeout=120, every=0.3, process=server)
             for kind in ("image_classifier", "yolo_detector"):
-                served = load_champion(paths.path, kind)
-                load(port, kind, bodies, 50, 1)  # warm up both
-                bare(served, images, 50)
-                bare_seconds, bare_latencies = bare(served, images, args.requests)
+                load(port, kind, bodies, 50, 1)  # warm up
+                bare_seconds, bare_latencies = bare(paths.path, kind, files, args.requests)
                 bare_rate = args.requests / bare_seconds
                 bare_p50 = statistics.median(bare_latencies) * 1000
                 for clients in args.clients:

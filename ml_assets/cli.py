@@ -177,7 +177,10 @@ def print_report(dataset: str, name: str, report: dict, folds: int) -> None:
     if "not_trained" in report:
         click.echo(f"{title}: not trained: {report['not_trained']}")
         return
-    click.echo(f"{title}, {folds}-fold cross-validation:\n")
+    click.echo(f"{title}, {folds}-fold cross-validation:")
+    if report.get("data_change"):
+        click.echo(f"data: {report['data_change']}")
+    click.echo("")
     whole = {c: (lambda v: str(int(v))) for c in COUNTS}
     table = report_table(report, headline=True).round(4)
     formatters = {c: f for c, f in whole.items() if c in table}
@@ -188,6 +191,9 @@ def print_report(dataset: str, name: str, report: dict, folds: int) -> None:
         f"{report['mean'][report['primary_metric']]:.4f}, baseline {report['baseline']:.4f})\n"
         f"report: {report['path']}/report.md"
     )
+    if "label_issues" in report:
+        count, path = report["label_issues"]
+        click.echo(f"label issues: {count}, worst first in {path}")
 
 
 @main.command("ready-instance")

@@ -76,7 +76,12 @@ defs = dg.Definitions.merge(
             *described([predictions]),
         ],
         asset_checks=dg.load_asset_checks_from_modules([datasets, quality]),
-        jobs=[automation.ingest_job, automation.training_job, automation.report_job],
+        jobs=[
+            automation.ingest_job,
+            automation.training_job,
+            automation.report_job,
+            automation.quality_job,
+        ],
         sensors=[automation.landing_sensor, automation.automation_sensor],
         schedules=[automation.weekly_retraining],
         executor=step_executor(),

@@ -131,7 +131,12 @@ def test_a_new_user_operates_the_pipeline_in_a_real_browser(home, tmp_path):
             for t in r["tags"]
             if t["key"] == "dagster/partition/version"
         }
-        assert {r["jobName"] for r in demo_runs} == {"ingest_job", "training_job", "report_job"}
+        assert {r["jobName"] for r in demo_runs} == {
+            "ingest_job",
+            "training_job",
+            "report_job",
+            "quality_job",
+        }
         # ... and of the same job snapshot, so re-executing one raises no "may be a different
         # version of the job" warning (a run of a subset records its job's as its parent).
         for run in demo_runs:

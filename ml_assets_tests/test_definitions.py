@@ -99,7 +99,8 @@ def test_graph_has_the_data_assets_and_one_pipeline_per_model_kind():
         evaluation = graph.get(dg.AssetKey(kind.evaluation_name))
         assert evaluation.parent_keys == {dg.AssetKey(kind.name)} and evaluation.pools == {"gpu"}
         assert graph.get(dg.AssetKey(kind.report_name)).parent_keys == {
-            dg.AssetKey(kind.evaluation_name)
+            dg.AssetKey(kind.evaluation_name),
+            dg.AssetKey("version_diff"),  # the report opens with what changed in the data
         }
         assert {
             (kind.name, "weights_finite"),

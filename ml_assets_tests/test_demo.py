@@ -2,6 +2,7 @@
 
 import dagster as dg
 import orjson
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 from dev_server import dagster_dev, graphql
@@ -51,7 +52,12 @@ def test_demo_materializes_everything_and_reports(home, tree_digest):
 
     instance = dg.DagsterInstance.get()
     runs = instance.get_runs()
-    assert {r.job_name for r in runs} == {"ingest_job", "training_job", "report_job"}
+    assert {r.job_name for r in runs} == {"ingest_job", "training_job", "report_job", "quality_job"}
+    # The version's quality: its diff heads the report, each kind's label issues are counted.
+    assert report["data_change"] == "first version of this dataset"
+    count, issues = report["label_issues"]
+    assert count == len(pd.read_parquet(issues)) and "image_classifier_label_issues" in issues
+    assert detector["label_issues"][1].endswith("label_issues.parquet")
     assert all(r.tags["ml_assets/trigger"] == "demo" for r in runs)
     flt = dg.AssetRecordsFilter(asset_key=dg.AssetKey("classifier_evaluation"))
     events = instance.fetch_materializations(flt, limit=10).records
@@ -77,6 +83,8 @@ def test_demo_materializes_everything_and_reports(home, tree_digest):
     assert result.exit_code == 0, result.output
     assert f"version {version}" in result.output and "already holds data" in result.output
     assert "fold 1" in result.output and "promotion gate:" in result.output
+    assert "data: first version of this dataset" in result.output
+    assert "label issues: " in result.output
     assert "yolo_detector" not in result.output
     assert tree_digest(home / "landing") == landing
 

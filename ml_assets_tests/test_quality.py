@@ -25,6 +25,7 @@ from ml_assets.evaluate.quality import (
     uncertainty,
     version_diff,
 )
+from ml_assets.evaluate.report import data_change
 from ml_assets.train.kinds.image_classifier import IMAGE_CLASSIFIER
 
 
@@ -59,7 +60,7 @@ def test_classifier_label_issues_rank_planted_swaps_first(tmp_path, digits, monk
             [asset, check], partition_key=key, resources={"home": home}, instance=instance
         )
         found = pd.read_parquet(
-            quality.quality_dir(home, asset.key.to_user_string(), key) / "label_issues.parquet"
+            home.quality_dir(asset.key.to_user_string(), key) / "label_issues.parquet"
         )
         meta = metadata_of(done, asset.key.to_user_string())
         (result,) = done.get_asset_check_evaluations()
@@ -273,6 +274,9 @@ def test_version_diff_asset_compares_with_the_previous_version(tmp_path, tiny_sa
         )
     assert meta["summary"] == f"1 relabelled since {first}"
     assert meta["annotations_relabelled"] == 1 and meta["images_added"] == 0
+    # the line the version's reports open with
+    assert data_change(home.quality_dir("version_diff", second)) == meta["summary"]
+    assert data_change(home.quality_dir("version_diff", first)) == "first version of this dataset"
 
 
 def test_image_issues_find_near_duplicates_across_folds(tmp_path):
@@ -382,7 +386,7 @@ def test_to_label_next_asset_with_a_trained_champion(tmp_path):
             run_config={"ops": {"to_label_next": {"config": {"kind": "image_classifier"}}}},
         )
         meta = metadata_of(done, "to_label_next")
-    out = quality.quality_dir(home, "to_label_next", key)
+    out = home.quality_dir("to_label_next", key)
     listed = (out / "to_label_next.txt").read_text().splitlines()
     ranked = pd.read_parquet(out / "to_label_next.parquet")
     names = [p.rsplit("/", 1)[-1] for p in listed]

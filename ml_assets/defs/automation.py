@@ -39,6 +39,11 @@ training_job = dg.define_asset_job(
     tags=training_run_tags(),
     description="Train and evaluate every model kind for one (version, fold).",
 )
+quality_job = dg.define_asset_job(
+    "quality_job",
+    selection=dg.AssetSelection.groups("quality") - dg.AssetSelection.assets("to_label_next"),
+    description="What one version's data and folds show: its diff, image issues, label issues.",
+)
 report_job = dg.define_asset_job(
     "report_job",
     selection=dg.AssetSelection.groups("reports"),

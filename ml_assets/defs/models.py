@@ -482,7 +482,7 @@ def report_asset(kind: ModelKind, evaluation: dg.AssetsDefinition) -> dg.AssetsD
     @dg.asset(
         name=kind.report_name,
         partitions_def=dataset_versions,
-        deps=[evaluation],
+        deps=[evaluation, "version_diff"],  # its line heads the report
         group_name="reports",
         kinds={"pandas"},
         tags=tags,
@@ -494,6 +494,7 @@ def report_asset(kind: ModelKind, evaluation: dg.AssetsDefinition) -> dg.AssetsD
         context: dg.AssetExecutionContext, home: MLAssetsHome, mlflow_tracking: MLflowTracking
     ) -> dg.MaterializeResult:
         from ml_assets.evaluate.report import (
+            data_change,
             decision_line,
             previous_report,
             read_fold_records,
@@ -512,6 +513,8 @@ def report_asset(kind: ModelKind, evaluation: dg.AssetsDefinition) -> dg.AssetsD
         earlier = versions[: versions.index(version)] if version in versions else []
         previous = previous_report([home.report_dir(kind.name, v) for v in earlier])
         summary = summarize_folds(kind, version, records, previous)
+        if line := data_change(home.quality_dir("version_diff", version)):
+            summary["data_change"] = line  # what changed in the data since the previous version
         plots = report_plots(records, folders, lambda: load_version(home, version), assignment)
         _, decision = decision_line(summary, kind.promotion_floor)
         out = write_report(home.report_dir(kind.name, version), summary, plots, decision)

@@ -18,6 +18,7 @@ atomically; the pure logic is ``ml_assets.evaluate.quality``.
 from pathlib import Path
 
 import dagster as dg
+import orjson
 import pandas as pd
 from pydantic import Field
 
@@ -50,10 +51,6 @@ class ShareConfig(dg.Config):
     warn_share: float = Field(
         default=0.05, description="Warn when issues exceed this share of the version"
     )
-
-
-def quality_dir(home: MLAssetsHome, name: str, version: str) -> Path:
-    return home.path / "quality" / name / version
 
 
 def evaluation_folders(home: MLAssetsHome, kind: str, version: str) -> dict[int, Path]:
@@ -131,7 +128,7 @@ def build_label_issues(kind: ModelKind) -> tuple[dg.AssetsDefinition, dg.AssetCh
         ds = load_version(home, version)
         png = gallery_png(ds, found, config.gallery)
         out = write_frame(
-            quality_dir(home, name, version), {"label_issues": found}, {"gallery": png}
+            home.quality_dir(name, version), {"label_issues": found}, {"gallery": png}
         )
         boxes = max(1, len(ds.annotations))
         return dg.MaterializeResult(
@@ -181,7 +178,7 @@ def share_check(
         version = checked_partition(context)
         if version is None:
             return
-        where = quality_dir(home, asset.key.to_user_string(), version) / f"{table}.parquet"
+        where = home.quality_dir(asset.key.to_user_string(), version) / f"{table}.parquet"
         found = pd.read_parquet(where)
         ds = load_version(home, version)
         by_image = table != "label_issues"
@@ -236,28 +233,35 @@ def version_diff(
     from ml_assets.evaluate.quality import version_diff as diff
 
     version = context.partition_key
+    folder = home.quality_dir("version_diff", version)
     previous = previous_version(context, home, version)
     if previous is None:
-        return dg.MaterializeResult(metadata={"summary": "first version of this dataset"})
+        line = "first version of this dataset"
+        write_frame(folder, {}, {}, {"summary.json": orjson.dumps({"summary": line}).decode()})
+        return dg.MaterializeResult(metadata={"summary": line}, data_version=dg.DataVersion(line))
     found = diff(load_version(home, previous), load_version(home, version), config.iou_threshold)
+    line = diff_line(found["counts"], previous)
+    summary = {"summary": line, "previous_version": previous, "counts": found["counts"]}
     out = write_frame(
-        quality_dir(home, "version_diff", version),
+        folder,
         {
             "images": found["images"],
             "annotations": found["annotations"],
             "histogram": found["histogram"].reset_index(names="class"),
         },
         {},
+        {"summary.json": orjson.dumps(summary).decode()},
     )
     return dg.MaterializeResult(
+        data_version=dg.DataVersion(line),  # what the report shows: the same line, nothing due
         metadata={
-            "summary": diff_line(found["counts"], previous),
+            "summary": line,
             "previous_version": previous,
             **found["counts"],
             "class_histogram": md_frame(found["histogram"]),
             "changes": md_frame(found["annotations"].head(50), index=False),
             "path": dg.MetadataValue.path(str(out)),
-        }
+        },
     )
 
 
@@ -275,7 +279,7 @@ def image_issues(context: dg.AssetExecutionContext, home: MLAssetsHome) -> dg.Ma
     version = context.partition_key
     assignment, _ = load_folds(home, version)
     found = find(load_version(home, version), assignment)
-    out = write_frame(quality_dir(home, "image_issues", version), {"image_issues": found}, {})
+    out = write_frame(home.quality_dir("image_issues", version), {"image_issues": found}, {})
     counts = {f"issues_{k}": int(v) for k, v in found["type"].value_counts().items()}
     return dg.MaterializeResult(
         metadata={
@@ -362,7 +366,7 @@ def to_label_next(
         [f"{u:.3f} {Path(f).name}" for f, u in zip(top["file"], top["uncertainty"], strict=True)],
     )
     out = write_frame(
-        quality_dir(home, "to_label_next", version),
+        home.quality_dir("to_label_next", version),
         {"to_label_next": ranked},
         {"gallery": png},
         {"to_label_next.txt": "".join(f"{f}\n" for f in ranked["file"])},

@@ -115,6 +115,10 @@ class MLAssetsHome(dg.ConfigurableResource):
     def report_dir(self, kind: str, version: str) -> Path:
         return self.path / "reports" / kind / version
 
+    def quality_dir(self, asset: str, version: str) -> Path:
+        """What a quality asset (label issues, image issues, version diff...) found."""
+        return self.path / "quality" / asset / version
+
     @property
     def mlflow_dir(self) -> Path:
         return self.path / "mlflow"

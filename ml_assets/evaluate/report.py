@@ -156,6 +156,13 @@ def markdown_table(frame: pd.DataFrame, index: bool = True) -> str:
     return rounded.astype(object).where(rounded.notna(), "n/a").to_markdown(index=index)
 
 
+def data_change(folder: Path) -> str | None:
+    """The line of a version_diff folder ("3 relabelled since ab12cd34ef56"), None when
+    version_diff has not run for the version."""
+    path = Path(folder) / "summary.json"
+    return orjson.loads(path.read_bytes())["summary"] if path.exists() else None
+
+
 def report_markdown(report: dict, images: str = "", decision: str = "") -> str:
     """The report as Markdown: the ``decision`` line (see :func:`decision_line`) when given, folds,
     mean and std, classes, the change since the last version; undefined values read n/a."""
@@ -166,6 +173,7 @@ def report_markdown(report: dict, images: str = "", decision: str = "") -> str:
     parts = [
         f"# {report['kind']} report, version {report['version']}",
         *([f"**{decision}**"] if decision else []),
+        *([f"Data: {report['data_change']}"] if report.get("data_change") else []),
         f"Primary metric {metric}: mean {_number(report['mean'][metric]):.4f}, "
         f"baseline {report['baseline']:.4f}",
         "## Folds\n\n" + markdown_table(table),
@@ -374,6 +382,7 @@ def report_view(
     values = cross_fold_values(report)
     view: dict = {
         "decision": decision_line(report, floor)[1],
+        **({"data_change": report["data_change"]} if report.get("data_change") else {}),
         f"mean_{metric}": values.pop(f"mean_{metric}"),
         f"std_{metric}": values.pop(f"std_{metric}"),
         "baseline": round(float(report["baseline"]), 4),

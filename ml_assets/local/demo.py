@@ -157,8 +157,9 @@ def echoing_progress(echo: Callable[[str], None]) -> Iterator[None]:
 
 
 def run_jobs(defs, instance, home: Path, version: str, kinds, training, echo) -> dict[str, dict]:
-    """Ingest ``version``, then train, evaluate and report each kind its labels can teach;
-    ``training`` is (settings per kind, epochs, folds, seed). Each kind's report by name."""
+    """Ingest ``version`` (with its diff and image issues), then train, evaluate and report each
+    kind its labels can teach, and find its label issues; ``training`` is (settings per kind,
+    epochs, folds, seed). Each kind's report by name."""
     import dagster as dg
 
     from ml_assets.data.tables import load_tables
@@ -201,6 +202,7 @@ def run_jobs(defs, instance, home: Path, version: str, kinds, training, echo) ->
         return checks
 
     run("ingest_job", version)
+    run("quality_job", version, [dg.AssetKey("version_diff"), dg.AssetKey("image_issues")])
     where = MLAssetsHome(root=str(home))
     ds = load_tables(where.tables_dir(version))
     reports, trainable = {}, []
@@ -227,12 +229,18 @@ def run_jobs(defs, instance, home: Path, version: str, kinds, training, echo) ->
         key = dg.MultiPartitionKey({"version": version, "fold": str(fold)})
         run("training_job", key, trained, ops)
     checks = run("report_job", version, [dg.AssetKey(k.report_name) for k in trainable])
+    checked = [k for k in trainable if k.held_out]
+    if checked:
+        run("quality_job", version, [dg.AssetKey(f"{k.name}_label_issues") for k in checked])
     for k in trainable:
         folder = where.report_dir(k.name, version)
         reports[k.name] = read_report(folder) | {
             "path": str(folder),
             "promotable": checks.get(k.gate_name, False),
         }
+        if k in checked:
+            issues = where.quality_dir(f"{k.name}_label_issues", version) / "label_issues.parquet"
+            reports[k.name]["label_issues"] = (len(pd.read_parquet(issues)), str(issues))
     return reports
 
 

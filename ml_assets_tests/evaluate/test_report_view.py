@@ -35,6 +35,7 @@ from ml_assets.evaluate.report import (
     promotion_decision,
     read_fold_predictions,
     read_report,
+    report_markdown,
     report_plots,
     report_view,
     summarize,
@@ -183,6 +184,12 @@ def test_the_classifier_report_leads_with_the_decision(classifier):
     assert isinstance(view["per_class"], Markdown) and "| cat " in view["per_class"]
     assert view["confusion_matrix"].startswith("![confusion_matrix](data:image/png;base64,")
     assert isinstance(view["report_html"], Link) and isinstance(view["path"], Path)
+
+    # With a version_diff line, what changed in the data comes right after the decision.
+    changed = summary | {"data_change": "3 relabelled since ab12cd34ef56"}
+    assert list(report_view(changed, plots, floor=0.5))[:2] == ["decision", "data_change"]
+    lines = report_markdown(changed, decision="promotable").splitlines()
+    assert lines[2:5] == ["**promotable**", "", "Data: 3 relabelled since ab12cd34ef56"]
 
     refused = report_view(summary, plots, floor=0.99)["decision"]
     assert refused.startswith(f"not promotable: mean macro_f1 {mean:.4f} is below the floor")
