@@ -85,6 +85,7 @@ def load(port: int, kind: str, bodies: list[bytes], requests: int, clients: int)
 BARE = """
 import json, sys, time
 import numpy as np
+from PIL import Image
 from ml_assets.serve.models import load_champion
 from ml_assets.train.export import preprocess
 
@@ -112,7 +113,10 @@ def bare(home: Path, kind: str, files: list[Path], requests: int) -> tuple[float
     """The champion's own work on decoded images, one at a time (preprocess and session.run),
     in a fresh process that never imports torch, like the server's: (seconds, latencies)."""
     command = [sys.executable, "-c", BARE, str(home), kind, str(requests), *map(str, files)]
-    found = json.loads(subprocess.run(command, capture_output=True, check=True).stdout)
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"the bare loop failed:\n{done.stderr}")
+    found = json.loads(done.stdout)
     assert not found["torch"], "the bare loop imported torch"
     return found["seconds"], found["latencies"]
 
@@ -121,6 +125,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument(
+        "--server-args", nargs=argparse.REMAINDER, default=[],
+        help="the rest goes to ml-assets serve (e.g. --threads 1)",
+    )  # fmt: skip
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -134,7 +142,7 @@ def main() -> None:
         port = free_port()
         command = [sys.executable, "-c", "from ml_assets.cli import main; main()", "serve"]
         server = subprocess.Popen(
-            [*command, "--home", str(paths.path), "--port", str(port)],
+            [*command, "--home", str(paths.path), "--port", str(port), *args.server_args],
             stderr=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
         )
