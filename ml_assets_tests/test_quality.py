@@ -15,15 +15,16 @@ from ml_assets.data.tables import Dataset
 from ml_assets.defs import quality
 from ml_assets.defs.partitions import dataset_versions
 from ml_assets.defs.resources import MLAssetsHome, TrainingDevice
+from ml_assets.evaluate.detection import iou
 from ml_assets.evaluate.quality import (
     detection_issues,
     diff_line,
     diverse_order,
     image_hashes,
     image_issues,
-    iou,
     uncertainty,
     version_diff,
+    xyxy_iou,
 )
 from ml_assets.evaluate.report import data_change
 from ml_assets.train.kinds.image_classifier import IMAGE_CLASSIFIER
@@ -160,10 +161,9 @@ def test_detection_issues_rank_planted_boxes_first(tmp_path):
     def place(r):  # an overlooked row's box is the detection's: the lost box it covers
         for image_id, a in lost_ids:
             b = lost_boxes.loc[a]
-            box = np.array([b.x, b.y, b.x + b.w, b.y + b.h])
             if (
                 image_id == r.image_id
-                and iou(box, np.array([[r.x, r.y, r.x + r.w, r.y + r.h]]))[0] > 0.5
+                and iou(np.array([b.x, b.y, b.w, b.h]), np.array([[r.x, r.y, r.w, r.h]]))[0] > 0.5
             ):
                 return a
         return None
@@ -186,9 +186,9 @@ def test_detection_issues_rank_planted_boxes_first(tmp_path):
 
 
 def test_iou_of_half_moved_box_is_a_third_or_less():
-    box = np.array([0.0, 0.0, 10.0, 10.0])
-    assert iou(box, np.array([[5.0, 0.0, 15.0, 10.0]]))[0] == pytest.approx(1 / 3)
-    assert iou(box, np.zeros((0, 4))).shape == (0,)
+    box = np.array([0.0, 0.0, 10.0, 10.0])  # cleanlab's x1, y1, x2, y2
+    assert xyxy_iou(box, np.array([[5.0, 0.0, 15.0, 10.0]]))[0] == pytest.approx(1 / 3)
+    assert xyxy_iou(box, np.zeros((0, 4))).shape == (0,)
 
 
 def small_version(tmp_path, name: str) -> Dataset:

@@ -193,7 +193,7 @@ def _voc_ap(truth: pd.DataFrame, detections: pd.DataFrame, positives: int) -> fl
             outcome[n] = -1
             continue
         gt, crowd = by_image[int(image_id)]
-        overlap = _iou(boxes[n], gt)
+        overlap = iou(boxes[n], gt)
         best = int(overlap.argmax())
         if overlap[best] <= VOC_IOU:
             outcome[n] = -1
@@ -215,7 +215,7 @@ def _voc_ap(truth: pd.DataFrame, detections: pd.DataFrame, positives: int) -> fl
     return float(((recall[steps + 1] - recall[steps]) * precision[steps + 1]).sum())
 
 
-def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+def iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     """IoU of one x, y, w, h box with each of ``boxes``."""
     x0 = np.maximum(box[0], boxes[:, 0])
     y0 = np.maximum(box[1], boxes[:, 1])

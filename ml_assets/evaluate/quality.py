@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from ml_assets.data.tables import SOURCE_FILE, SOURCE_RECORD, Dataset, class_list
+from ml_assets.evaluate.detection import iou
 
 ISSUE_COLUMNS = ["file", "record", "type", "score", "given", "suggested"]
 BOX = ["x", "y", "w", "h"]
@@ -59,8 +60,8 @@ def label_issues(
         missing = {"annotation_id", "true"} - set(predictions.columns)
         if missing or not probability_columns(predictions):
             raise ValueError(
-                f"these class predictions lack {sorted(missing) or 'p_<class> columns'}: "
-                "rematerialize the kind's evaluations"
+                f"these class predictions lack {sorted(missing) or 'p_<class> columns'} "
+                "(written before they existed?): rematerialize the evaluation of every fold"
             )
         return classification_issues(ds, predictions)
     if held_out != "boxes":
@@ -81,11 +82,6 @@ def classification_issues(ds: Dataset, predictions: pd.DataFrame) -> pd.DataFram
     from cleanlab.rank import get_label_quality_scores
 
     columns = probability_columns(predictions)
-    if not columns:
-        raise ValueError(
-            "the classifier's evaluation predictions have no p_<class> columns (written before "
-            "they existed): rematerialize the evaluation of every fold"
-        )
     names = [c.removeprefix("p_") for c in columns]
     index = {n: i for i, n in enumerate(names)}
     unknown = predictions.loc[~predictions["true"].isin(index)]
@@ -201,7 +197,9 @@ def detection_issues(
             base = label["image_id"], label["annotation_ids"][i]
             others = (classes != k) & (probs > confident)
             if swap[i] < threshold and others.any():
-                best = np.flatnonzero(others)[np.argmax(iou(label["bboxes"][i], boxes[others]))]
+                best = np.flatnonzero(others)[
+                    np.argmax(xyxy_iou(label["bboxes"][i], boxes[others]))
+                ]
                 rows.append(
                     box_row(*base, "swapped", swap[i], names[k], names[classes[best]])
                     | suggested_box(boxes[best])
@@ -209,7 +207,7 @@ def detection_issues(
             same = (classes == k) & (probs > located)
             if badloc[i] < threshold:
                 best = (
-                    np.flatnonzero(same)[np.argmax(iou(label["bboxes"][i], boxes[same]))]
+                    np.flatnonzero(same)[np.argmax(xyxy_iou(label["bboxes"][i], boxes[same]))]
                     if (same.any())
                     else None
                 )
@@ -245,16 +243,11 @@ def suggested_box(box: np.ndarray, as_given: bool = False) -> dict:
     return found | ({"x": x1, "y": y1, "w": x2 - x1, "h": y2 - y1} if as_given else {})
 
 
-def iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """IoU of one ``[x1, y1, x2, y2]`` box with each of ``boxes``."""
-    if not len(boxes):
-        return np.zeros(0)
-    lo = np.maximum(box[:2], boxes[:, :2])
-    hi = np.minimum(box[2:], boxes[:, 2:])
-    inter = np.prod(np.clip(hi - lo, 0, None), axis=1)
-    area = np.prod(box[2:] - box[:2])
-    areas = np.prod(boxes[:, 2:] - boxes[:, :2], axis=1)
-    return inter / np.maximum(area + areas - inter, 1e-12)
+def xyxy_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """IoU of one ``[x1, y1, x2, y2]`` box (cleanlab's form) with each of ``boxes``: the
+    evaluation's :func:`~ml_assets.evaluate.detection.iou` on x, y, w, h."""
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    return iou(np.r_[box[:2], box[2:] - box[:2]], np.c_[boxes[:, :2], boxes[:, 2:] - boxes[:, :2]])
 
 
 def with_sources(ds: Dataset, found: pd.DataFrame) -> pd.DataFrame:
@@ -430,7 +423,7 @@ def match_boxes(old: pd.DataFrame, new: pd.DataFrame, iou_threshold: float) -> l
     """Annotation changes of one image pair: greedy by IoU, a pair at ``iou_threshold`` or more
     is the same object (``relabelled`` when its class differs), a pair that overlaps less is
     ``moved``; what is left is ``removed`` or ``added``."""
-    a, b = xyxy(old), xyxy(new)
+    a, b = old[BOX].to_numpy(np.float64), new[BOX].to_numpy(np.float64)
     overlap = np.array([iou(box, b) for box in a]).reshape(len(a), len(b))
     rows, free_a, free_b = [], set(range(len(a))), set(range(len(b)))
     for flat in np.argsort(-overlap, axis=None, kind="stable"):
@@ -547,13 +540,8 @@ def version_diff(before: Dataset, after: Dataset, iou_threshold: float = 0.5) ->
 
 def diff_line(counts: dict[str, int], previous: str) -> str:
     """``12 images added, 3 relabelled since ab12cd34ef56`` (``no change since ...``)."""
-    parts = [
-        f"{n} {'images' if k.startswith('images') else 'annotations'} {k.split('_', 1)[1]}"
-        if k.startswith("images") or k.split("_", 1)[1] in ("added", "removed")
-        else f"{n} {k.split('_', 1)[1]}"
-        for k, n in counts.items()
-        if n
-    ]
+    short = {"annotations_relabelled": "relabelled", "annotations_moved": "moved"}
+    parts = [f"{n} {short.get(k, k.replace('_', ' '))}" for k, n in counts.items() if n]
     return f"{', '.join(parts) or 'no change'} since {previous}"
 
 
