@@ -100,10 +100,16 @@ def pr_curves_png(curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str) 
     return png_bytes(fig)
 
 
-def boxes_png(samples: list[dict], title: str, columns: int = 2) -> bytes:
+def boxes_png(
+    samples: list[dict],
+    title: str,
+    columns: int = 2,
+    legend: str = "dashed green: truth, red: predicted",
+) -> bytes:
     """A grid of images with their boxes. Each sample: ``image`` (H, W, 3 uint8), ``title``,
     ``truth`` [(x, y, w, h, label)] drawn dashed green and ``predicted``
-    [(x, y, w, h, label)] drawn red with the label above the box."""
+    [(x, y, w, h, label)] drawn red with the label above the box; ``legend`` after the
+    ``title`` (none when empty)."""
     from matplotlib.patches import Rectangle
 
     plt = _figure()
@@ -121,7 +127,7 @@ def boxes_png(samples: list[dict], title: str, columns: int = 2) -> bytes:
         for x, y, w, h, label in sample["predicted"]:
             ax.add_patch(Rectangle((x, y), w, h, fill=False, edgecolor="red", linewidth=1.2))
             ax.text(x, y, label, color="white", fontsize=6, va="bottom", backgroundcolor="red")
-    fig.suptitle(f"{title} (dashed green: truth, red: predicted)", fontsize="small")
+    fig.suptitle(f"{title} ({legend})" if legend else title, fontsize="small")
     return png_bytes(fig)
 
 

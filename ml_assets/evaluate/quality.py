@@ -281,42 +281,33 @@ def issue_counts(found: pd.DataFrame) -> dict[str, int]:
     return {str(k): int(v) for k, v in found["type"].value_counts().items()}
 
 
-def gallery_png(ds: Dataset, found: pd.DataFrame, count: int = 12, side: int = 160) -> bytes:
-    """The worst ``count`` issues, one tile each: the given box in red with the given label,
-    the suggested box in green with the suggested label."""
-    import io
+def gallery_png(ds: Dataset, found: pd.DataFrame, count: int = 12) -> bytes:
+    """The worst ``count`` issues (the report's box grid): the given box dashed green, the
+    suggested one red with the suggested label."""
+    from ml_assets.evaluate.plots import boxes_png
 
-    from PIL import Image, ImageDraw
+    def box(row, prefix: str, label: str) -> list:
+        values = [getattr(row, f"{prefix}{c}") for c in BOX]
+        return [] if any(pd.isna(v) for v in values) else [(*values, label)]
 
-    rows = found.head(count)
-    columns = 4
-    sheet = Image.new(
-        "RGB", (side * columns, (side + 14) * max(1, -(-len(rows) // columns))), "white"
-    )
     files = ds.images.set_index("image_id")["file_name"]
-    for n, row in enumerate(rows.itertuples()):
-        with Image.open(ds.image_path(files[row.image_id])) as image:
-            tile = image.convert("RGB")
-        scale = side / max(tile.size)
-        tile = tile.resize((max(1, round(tile.width * scale)), max(1, round(tile.height * scale))))
-        draw = ImageDraw.Draw(tile)
-        for box, colour in (
-            ((row.x, row.y, row.w, row.h), "red"),
-            (
-                (row.s_x, row.s_y, row.s_w, row.s_h),
-                "lime",
-            ),
-        ):
-            if not any(pd.isna(v) for v in box):
-                x, y, w, h = (v * scale for v in box)
-                draw.rectangle([x, y, x + w, y + h], outline=colour, width=2)
-        left, top = (n % columns) * side, (n // columns) * (side + 14)
-        sheet.paste(tile, (left, top))
-        caption = f"{row.type}: {row.given or '-'} -> {row.suggested}"
-        ImageDraw.Draw(sheet).text((left + 2, top + side), caption[:30], fill="black")
-    buffer = io.BytesIO()
-    sheet.save(buffer, format="PNG")
-    return buffer.getvalue()
+    samples = [
+        {
+            "image": read_rgb(ds.image_path(files[row.image_id])),
+            "title": f"{row.type}: {row.given or '-'} -> {row.suggested}",
+            "truth": box(row, "", row.given),
+            "predicted": box(row, "s_", row.suggested),
+        }
+        for row in found.head(count).itertuples()
+    ]
+    return boxes_png(samples, "label issues", 4, "dashed green: given, red: suggested")
+
+
+def read_rgb(path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
 
 
 # --- image issues (cleanvision) -----------------------------------------------------------------
@@ -619,21 +610,12 @@ def diverse_order(ranked: pd.DataFrame, hashes: list, distance: int = 6) -> pd.D
     return found.iloc[order].reset_index(drop=True)
 
 
-def label_next_gallery(paths, captions: list[str], side: int = 128, columns: int = 4) -> bytes:
-    """The images at ``paths`` as one contact sheet, each captioned."""
-    import io
+def label_next_gallery(paths, captions: list[str]) -> bytes:
+    """The images at ``paths`` in a grid, each captioned."""
+    from ml_assets.evaluate.plots import boxes_png
 
-    from PIL import Image, ImageDraw
-
-    rows = max(1, -(-len(paths) // columns))
-    sheet = Image.new("RGB", (side * columns, (side + 14) * rows), "white")
-    for n, (path, caption) in enumerate(zip(paths, captions, strict=True)):
-        with Image.open(path) as image:
-            tile = image.convert("RGB")
-        tile.thumbnail((side, side))
-        left, top = (n % columns) * side, (n // columns) * (side + 14)
-        sheet.paste(tile, (left, top))
-        ImageDraw.Draw(sheet).text((left + 2, top + side), caption[:24], fill="black")
-    buffer = io.BytesIO()
-    sheet.save(buffer, format="PNG")
-    return buffer.getvalue()
+    samples = [
+        {"image": read_rgb(p), "title": c, "truth": [], "predicted": []}
+        for p, c in zip(paths, captions, strict=True)
+    ]
+    return boxes_png(samples, "to label next, most unsure first", 4, legend="")
