@@ -659,6 +659,19 @@ def _boxes_from_masks(xywh: np.ndarray, segmentations: list[Any]) -> int:
     return filled
 
 
+def polygons_rle(polygons: list, height: int, width: int) -> dict:
+    """Polygons (flat x, y lists in an image's pixels) filled as one COCO RLE ``{"size",
+    "counts"}``; a polygon of fewer than 3 points has no area (none at all: an empty mask)."""
+    from pycocotools import mask as mask_utils
+
+    polygons = [list(p) for p in polygons if len(p) >= 6]
+    if polygons:
+        rle = mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
+    else:
+        rle = mask_utils.encode(np.zeros((height, width, 1), dtype=np.uint8, order="F"))[0]
+    return {"size": [height, width], "counts": rle["counts"].decode()}
+
+
 def mask_box(segmentation: Any) -> list[float] | None:
     """The [x, y, w, h] extent of a polygon list or COCO RLE; None when it holds no pixels."""
     if isinstance(segmentation, dict):

@@ -221,7 +221,7 @@ def mask_rle(mask: np.ndarray, shape) -> dict:
     (height, width), the way ``kind.predict`` makes it: the mask's outer contours (OpenCV,
     ultralytics' ``masks2segments``) scaled back like boxes (``scale_coords``, clipped), filled
     by pycocotools; a contour of fewer than 3 points has no area."""
-    from pycocotools import mask as mask_utils
+    from ml_assets.data.coco import polygons_rle
 
     height, width = (int(v) for v in shape)
     contours = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[
@@ -230,16 +230,10 @@ def mask_rle(mask: np.ndarray, shape) -> dict:
     polygons = []
     for contour in contours:
         points = contour.reshape(-1, 2).astype(np.float64)
-        if len(points) < 3:
-            continue
         corners = np.concatenate([points, points], axis=1)  # scale_boxes takes x1, y1, x2, y2
         points = scale_boxes(mask.shape, corners, (height, width))[:, :2]
         polygons.append(points.reshape(-1).tolist())
-    if polygons:
-        rle = mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
-    else:
-        rle = mask_utils.encode(np.zeros((height, width, 1), np.uint8, order="F"))[0]
-    return {"size": [height, width], "counts": rle["counts"].decode()}
+    return polygons_rle(polygons, height, width)
 
 
 def scale_boxes(size, boxes: np.ndarray, shape) -> np.ndarray:

@@ -452,18 +452,14 @@ class YoloKind:
 def _rle_masks(result: Any) -> list[dict]:
     """Each predicted instance's mask as COCO RLE in the pixels of the original image, from
     ultralytics' polygons of it (``masks.xy``, already in those pixels)."""
-    from pycocotools import mask as mask_utils
+    from ml_assets.data.coco import polygons_rle
 
     height, width = result.orig_shape
-    rles = []
-    for polygon in result.masks.xy if result.masks is not None else []:
-        points = np.asarray(polygon, dtype=np.float64).reshape(-1).tolist()
-        if len(points) >= 6:
-            rle = mask_utils.merge(mask_utils.frPyObjects([points], height, width))
-        else:  # no area: an empty mask
-            rle = mask_utils.encode(np.zeros((height, width, 1), dtype=np.uint8, order="F"))[0]
-        rles.append({"size": [height, width], "counts": rle["counts"].decode()})
-    return rles
+    polygons = result.masks.xy if result.masks is not None else []
+    return [
+        polygons_rle([np.asarray(p, np.float64).reshape(-1).tolist()], height, width)
+        for p in polygons
+    ]
 
 
 def device_argument(device: Any, processes: int = 1, nodes: int = 1) -> str:
