@@ -445,3 +445,14 @@ def test_a_new_version_gets_its_diff_and_image_issues_and_label_issues_wait_for_
             defs=defs, instance=instance, asset_selection=selection, cursor=due.cursor
         )
         assert later.get_requested_partitions(dg.AssetKey("image_classifier_label_issues")) == {key}
+
+
+def test_label_issues_before_every_fold_is_evaluated_name_the_missing_fold(landed):
+    landing, home = landed
+    with ingested_version(landing, home) as (_, key):
+        with pytest.raises(FileNotFoundError, match="no predictions of fold 0; materialize"):
+            quality.find_label_issues(home, IMAGE_CLASSIFIER, key)
+        from ml_assets.train.kinds.lora_segmenter import LORA_SEGMENTER
+
+        with pytest.raises(ValueError, match="lora_segmenter has no label issues"):
+            quality.find_label_issues(home, LORA_SEGMENTER, key)

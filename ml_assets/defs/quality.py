@@ -65,7 +65,8 @@ def find_label_issues(
 ) -> pd.DataFrame:
     """The label issues of ``kind`` on ``version`` from every fold's evaluation (what the asset
     and ``ml-assets label-issues`` compute)."""
-    from ml_assets.evaluate.quality import label_issues, read_fold_predictions
+    from ml_assets.evaluate.quality import label_issues
+    from ml_assets.evaluate.report import read_fold_predictions
 
     if not kind.held_out:
         raise ValueError(
@@ -74,7 +75,14 @@ def find_label_issues(
         )
     ds = load_version(home, version)
     assignment, _ = load_folds(home, version)
-    predictions = read_fold_predictions(evaluation_folders(home, kind.name, version))
+    folders = evaluation_folders(home, kind.name, version)
+    predictions = read_fold_predictions(folders)
+    if predictions is None:
+        missing = [f for f, p in folders.items() if not (p / "predictions.parquet").exists()]
+        raise FileNotFoundError(
+            f"{folders[missing[0]]}: no predictions of fold {missing[0]}; materialize "
+            f"{kind.evaluation_name} for every fold of {version}"
+        )
     held = assignment.loc[assignment["fold"] >= 0, "image_id"].tolist()
     return label_issues(ds, predictions, kind.held_out, held, **thresholds)
 

@@ -18,9 +18,6 @@ out-of-fold predictions of the whole version, made without extra training:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 
@@ -31,19 +28,6 @@ ISSUE_COLUMNS = ["file", "record", "type", "score", "given", "suggested"]
 BOX = ["x", "y", "w", "h"]
 
 
-def read_fold_predictions(folders: Mapping[int, Path]) -> pd.DataFrame:
-    """The predictions every fold's evaluation wrote, with a ``fold`` column."""
-    frames = []
-    for fold, folder in folders.items():
-        path = Path(folder) / "predictions.parquet"
-        if not path.exists():
-            raise FileNotFoundError(
-                f"{path}: no predictions for fold {fold}; materialize that fold's evaluation"
-            )
-        frames.append(pd.read_parquet(path).assign(fold=fold))
-    return pd.concat(frames, ignore_index=True)
-
-
 def probability_columns(predictions: pd.DataFrame) -> list[str]:
     return [c for c in predictions.columns if c.startswith("p_")]
 
@@ -52,7 +36,7 @@ def label_issues(
     ds: Dataset, predictions: pd.DataFrame, held_out: str, image_ids=None, **thresholds
 ) -> pd.DataFrame:
     """The label issues of ``ds`` from out-of-fold ``predictions`` (every fold's, see
-    :func:`read_fold_predictions`), worst first, as the kind's ``held_out`` says they are:
+    :func:`ml_assets.evaluate.report.read_fold_predictions`), worst first, as the kind's ``held_out`` says they are:
     ``"classes"`` (class probabilities per annotation) or ``"boxes"`` (detections;
     ``image_ids``: the images the folds held out, those without any detection included;
     ``thresholds``: :func:`detection_issues`')."""

@@ -164,6 +164,7 @@ def run_jobs(defs, instance, home: Path, version: str, kinds, training, echo) ->
 
     from ml_assets.data.tables import load_tables
     from ml_assets.defs.partitions import dataset_versions
+    from ml_assets.defs.quality import label_issues_name
     from ml_assets.defs.resources import MLAssetsHome
     from ml_assets.evaluate.report import read_report
     from ml_assets.train.kinds import refusal
@@ -231,7 +232,7 @@ def run_jobs(defs, instance, home: Path, version: str, kinds, training, echo) ->
     checks = run("report_job", version, [dg.AssetKey(k.report_name) for k in trainable])
     checked = [k for k in trainable if k.held_out]
     if checked:
-        run("quality_job", version, [dg.AssetKey(f"{k.name}_label_issues") for k in checked])
+        run("quality_job", version, [dg.AssetKey(label_issues_name(k)) for k in checked])
     for k in trainable:
         folder = where.report_dir(k.name, version)
         reports[k.name] = read_report(folder) | {
@@ -239,7 +240,7 @@ def run_jobs(defs, instance, home: Path, version: str, kinds, training, echo) ->
             "promotable": checks.get(k.gate_name, False),
         }
         if k in checked:
-            issues = where.quality_dir(f"{k.name}_label_issues", version) / "label_issues.parquet"
+            issues = where.quality_dir(label_issues_name(k), version) / "label_issues.parquet"
             reports[k.name]["label_issues"] = (len(pd.read_parquet(issues)), str(issues))
     return reports
 
