@@ -240,18 +240,7 @@ def _scan(path: Path) -> tuple[dict[str, list[tuple[int, int]]], np.ndarray]:
             special = (folded == 0x7B) | (folded == 0x7D) | (data == 0x22) | (data == 0x5C)
             where = np.flatnonzero(special)
             kind = _BYTE_KIND[data[where]]
-            escaped = [0] if escaped_first else []  # positions (in the chunk) of escaped bytes
-            last = 0 if escaped_first else -1
-            for position in where[kind == 6].tolist():
-                if position != last:  # an escaped backslash escapes nothing
-                    last = position + 1
-                    escaped.append(last)
-            escaped_first = last == len(chunk)
-            if escaped_first:
-                escaped.pop()
-            quotes = where[kind == 5]
-            if escaped:
-                quotes = np.setdiff1d(quotes, escaped, assume_unique=True)
+            quotes, escaped_first = _unescaped_quotes(where, kind, escaped_first, len(chunk))
             brackets, bracket_kind = where[kind <= 4], kind[kind <= 4]
             outside = (np.searchsorted(quotes, brackets) + quotes_so_far) % 2 == 0
             brackets, bracket_kind = brackets[outside], bracket_kind[outside]
@@ -287,6 +276,27 @@ def _scan(path: Path) -> tuple[dict[str, list[tuple[int, int]]], np.ndarray]:
     if depth != 0 or quotes_so_far % 2:
         raise _MalformedJSON("the file ends inside a string, object or array")
     return arrays, np.concatenate([np.zeros(0, dtype=np.int64), *cuts])
+
+
+def _unescaped_quotes(
+    where: np.ndarray, kind: np.ndarray, escaped_first: bool, size: int
+) -> tuple[np.ndarray, bool]:
+    """The positions of a chunk's unescaped quotes, from the positions ``where`` of its special
+    bytes and their ``kind``; and whether the next chunk's first byte is escaped (a backslash
+    ends this one). ``escaped_first``: this chunk's first byte is escaped."""
+    escaped = [0] if escaped_first else []  # positions (in the chunk) of escaped bytes
+    last = 0 if escaped_first else -1
+    for position in where[kind == 6].tolist():
+        if position != last:  # an escaped backslash escapes nothing
+            last = position + 1
+            escaped.append(last)
+    escapes_next = last == size
+    if escapes_next:
+        escaped.pop()
+    quotes = where[kind == 5]
+    if escaped:
+        quotes = np.setdiff1d(quotes, escaped, assume_unique=True)
+    return quotes, escapes_next
 
 
 def _items(path: Path, ranges: list[tuple[int, int]], cuts: np.ndarray) -> Iterator[Any]:
@@ -509,26 +519,8 @@ def _assemble(parts: list[_Part], issues: Issues) -> Dataset:
         frame = images_from_columns(records_frame(rows, [*_IMAGE_KEYS.values(), "split"]))
         frame[SOURCE_FILE] = part.source  # in place: assign would copy the table
         images.append(frame)
-        columns = part.annotations
-        keep = np.ones(len(columns["annotation_id"]), dtype=bool)
-        image_ids = _references(
-            columns["image_id"], image_keys if renumber_images else None, image_base
-        )
-        category_ids = _references(columns["category_id"], category_index, 0)
-        for name, found, code in (
-            ("image", image_ids, "annotation-orphan"),
-            ("category", category_ids, "unknown-category"),
-        ):
-            for n in np.flatnonzero(found < 0):
-                original = _json(columns[f"{name}_id"][n])
-                issues.error(
-                    code,
-                    part.source,
-                    _annotation_record(columns, n),
-                    f"{name} {original} does not exist",
-                )
-            keep &= found >= 0
-        columns = {**columns, "image_id": image_ids, "category_id": category_ids}
+        image_index = image_keys if renumber_images else None
+        columns, keep = _resolve(part, image_index, image_base, category_index, issues)
         if renumber_annotations:
             original = columns["annotation_id"]
             columns[ORIGINAL_ID] = [_json(v) for v in original]
@@ -546,6 +538,36 @@ def _assemble(parts: list[_Part], issues: Issues) -> Dataset:
         ds.images = _concat(images)
         ds.annotations = _concat(annotations)
     return ds
+
+
+def _resolve(
+    part: _Part,
+    image_index: pd.Index | None,
+    image_base: int,
+    category_index: pd.Index | None,
+    issues: Issues,
+) -> tuple[dict[str, Any], np.ndarray]:
+    """The file's annotation columns with their image and category ids as the tables number
+    them (see :func:`_references`), and which to keep: a reference to an image or category that
+    does not exist is an error, and its annotation is left out."""
+    columns = part.annotations
+    keep = np.ones(len(columns["annotation_id"]), dtype=bool)
+    image_ids = _references(columns["image_id"], image_index, image_base)
+    category_ids = _references(columns["category_id"], category_index, 0)
+    for name, found, code in (
+        ("image", image_ids, "annotation-orphan"),
+        ("category", category_ids, "unknown-category"),
+    ):
+        for n in np.flatnonzero(found < 0):
+            original = _json(columns[f"{name}_id"][n])
+            issues.error(
+                code,
+                part.source,
+                _annotation_record(columns, n),
+                f"{name} {original} does not exist",
+            )
+        keep &= found >= 0
+    return {**columns, "image_id": image_ids, "category_id": category_ids}, keep
 
 
 def _json(value: Any) -> str:

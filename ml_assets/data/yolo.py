@@ -269,22 +269,8 @@ def _yaml_config(src: Path, path: Path, issues: Issues) -> Config | None:
     if not isinstance(data, dict):
         issues.error("yaml-malformed", path, "", f"{path.name} must be a mapping")
         return None
-    names = data.get("names")
-    if names is None and isinstance(data.get("nc"), int):
-        names = [f"class_{i}" for i in range(data["nc"])]  # ultralytics' names for nc alone
-    if isinstance(names, dict) and all(str(k).isdigit() for k in names):
-        names = (
-            [str(names[k]) for k in sorted(names, key=int)]
-            if sorted(map(int, names)) == list(range(len(names)))
-            else None
-        )
-    if not isinstance(names, list):
-        issues.error(
-            "yaml-field", path, "names", "names must be a list or a {0..K-1: name} mapping"
-        )
-        return None
-    if "nc" in data and data["nc"] != len(names):
-        issues.error("yaml-field", path, "nc", f"nc is {data['nc']} but names has {len(names)}")
+    names = _yaml_names(path, data, issues)
+    if names is None:
         return None
     task, kpt_shape = _yaml_task(path, data, issues)
     ids = data.get("category_ids")
@@ -320,6 +306,29 @@ def _yaml_config(src: Path, path: Path, issues: Issues) -> Config | None:
         task,
         kpt_shape,
     )
+
+
+def _yaml_names(path: Path, data: dict[str, Any], issues: Issues) -> list | None:
+    """The class names as ultralytics reads them: a list, a {0..K-1: name} mapping or ``nc``
+    alone; None (an error) for anything else or an ``nc`` that disagrees."""
+    names = data.get("names")
+    if names is None and isinstance(data.get("nc"), int):
+        names = [f"class_{i}" for i in range(data["nc"])]  # ultralytics' names for nc alone
+    if isinstance(names, dict) and all(str(k).isdigit() for k in names):
+        names = (
+            [str(names[k]) for k in sorted(names, key=int)]
+            if sorted(map(int, names)) == list(range(len(names)))
+            else None
+        )
+    if not isinstance(names, list):
+        issues.error(
+            "yaml-field", path, "names", "names must be a list or a {0..K-1: name} mapping"
+        )
+        return None
+    if "nc" in data and data["nc"] != len(names):
+        issues.error("yaml-field", path, "nc", f"nc is {data['nc']} but names has {len(names)}")
+        return None
+    return names
 
 
 def _yaml_task(
@@ -583,21 +592,8 @@ def _label_text_chunks(ds: Dataset, index: dict[int, int]) -> Iterator[dict[int,
     ann = ds.annotations
     rows = np.flatnonzero(ann["iscrowd"].to_numpy() == 0)
     rows = rows[np.argsort(ann["image_id"].to_numpy()[rows], kind="stable")]  # by image
-
-    def pick(name: str) -> np.ndarray:
-        return ann[name].to_numpy()[rows]
-
-    image_ids = pick("image_id")
-    classes = pd.Series(pick("category_id")).map(index)
-    if classes.isna().any():
-        first = int(np.flatnonzero(classes.isna().to_numpy())[0])
-        raise DatasetError(
-            "unknown-category",
-            "",
-            f"annotation {pick('annotation_id')[first]}",
-            f"category {pick('category_id')[first]} is not in the categories table",
-        )
-    classes = classes.to_numpy(dtype=np.int64)
+    image_ids = ann["image_id"].to_numpy()[rows]
+    classes = _classes(ann, rows, index)
     sizes = ds.images.drop_duplicates("image_id").set_index("image_id")
     width = pd.Series(image_ids).map(sizes["width"]).to_numpy(dtype=np.float64)
     height = pd.Series(image_ids).map(sizes["height"]).to_numpy(dtype=np.float64)
@@ -638,6 +634,22 @@ def _label_text_chunks(ds: Dataset, index: dict[int, int]) -> Iterator[dict[int,
             else:  # box lines only: one %-format per image writes what _line would
                 texts[run_ids[run]] = (_BOX_LINE * (b - a)) % tuple(values)
         yield texts
+
+
+def _classes(ann: pd.DataFrame, rows: np.ndarray, index: dict[int, int]) -> np.ndarray:
+    """The class (``index`` of the category id) of each annotation of ``rows``; DatasetError
+    for the first whose category is not in the categories table."""
+    category_ids = ann["category_id"].to_numpy()[rows]
+    classes = pd.Series(category_ids).map(index)
+    if classes.isna().any():
+        first = int(np.flatnonzero(classes.isna().to_numpy())[0])
+        raise DatasetError(
+            "unknown-category",
+            "",
+            f"annotation {ann['annotation_id'].to_numpy()[rows[first]]}",
+            f"category {category_ids[first]} is not in the categories table",
+        )
+    return classes.to_numpy(dtype=np.int64)
 
 
 def _line(

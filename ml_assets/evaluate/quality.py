@@ -144,29 +144,14 @@ def detection_issues(
     ``confident``: the least detection score that can claim an overlooked or swapped box
     (cleanlab's default is 0.95, for models trained far longer than a fold here);
     ``located``: the least score of a detection that may show where a box belongs."""
-    from cleanlab.object_detection.rank import (
-        compute_badloc_box_scores,
-        compute_overlooked_box_scores,
-        compute_swap_box_scores,
-    )
-
     names = [c["name"] for c in class_list(ds)]
     labels, detections = detection_inputs(ds, predictions, image_ids)
     if not labels:
         return with_sources(ds, pd.DataFrame())
-    clean = [{k: v for k, v in lab.items() if k in ("bboxes", "labels")} for lab in labels]
-    overlooked = compute_overlooked_box_scores(
-        labels=clean, predictions=detections, high_probability_threshold=confident
-    )
-    swapped = compute_swap_box_scores(
-        labels=clean, predictions=detections, high_probability_threshold=confident
-    )
-    located_scores = compute_badloc_box_scores(
-        labels=clean, predictions=detections, low_probability_threshold=located
-    )
+    overlooked, swapped, badly_located = box_scores(labels, detections, confident, located)
     rows = []
     for label, per_class, over, swap, badloc in zip(
-        labels, detections, overlooked, swapped, located_scores, strict=True
+        labels, detections, overlooked, swapped, badly_located, strict=True
     ):
         boxes = np.concatenate([p[:, :4] for p in per_class]) if per_class else np.zeros((0, 4))
         probs = np.concatenate([p[:, 4] for p in per_class]) if per_class else np.zeros(0)
@@ -199,13 +184,39 @@ def detection_issues(
                     box_row(*base, "badly_located", badloc[i], names[k], names[k])
                     | (suggested_box(boxes[best]) if best is not None else {})
                 )
-    found = pd.DataFrame(rows)
+    return with_sources(ds, with_given_boxes(ds, pd.DataFrame(rows)))
+
+
+def box_scores(labels: list, detections: list, confident: float, located: float) -> tuple:
+    """cleanlab's overlooked, swap and badloc box scores, an array per image each: overlooked
+    one per detection, swap and badloc one per given box (NaN: not a candidate)."""
+    from cleanlab.object_detection.rank import (
+        compute_badloc_box_scores,
+        compute_overlooked_box_scores,
+        compute_swap_box_scores,
+    )
+
+    clean = [{k: v for k, v in lab.items() if k in ("bboxes", "labels")} for lab in labels]
+    overlooked = compute_overlooked_box_scores(
+        labels=clean, predictions=detections, high_probability_threshold=confident
+    )
+    swapped = compute_swap_box_scores(
+        labels=clean, predictions=detections, high_probability_threshold=confident
+    )
+    badly_located = compute_badloc_box_scores(
+        labels=clean, predictions=detections, low_probability_threshold=located
+    )
+    return overlooked, swapped, badly_located
+
+
+def with_given_boxes(ds: Dataset, found: pd.DataFrame) -> pd.DataFrame:
+    """Issue rows of given annotations with the box as the version holds it (x, y, w, h)."""
     if len(found):
         given = ds.annotations.set_index("annotation_id")[BOX]
         known = found["annotation_id"].notna()
         for c in BOX:
             found.loc[known, c] = given.loc[found.loc[known, "annotation_id"], c].to_numpy()
-    return with_sources(ds, found)
+    return found
 
 
 def box_row(image_id, annotation_id, kind: str, quality: float, given: str, suggested: str):
@@ -419,6 +430,16 @@ def match_boxes(old: pd.DataFrame, new: pd.DataFrame, iou_threshold: float) -> l
     return rows
 
 
+CHANGE_COLUMNS = [  # the keys of a change() row, in the diff's column order
+    "change",
+    "before_annotation",
+    "after_annotation",
+    "before_category",
+    "after_category",
+    "iou",
+]
+
+
 def change(kind: str, old, new, overlap: float | None = None) -> dict:
     return {
         "change": kind,
@@ -469,20 +490,31 @@ def version_diff(before: Dataset, after: Dataset, iou_threshold: float = 0.5) ->
             for _, a in boxes(new_ann, after.annotations, i).iterrows()
         ]
     names = before.category_names | after.category_names
-    annotations = pd.DataFrame(
-        rows,
-        columns=[
-            "file",
-            "change",
-            "before_annotation",
-            "after_annotation",
-            "before_category",
-            "after_category",
-            "iou",
-        ],
-    )
+    annotations = pd.DataFrame(rows, columns=["file", *CHANGE_COLUMNS])
     for side in ("before", "after"):
         annotations[f"{side}_label"] = annotations[f"{side}_category"].map(names)
+    images_frame = pd.DataFrame(images, columns=["file", "change"])
+    return {
+        "images": images_frame,
+        "annotations": annotations,
+        "counts": change_counts(images_frame, annotations),
+        "histogram": class_histogram(before, after),
+    }
+
+
+def change_counts(images: pd.DataFrame, annotations: pd.DataFrame) -> dict[str, int]:
+    """``images_added`` ... ``annotations_moved``: how many rows of each change."""
+    counts = {
+        f"images_{k}": int((images["change"] == k).sum()) for k in ("added", "removed", "changed")
+    }
+    return counts | {
+        f"annotations_{k}": int((annotations["change"] == k).sum())
+        for k in ("added", "removed", "relabelled", "moved")
+    }
+
+
+def class_histogram(before: Dataset, after: Dataset) -> pd.DataFrame:
+    """Annotations per class name, ``before``, ``after`` and their ``shift``, by name."""
     histogram = (
         pd.DataFrame(
             {
@@ -496,21 +528,7 @@ def version_diff(before: Dataset, after: Dataset, iou_threshold: float = 0.5) ->
         .astype(int)
     )
     histogram["shift"] = histogram["after"] - histogram["before"]
-    images_frame = pd.DataFrame(images, columns=["file", "change"])
-    counts = {
-        f"images_{k}": int((images_frame["change"] == k).sum())
-        for k in ("added", "removed", "changed")
-    }
-    counts |= {
-        f"annotations_{k}": int((annotations["change"] == k).sum())
-        for k in ("added", "removed", "relabelled", "moved")
-    }
-    return {
-        "images": images_frame,
-        "annotations": annotations,
-        "counts": counts,
-        "histogram": histogram.sort_index(),
-    }
+    return histogram.sort_index()
 
 
 def diff_line(counts: dict[str, int], previous: str) -> str:

@@ -125,28 +125,32 @@ class Guard:
 
 
 async def read_images(request: Request, settings: Settings) -> list[bytes]:
-    """The uploaded images' bytes: the raw body, or every file part of a multipart form."""
+    """The uploaded images' bytes, at most ``max_images``: the raw body, or every file part of
+    a multipart form."""
     ctype = request.headers.get("content-type", "").lower()
+    too_many = f"too many images: at most {settings.max_images} a request"
     if ctype.startswith("multipart/form-data"):
         try:
             form = await request.form(max_files=settings.max_images, max_fields=100)
         except HTTPException as err:
             if "too many files" in str(err.detail).lower():
-                raise BadImage(
-                    f"too many images: at most {settings.max_images} a request", 413
-                ) from None
+                raise BadImage(too_many, 413) from None
             raise BadImage(f"unreadable multipart body: {err.detail}") from err
         files = [v for _, v in form.multi_items() if not isinstance(v, str)]
         if not files:
             raise BadImage("the multipart form holds no file part (send images as files)")
-        return [await f.read() for f in files]
-    if ctype.startswith(RAW_TYPES):
-        return [await request.body()]
-    raise BadImage(
-        f"content type {ctype or 'none'!r} is not accepted: send an image (image/*, "
-        "application/octet-stream) as the body, or images as multipart/form-data files",
-        415,
-    )
+        data = [await f.read() for f in files]
+    elif ctype.startswith(RAW_TYPES):
+        data = [await request.body()]
+    else:
+        raise BadImage(
+            f"content type {ctype or 'none'!r} is not accepted: send an image (image/*, "
+            "application/octet-stream) as the body, or images as multipart/form-data files",
+            415,
+        )
+    if len(data) > settings.max_images:
+        raise BadImage(too_many, 413)
+    return data
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -163,16 +167,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="ml_assets prediction server", lifespan=lifespan)
     app.state.champions, app.state.metrics = champions, metrics
-    app.add_middleware(Guard, settings=settings, metrics=metrics)
-    if settings.cors_origins:
-        from fastapi.middleware.cors import CORSMiddleware
-
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "Content-Type"],
-        )
+    add_access(app, settings, metrics)
 
     def answer(served, data: list[bytes], confidence: float) -> list[dict]:
         images = [decode_image(d, settings.max_pixels) for d in data]
@@ -192,10 +187,6 @@ def create_app(settings: Settings) -> FastAPI:
 
             async def handle():
                 data = await read_images(request, settings)
-                if len(data) > settings.max_images:
-                    raise BadImage(
-                        f"too many images: at most {settings.max_images} a request", 413
-                    ) from None
                 metrics.batch.labels(kind).observe(len(data))
                 return await run_in_threadpool(answer, served, data, confidence)
 
@@ -219,6 +210,29 @@ def create_app(settings: Settings) -> FastAPI:
             metrics.requests.labels(kind, str(status), served.version).inc()
             if status == 200:
                 metrics.latency.labels(kind, served.version).observe(time.perf_counter() - started)
+
+    add_status_routes(app, settings, champions, metrics)
+    return app
+
+
+def add_access(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
+    """The :class:`Guard` (tokens, body size) and, only for ``cors_origins``, CORS."""
+    app.add_middleware(Guard, settings=settings, metrics=metrics)
+    if settings.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
+
+
+def add_status_routes(
+    app: FastAPI, settings: Settings, champions: Champions, metrics: Metrics
+) -> None:
+    """``GET /health``, ``/ready``, ``/models`` and ``/metrics``."""
 
     @app.get("/health", summary="The process is up")
     def health() -> dict:
@@ -244,5 +258,3 @@ def create_app(settings: Settings) -> FastAPI:
     @app.get("/metrics", summary="Prometheus metrics")
     def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-    return app

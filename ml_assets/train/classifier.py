@@ -749,12 +749,8 @@ def train_one_epoch(loop: Loop, config: ClassifierConfig, epoch: int, state: dic
     loop.reseed(seed)
     np.random.seed(seed % 2**32)  # timm's Mixup draws from numpy's global generator
     torch.manual_seed(seed)
-    model, optimizer, scaler, steps = (
-        loop.model,
-        loop.optimizer,
-        loop.scaler,
-        config.accumulation_steps,
-    )
+    model, optimizer, scaler = loop.model, loop.optimizer, loop.scaler
+    steps = config.accumulation_steps
     model.train()
     total, correct, seen = 0.0, 0, 0
     optimizer.zero_grad(set_to_none=True)
