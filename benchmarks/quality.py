@@ -72,6 +72,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None, help="default: the demo's")
     parser.add_argument("--swap", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: all cores)")
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
@@ -79,13 +80,14 @@ def main() -> None:
     import dagster as dg
     import pandas as pd
     import torch
-    from pipelines import DATA, ingested_version, train_fold_assets, training_resources
+    from pipelines import ingested_version, train_fold_assets, training_resources
 
     from ml_assets.data.sample import write_sample
-    from ml_assets.defs import quality
+    from ml_assets.defs import datasets, quality
     from ml_assets.defs.models import build_pipeline
-    from ml_assets.defs.partitions import dataset_versions, fold_partitions
+    from ml_assets.defs.partitions import dataset_versions
     from ml_assets.defs.resources import MLAssetsHome
+    from ml_assets.defs.settings import Settings
     from ml_assets.train.kinds.image_classifier import IMAGE_CLASSIFIER as KIND
 
     if args.threads:
@@ -94,19 +96,21 @@ def main() -> None:
     root = args.workdir or Path(tempfile.mkdtemp(prefix="quality-bench-"))
     landing = write_sample(root / "landing", args.images)
     home = MLAssetsHome(root=str(root / "home"), landing=str(landing))
-    folds = [int(f) for f in fold_partitions.get_partition_keys()]
+    location = Settings(folds=args.folds)
+    folds = list(range(location.folds))
     label_issues, _ = quality.build_label_issues(KIND)
-    evaluation = build_pipeline(KIND).assets[1]
-    with ingested_version(landing, home) as (instance, clean):
+    evaluation = build_pipeline(KIND, location).assets[1]
+    data = [datasets.raw_dataset, datasets.annotations, datasets.build_folds(location.folds)[0]]
+    with ingested_version(landing, home, location=location) as (instance, clean):
         planted = plant_swaps(landing, args.swap, args.seed)
         key = home.store.register(landing)
         instance.add_dynamic_partitions(dataset_versions.name, [key])
-        assert dg.materialize(DATA, partition_key=key, resources={"home": home}, instance=instance)
+        assert dg.materialize(data, partition_key=key, resources={"home": home}, instance=instance)
         seconds = {"training": 0.0, "evaluations": 0.0}
         for fold in folds:
             seconds["training"] += timed(
                 lambda f=fold: train_fold_assets(
-                    instance, home, key, KIND, settings, f, evaluate=False
+                    instance, home, key, KIND, settings, f, evaluate=False, location=location
                 )
             )
             seconds["evaluations"] += timed(

@@ -265,7 +265,7 @@ def main() -> None:
     # Read when ml_assets is imported: a throwaway home and its Dagster instance.
     os.environ["ML_ASSETS_HOME"] = str(workdir / "home")
     os.environ["DAGSTER_HOME"] = str(workdir / "home" / "dagster")
-    os.environ["ML_ASSETS_FOLDS"] = str(args.folds)  # run_pipeline sets it too, before loading
+    os.environ["ML_ASSETS_FOLDS"] = str(args.folds)  # what the runs' code location is built with
     for setting in ("ML_ASSETS_LANDING", "ML_ASSETS_MLFLOW_URI", "ML_ASSETS_KINDS"):
         os.environ.pop(setting, None)
     os.chdir(REPO)  # the instance gets the repository's dagster.yaml, as with make
@@ -274,7 +274,9 @@ def main() -> None:
 
     source = write_digits(workdir / DATASET, per_class=args.per_class)
     started = time.perf_counter()
-    import ml_assets.definitions  # noqa: F401  the code location: dagster, torch, timm, ...
+    from ml_assets.definitions import defs  # the code location: dagster, torch, timm, ...
+
+    defs()  # built from the environment, as a run's process loads it
 
     load = time.perf_counter() - started
     print(

@@ -94,10 +94,10 @@ class Sensor:
         self.instance, self.home, self.cursor = instance, home, None
 
     def tick(self):
-        context = dg.build_sensor_context(
+        with dg.build_sensor_context(
             instance=self.instance, cursor=self.cursor, resources={"home": self.home}
-        )
-        result = automation.landing_sensor(context)
+        ) as context:
+            result = automation.landing_sensor(context)
         self.cursor = result.cursor
         keys = [r.partition_key for r in result.run_requests]
         self.instance.add_dynamic_partitions(dataset_versions.name, keys)

@@ -97,7 +97,8 @@ def prepare(workdir: Path, args: argparse.Namespace) -> dict:
     version = home.store.register(landing)
     with dg.DagsterInstance.get() as instance:
         instance.add_dynamic_partitions(dataset_versions.name, [version])
-        data = [datasets.raw_dataset, datasets.annotations, datasets.folds, exports.yolo_dataset]
+        folds = datasets.build_folds(args.folds)[0]
+        data = [datasets.raw_dataset, datasets.annotations, folds, exports.yolo_dataset]
         dg.materialize(
             data,
             partition_key=version,
@@ -117,6 +118,7 @@ def prepare(workdir: Path, args: argparse.Namespace) -> dict:
     np.savez(workdir / CROPS, images=crops.images[:keep], labels=crops.labels[:keep])
     setup = {
         "version": version,
+        "folds": args.folds,
         "root": str(workdir / "home"),
         "landing": str(landing),
         "plain_yaml": str(plain_yaml),
@@ -207,6 +209,7 @@ def run_materialize(workdir: Path, setup: dict) -> dict:
 
     from ml_assets.defs.models import build_pipeline
     from ml_assets.defs.resources import MLAssetsHome, MLflowTracking, TrainingDevice
+    from ml_assets.defs.settings import Settings
     from ml_assets.runtime import ultralytics_ready
     from ml_assets.train.registry import kind
 
@@ -214,7 +217,7 @@ def run_materialize(workdir: Path, setup: dict) -> dict:
     import ultralytics  # noqa: F401  (imported before the clock, as in the plain script)
 
     yolo = kind(setup["yolo_kind"])
-    model = build_pipeline(yolo).model
+    model = build_pipeline(yolo, Settings(folds=setup["folds"])).model
     resources = {
         "home": MLAssetsHome(root=setup["root"], landing=setup["landing"]),
         "training_device": TrainingDevice(device="cpu", threads=setup["threads"]),
@@ -460,10 +463,9 @@ def main() -> None:
     )
     args = parser.parse_args()
     workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="ml_assets_bench."))).resolve()
-    # Read when ml_assets is imported: a throwaway home, its Dagster instance, k folds.
+    # Read when ml_assets is imported: a throwaway home and its Dagster instance.
     os.environ["ML_ASSETS_HOME"] = str(workdir / "home")
     os.environ["DAGSTER_HOME"] = str(workdir / "home" / "dagster")
-    os.environ["ML_ASSETS_FOLDS"] = str(args.folds)
     os.environ.pop("ML_ASSETS_MLFLOW_URI", None)
     if args.task:
         setup = json.loads((workdir / SETUP).read_text())

@@ -4,7 +4,8 @@ import os
 import shutil
 import tempfile
 
-# Read when ml_assets.definitions is first imported: the tests use 2 folds.
+# The tests build their code location with 2 folds (pipelines.LOCATION_SETTINGS); the processes
+# they start (dagster dev, the daemon, runs) build it from the environment: 2 folds there too.
 os.environ["ML_ASSETS_FOLDS"] = "2"
 # Library settings (ultralytics, Hugging Face) go to a throwaway home, not the user's.
 os.environ["ML_ASSETS_HOME"] = tempfile.mkdtemp(prefix="ml_assets_tests_")

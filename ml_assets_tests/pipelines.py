@@ -4,16 +4,24 @@ beyond training (export, predictions) checked on its model, an asset's metadata.
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import dagster as dg
 import mlflow
 
+from ml_assets.definitions import build_defs
 from ml_assets.defs import datasets
 from ml_assets.defs.models import build_pipeline
 from ml_assets.defs.partitions import dataset_versions
 from ml_assets.defs.resources import MLflowTracking, TrainingDevice
+from ml_assets.defs.settings import Settings
 
-DATA = [datasets.raw_dataset, datasets.annotations, datasets.folds]
+# What the tests build: every kind, 2 folds; the code location built from it, as Dagster loads it.
+LOCATION_SETTINGS = Settings(folds=2)
+LOCATION = build_defs(LOCATION_SETTINGS)
+FOLDS, FOLDS_CHECK = datasets.build_folds(LOCATION_SETTINGS.folds)
+DATA = [datasets.raw_dataset, datasets.annotations, FOLDS]
+INGEST = [*DATA, datasets.annotations_checks, FOLDS_CHECK]
 
 
 def training_resources(home) -> dict:
@@ -25,14 +33,18 @@ def training_resources(home) -> dict:
 
 
 @contextmanager
-def ingested_version(landing, home, extra=()) -> Iterator[tuple[dg.DagsterInstance, str]]:
+def ingested_version(
+    landing, home, extra=(), location: Settings = LOCATION_SETTINGS
+) -> Iterator[tuple[dg.DagsterInstance, str]]:
     """``landing`` registered as a version in a test instance with its data assets (and the
-    ``extra`` ones, an export) materialized: ``(instance, version)``."""
+    ``extra`` ones, an export) materialized, split into ``location.folds`` folds:
+    ``(instance, version)``."""
+    data = [*DATA[:2], datasets.build_folds(location.folds)[0]]
     with dg.instance_for_test() as instance:
         key = home.store.register(landing)
         instance.add_dynamic_partitions(dataset_versions.name, [key])
         done = dg.materialize(
-            [*DATA, *extra], partition_key=key, resources={"home": home}, instance=instance
+            [*data, *extra], partition_key=key, resources={"home": home}, instance=instance
         )
         assert done.success
         yield instance, key
@@ -40,11 +52,19 @@ def ingested_version(landing, home, extra=()) -> Iterator[tuple[dg.DagsterInstan
 
 
 def train_fold_assets(
-    instance, home, key, kind, settings, fold=0, evaluate=True, raise_on_error=True
+    instance,
+    home,
+    key,
+    kind,
+    settings,
+    fold=0,
+    evaluate=True,
+    raise_on_error=True,
+    location: Settings = LOCATION_SETTINGS,
 ) -> dg.ExecuteInProcessResult:
     """``kind``'s model of (``key``, ``fold``) trained with ``settings``, then (``evaluate``) its
     checks and evaluation."""
-    pipeline = build_pipeline(kind)
+    pipeline = build_pipeline(kind, location)
     model, evaluation, _ = pipeline.assets
     return dg.materialize(
         [model, pipeline.model_checks, evaluation] if evaluate else [model],
@@ -54,6 +74,15 @@ def train_fold_assets(
         run_config={"ops": {kind.name: {"config": settings}}},
         raise_on_error=raise_on_error,
     )
+
+
+def fit_and_save(kind, ds, train_ids, val_ids, config, device, run_dir, on_epoch=None, inputs=None):
+    """``kind.fit``, then its ``save`` into ``run_dir/model`` as the runner does (once, on rank
+    0): ``(fit result, model folder)``."""
+    fit = kind.fit(ds, train_ids, val_ids, config, device, run_dir, on_epoch, inputs)
+    folder = Path(run_dir) / "model"
+    fit.summary |= kind.save(fit, folder)
+    return fit, folder
 
 
 def metadata_of(result, asset: str) -> dict:

@@ -3,16 +3,17 @@
 import dagster as dg
 import orjson
 import pandas as pd
+from pipelines import DATA, FOLDS_CHECK
 
 from ml_assets.data.formats import read_dataset
 from ml_assets.defs import datasets, exports
 from ml_assets.defs.partitions import dataset_versions
 from ml_assets.defs.resources import MLAssetsHome
 
-DATA_ASSETS = [datasets.raw_dataset, datasets.annotations, datasets.folds]
+DATA_ASSETS = DATA
 DATA_CHECKS = [
     datasets.annotations_checks,
-    datasets.folds_are_disjoint,
+    FOLDS_CHECK,
 ]
 
 

@@ -4,24 +4,21 @@ import datetime
 import shutil
 
 import dagster as dg
+from pipelines import FOLDS, FOLDS_CHECK, INGEST, LOCATION_SETTINGS
+from pipelines import LOCATION as defs
 
-from ml_assets.definitions import defs
 from ml_assets.defs import automation, datasets, exports
 from ml_assets.defs.partitions import dataset_versions
 from ml_assets.defs.resources import MLAssetsHome
 
-INGEST = [
-    datasets.raw_dataset,
-    datasets.annotations,
-    datasets.folds,
-    datasets.annotations_checks,
-    datasets.folds_are_disjoint,
-]
+RETRAINING = defs.resolve_schedule_def("weekly_retraining")
 
 
 def evaluate_sensor(instance, home: MLAssetsHome, cursor=None):
-    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"home": home})
-    return automation.landing_sensor(context)
+    # Entered: the context closes what it opened (an instance it enters on first use) on exit.
+    resources = {"home": home}
+    with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources) as context:
+        return automation.landing_sensor(context)
 
 
 def test_landing_sensor_registers_each_settled_version_once(tmp_path, tiny_sample):
@@ -94,21 +91,21 @@ def test_each_top_level_folder_is_a_dataset_with_its_own_version(tmp_path, tiny_
 
 
 def test_weekly_retraining_requests_every_fold_of_the_newest_ingested_version():
-    with dg.instance_for_test() as instance:
-        when = datetime.datetime(2026, 11, 23, 3, 0, tzinfo=datetime.UTC)
-        context = dg.build_schedule_context(instance=instance, scheduled_execution_time=when)
-        assert isinstance(automation.weekly_retraining(context), dg.SkipReason)
+    when = datetime.datetime(2026, 11, 23, 3, 0, tzinfo=datetime.UTC)
+    with (
+        dg.instance_for_test() as instance,
+        dg.build_schedule_context(instance=instance, scheduled_execution_time=when) as context,
+    ):
+        assert isinstance(RETRAINING(context), dg.SkipReason)
         versions = ["old000000000", "new000000000", "bad000000000"]
         instance.add_dynamic_partitions(dataset_versions.name, versions)
-        assert isinstance(automation.weekly_retraining(context), dg.SkipReason)  # none ingested
+        assert isinstance(RETRAINING(context), dg.SkipReason)  # none ingested
         for version in versions[:2]:  # the newest one never got its folds
             instance.report_runless_asset_event(dg.AssetMaterialization("folds", partition=version))
-        requests = automation.weekly_retraining(context)
+        requests = RETRAINING(context)
         assert [r.partition_key for r in requests] == ["0|new000000000", "1|new000000000"]
         assert len({r.run_key for r in requests}) == 2
-        assert [r.run_key for r in automation.weekly_retraining(context)] == [
-            r.run_key for r in requests
-        ]
+        assert [r.run_key for r in RETRAINING(context)] == [r.run_key for r in requests]
 
 
 def test_new_folds_make_every_fold_of_that_version_train(landed):
@@ -148,7 +145,7 @@ def test_a_failed_gate_on_the_folds_stops_training(landed):
         ).success
         instance.report_runless_asset_event(
             dg.AssetCheckEvaluation(
-                asset_key=datasets.folds.key,
+                asset_key=FOLDS.key,
                 check_name="folds_are_disjoint",
                 passed=False,
                 severity=dg.AssetCheckSeverity.ERROR,
@@ -254,11 +251,11 @@ def test_folds_materialized_again_identically_retrain_nothing(tmp_path, tiny_sam
         assert settled.total_requested == 0
 
         same = dg.materialize(
-            [datasets.folds, datasets.folds_are_disjoint],
+            [FOLDS, FOLDS_CHECK],
             partition_key=a,
             resources={"home": home},
             instance=instance,
-            selection=[datasets.folds],
+            selection=[FOLDS],
         )
         assert same.success
         again = dg.evaluate_automation_conditions(
@@ -267,7 +264,7 @@ def test_folds_materialized_again_identically_retrain_nothing(tmp_path, tiny_sam
         assert again.total_requested == 0  # the same assignment: nothing is due
 
         reseeded = dg.materialize(
-            [datasets.folds, datasets.folds_are_disjoint],
+            [FOLDS, FOLDS_CHECK],
             partition_key=a,
             resources={"home": home},
             instance=instance,
@@ -291,14 +288,16 @@ def test_a_new_code_version_of_a_kind_retrains_its_models_only(landed):
     from ml_assets.train.kinds.yolo_detector import YOLO_DETECTOR
 
     def location(*kinds) -> dg.Definitions:
-        pipelines = [build_pipeline(k) for k in kinds]
+        pipelines = [build_pipeline(k, LOCATION_SETTINGS) for k in kinds]
         return dg.Definitions(
             assets=[
                 *dg.load_assets_from_modules([datasets, exports]),
+                FOLDS,
                 *(a for p in pipelines for a in p.assets),
             ],
             asset_checks=[
                 *dg.load_asset_checks_from_modules([datasets]),
+                FOLDS_CHECK,
                 *(c for p in pipelines for c in p.checks),
             ],
             resources=defs.resources,

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from pipelines import fit_and_save
 
 from ml_assets.data.coco import read_coco
 from ml_assets.train.classifier import (
@@ -166,10 +167,11 @@ def test_loss_building_blocks():
 def test_the_kind_fits_scores_and_reloads(dataset, tmp_path):
     ids = dataset.images["image_id"].tolist()
     config = ClassifierConfig(img_size=32, epochs=2, batch_size=8)
-    fit = IMAGE_CLASSIFIER.fit(dataset, ids[:8], ids[8:], config, CPU, tmp_path)
+    fit, model_dir = fit_and_save(
+        IMAGE_CLASSIFIER, dataset, ids[:8], ids[8:], config, CPU, tmp_path
+    )
     assert fit.history["epoch"].tolist() == [1, 2] and fit.resumed_from is None
     assert fit.summary["train_samples"] > 0 and "best_val_macro_f1" in fit.summary
-    model_dir = tmp_path / "model"
     reloaded = IMAGE_CLASSIFIER.load(model_dir, CPU)
     np.testing.assert_allclose(
         IMAGE_CLASSIFIER.outputs(reloaded, dataset, ids[8:], CPU),

@@ -4,8 +4,10 @@ import sys
 from pathlib import Path
 
 import dagster as dg
+import pytest
+from pipelines import LOCATION as defs
 
-from ml_assets.definitions import defs
+from ml_assets.defs.settings import Settings
 from ml_assets.train.registry import KINDS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,7 +38,7 @@ def test_code_location_loads_as_dagster_dev_loads_it(tmp_path):
 
 JOB_SNAPSHOTS = """
 from ml_assets.definitions import defs
-for job in sorted(defs.get_repository_def().get_all_jobs(), key=lambda j: j.name):
+for job in sorted(defs().get_repository_def().get_all_jobs(), key=lambda j: j.name):
     print(job.name, job.get_job_snapshot().snapshot_id)
 """
 
@@ -95,7 +97,7 @@ def test_graph_has_the_data_assets_and_one_pipeline_per_model_kind():
         assert model.pools == {"gpu"}
         assert "dagster-k8s/config" in defs.resolve_assets_def(kind.name).op.tags
         assert dg.AssetKey("folds") in model.parent_keys
-        assert {dg.AssetKey(name) for name in kind.inputs} <= model.parent_keys
+        assert {dg.AssetKey(spec.asset) for spec in kind.inputs} <= model.parent_keys
         evaluation = graph.get(dg.AssetKey(kind.evaluation_name))
         assert evaluation.parent_keys == {dg.AssetKey(kind.name)} and evaluation.pools == {"gpu"}
         assert graph.get(dg.AssetKey(kind.report_name)).parent_keys == {
@@ -177,3 +179,60 @@ def test_every_kind_declares_what_the_rest_of_the_code_needs():
         own = {kind.name, kind.evaluation_name, kind.report_name, kind.gate_name}
         assert len(own) == 4 and not own & names, name  # no two kinds share an asset name
         names |= own
+
+
+def test_the_code_location_is_built_from_its_settings_never_at_import():
+    """Importing the location reads no setting; ``defs()`` (what Dagster calls) reads them from
+    the environment and names a bad one; ``build_defs`` takes them as a value."""
+    from ml_assets.definitions import build_defs
+
+    code = (
+        "import ml_assets.definitions as d; print('imported', flush=True); "
+        "print(d.defs().resolve_schedule_def('weekly_retraining').cron_schedule)"
+    )
+    env = {**os.environ, "ML_ASSETS_FOLDS": "one"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.stdout.startswith("imported") and done.returncode != 0
+    assert "ML_ASSETS_FOLDS='one'" in done.stderr
+    with pytest.raises(ValueError, match="at least 2"):
+        Settings(folds=1)
+
+    settings = Settings(folds=3, kinds=("classifier",), retrain_cron="30 1 * * *")
+    location = build_defs(settings)
+    assert build_defs(settings) is location  # built once per settings in a process
+    model = location.resolve_assets_def("image_classifier")
+    assert model.partitions_def.get_partitions_def_for_dimension("fold").get_partition_keys() == [
+        "0",
+        "1",
+        "2",
+    ]
+    keys = {k.to_user_string() for k in location.resolve_asset_graph().get_all_asset_keys()}
+    assert "yolo_detector" not in keys and "classifier_report" in keys
+    assert location.resolve_schedule_def("weekly_retraining").cron_schedule == "30 1 * * *"
+    assert Settings.from_env({"ML_ASSETS_KINDS": " classifier, yolo ", "ML_ASSETS_FOLDS": ""}) == (
+        Settings(kinds=("classifier", "yolo"))
+    )
+
+
+def test_a_kinds_inputs_are_lineage_and_resolve_to_the_folders_their_assets_write(tmp_path):
+    """Typed input specs, one resolver: the classifier's shards are a lineage input of its model
+    and a folder only for a config that streams them; weights are no folder of the version."""
+    from ml_assets.defs.models import inputs_of
+    from ml_assets.defs.resources import MLAssetsHome
+    from ml_assets.defs.shards import SHARDS
+
+    home = MLAssetsHome(root=str(tmp_path))
+    classifier, yolo, lora = (
+        KINDS["image_classifier"],
+        KINDS["yolo_detector"],
+        KINDS["lora_classifier"],
+    )
+    model = defs.resolve_asset_graph().get(dg.AssetKey("image_classifier"))
+    assert dg.AssetKey("webdataset_shards") in model.parent_keys
+    assert inputs_of(classifier, home, "v1", classifier.config_class()) == {}
+    streaming = classifier.config_class(source="shards")
+    assert inputs_of(classifier, home, "v1", streaming) == {
+        "webdataset_shards": home.export_dir(SHARDS, "v1")
+    }
+    assert inputs_of(yolo, home, "v1") == {"yolo_dataset": home.export_dir("yolo", "v1")}
+    assert inputs_of(lora, home, "v1") == {}

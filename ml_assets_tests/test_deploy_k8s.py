@@ -211,7 +211,7 @@ def test_every_instance_variant_keeps_the_same_pool_monitoring_and_retry_setting
 
 
 def test_executor_run_config_validates_for_the_training_job():
-    from ml_assets.definitions import defs
+    from pipelines import LOCATION as defs
 
     config = executor_config()
     assert config["step_k8s_config"]["container_config"]["resources"]["requests"]
@@ -236,7 +236,7 @@ def test_executor_run_config_validates_for_the_training_job():
 
 
 def test_gpu_op_tags_of_training_assets_reach_their_step_pods(tmp_path):
-    from ml_assets.definitions import defs
+    from pipelines import LOCATION as defs
 
     launcher = k8s_run_launcher(tmp_path)
     config = executor_config()

@@ -42,6 +42,7 @@ import json, sys
 import dagster as dg
 from ml_assets.definitions import defs
 
+defs = defs()  # the code location as Dagster loads it, from this process's environment
 instance = dg.DagsterInstance.get()
 print("ANSWER " + json.dumps({"storage": type(instance.run_storage).__name__}), flush=True)
 for line in sys.stdin:
@@ -264,9 +265,10 @@ def test_deploy_file_takes_the_connection_from_dagster_pg_url_only(tmp_path, mon
 @pytest.mark.slow
 def test_four_runs_at_once_keep_every_run_event_and_materialization(home, tmp_path, monkeypatch):
     from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage
+    from pipelines import LOCATION as defs
+    from pipelines import LOCATION_SETTINGS
 
-    from ml_assets.definitions import defs
-    from ml_assets.defs.partitions import dataset_versions, fold_partitions
+    from ml_assets.defs.partitions import dataset_versions
     from ml_assets.train.registry import kind
 
     store = Store(home / "store")
@@ -278,7 +280,7 @@ def test_four_runs_at_once_keep_every_run_event_and_materialization(home, tmp_pa
     trained = [
         dg.MultiPartitionKey({"version": version, "fold": fold})
         for version in versions[:2]
-        for fold in fold_partitions.get_partition_keys()
+        for fold in map(str, range(LOCATION_SETTINGS.folds))
     ]
     assert len(trained) == WORKERS  # 2 versions x the test's 2 folds
 

@@ -9,7 +9,7 @@ from ml_assets.data.sample import write_sample
 from ml_assets.defs.resources import MLAssetsHome
 from ml_assets.train import ddp
 from ml_assets.train.classifier import ClassifierConfig, Crops, build_loader
-from ml_assets.train.distributed import torchrun_command
+from ml_assets.train.distributed import torchrun_command, write_request
 from ml_assets.train.kinds.image_classifier import IMAGE_CLASSIFIER
 from ml_assets.train.registry import KINDS
 from ml_assets.train.yolo import YoloConfig, device_argument, train_arguments
@@ -72,25 +72,38 @@ def test_yolo_gets_a_gpu_list_and_refuses_several_processes_on_cpu():
 
 
 def test_a_kind_without_distributed_training_refuses_several_processes(tmp_path):
-    from ml_assets.train.runs import train_fold
+    from ml_assets.train.runs import FoldRun, train_fold
 
     class OneProcess:
         name = "one_process"
         config_class = ClassifierConfig
         distributed = ""  # declares one process
 
+    config = ClassifierConfig(nproc_per_node=2)
+    run = FoldRun(OneProcess(), "v", 0, config, "cpu", tmp_path / "run", tmp_path / "model")
     with pytest.raises(ValueError, match="one_process trains in one process"):
-        train_fold(
-            OneProcess(),
-            None,
-            None,
-            "",
-            0,
-            ClassifierConfig(nproc_per_node=2),
-            "cpu",
-            tmp_path / "run",
-            tmp_path / "model",
-        )
+        train_fold(run, None, None, "")
+
+
+def test_every_rank_reads_the_fold_run_the_asset_built(tmp_path):
+    """The torchrun request carries the whole run (kind, configuration, folders, pulled weights,
+    tags, tracking) and where the version's data is."""
+    import orjson
+
+    from ml_assets.data.weights import Pinned
+    from ml_assets.train.runs import FoldRun
+    from ml_assets.train.tracking import Tracking
+
+    pin = Pinned("resnet", "timm/resnet18", "file", "ab12", 3, None, "hf://x", "now", tmp_path)
+    run = FoldRun(
+        IMAGE_CLASSIFIER, "v1", None, ClassifierConfig(epochs=2), "cpu", tmp_path / "run",
+        tmp_path / "model", inputs={"shards": tmp_path / "shards"}, weights={"pretrained": pin},
+        tags={"version": "v1"}, tracking=Tracking("sqlite:///m.db", ui="http://ui"),
+    )  # fmt: skip
+    data = {"tables": tmp_path / "t", "files": tmp_path / "f", "folds": tmp_path / "a", "k": 3}
+    request = orjson.loads(write_request(tmp_path, run, **data).read_bytes())
+    assert FoldRun.from_dict(request["run"], IMAGE_CLASSIFIER) == run
+    assert request | {"run": None} == {k: str(v) for k, v in data.items()} | {"k": 3, "run": None}
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ import numpy as np
 import orjson
 import pytest
 from click.testing import CliRunner
+from pipelines import fit_and_save
 
 from ml_assets.cli import main
 from ml_assets.data.atomic import OutOfSpaceError, out_of_space, write_bytes
@@ -180,12 +181,12 @@ def test_a_checkpoint_on_a_full_disk_keeps_the_last_one_and_the_next_run_resumes
 
     (fs / "filler").unlink()
     seen = []
-    fit = IMAGE_CLASSIFIER.fit(
-        ds, ids[:8], ids[8:], config, CPU, run_dir, lambda e, n, row: seen.append(e)
+    fit, model_dir = fit_and_save(
+        IMAGE_CLASSIFIER, ds, ids[:8], ids[8:], config, CPU, run_dir, lambda e, n, r: seen.append(e)
     )
     assert fit.resumed_from == 2 and seen == [2]
     assert fit.history["epoch"].tolist() == [1, 2]
-    assert IMAGE_CLASSIFIER.load(run_dir / "model", CPU) is not None
+    assert IMAGE_CLASSIFIER.load(model_dir, CPU) is not None
 
 
 def report_of_two_folds() -> dict:

@@ -20,8 +20,10 @@ from layout_builders import BUILDERS  # noqa: E402
 
 
 def tick(instance, home, cursor=None):
-    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"home": home})
-    return automation.landing_sensor(context)
+    # Entered: the context closes what it opened (an instance it enters on first use) on exit.
+    resources = {"home": home}
+    with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources) as context:
+        return automation.landing_sensor(context)
 
 
 def test_ingest_copies_a_folder_refuses_to_overwrite_and_replaces_on_request(

@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 from pipelines import (
+    LOCATION_SETTINGS,
     declared_parts_work,
     ingested_version,
     landed_images,
@@ -24,7 +25,7 @@ from ml_assets.train.kinds.lora_classifier import LORA_CLASSIFIER
 from ml_assets.train.lora import read_meta
 from ml_assets.train.tracking import tracking_uri
 
-PIPELINE = build_pipeline(LORA_CLASSIFIER)
+PIPELINE = build_pipeline(LORA_CLASSIFIER, LOCATION_SETTINGS)
 SETTINGS = {"base_model": "tiny-vit", **LORA_CLASSIFIER.smoke}
 
 

@@ -5,6 +5,8 @@ import dagster as dg
 import pytest
 from mlflow.tracking import MlflowClient
 from pipelines import (
+    FOLDS,
+    LOCATION_SETTINGS,
     declared_parts_work,
     ingested_version,
     landed_images,
@@ -13,15 +15,16 @@ from pipelines import (
     training_resources,
 )
 
-from ml_assets.defs import datasets, exports
+from ml_assets.defs import exports
 from ml_assets.defs.models import build_pipeline
 from ml_assets.train import runs
+from ml_assets.train.kinds import reads
 from ml_assets.train.kinds.image_classifier import IMAGE_CLASSIFIER
 from ml_assets.train.kinds.yolo_detector import YOLO_DETECTOR
 from ml_assets.train.registry import KINDS
 from ml_assets.train.tracking import tracking_uri
 
-PIPELINES = {name: build_pipeline(kind) for name, kind in KINDS.items()}
+PIPELINES = {name: build_pipeline(kind, LOCATION_SETTINGS) for name, kind in KINDS.items()}
 
 
 @pytest.fixture
@@ -50,7 +53,7 @@ def test_every_kind_declares_every_part_of_the_protocol():
 
 
 # Kinds that train on a base model are materialized in their own tests, which make one.
-WITHOUT_BASE = sorted(k for k, kind in KINDS.items() if "base_model" not in kind.inputs)
+WITHOUT_BASE = sorted(k for k, kind in KINDS.items() if not reads(kind, "base_model"))
 
 
 @pytest.mark.parametrize("name", WITHOUT_BASE)
@@ -166,7 +169,7 @@ def test_evaluation_refuses_a_model_of_another_fold_assignment(ingested):
     instance, home, key = ingested
     assert train(instance, home, key, "image_classifier", 0).success
     assert dg.materialize(
-        [datasets.folds],
+        [FOLDS],
         partition_key=key,
         resources={"home": home},
         instance=instance,

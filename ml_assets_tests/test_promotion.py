@@ -7,11 +7,10 @@ import mlflow
 import orjson
 import pytest
 from mlflow.tracking import MlflowClient
-from pipelines import training_resources
+from pipelines import DATA, LOCATION_SETTINGS, training_resources
 
 from ml_assets.data.atomic import write_bytes
 from ml_assets.data.sample import write_sample
-from ml_assets.defs import datasets
 from ml_assets.defs.models import build_pipeline
 from ml_assets.defs.partitions import dataset_versions
 from ml_assets.defs.promotion import build_promotion, predictions
@@ -20,8 +19,10 @@ from ml_assets.evaluate.report import promotion_decision
 from ml_assets.train.kinds.image_classifier import IMAGE_CLASSIFIER
 from ml_assets.train.tracking import tracking_uri
 
-PIPELINE = build_pipeline(IMAGE_CLASSIFIER)
-FINAL, PROMOTED, EXPORTED = (PROMOTION := build_promotion(IMAGE_CLASSIFIER, PIPELINE.report))[0]
+PIPELINE = build_pipeline(IMAGE_CLASSIFIER, LOCATION_SETTINGS)
+FINAL, PROMOTED, EXPORTED = (
+    PROMOTION := build_promotion(IMAGE_CLASSIFIER, PIPELINE.report, LOCATION_SETTINGS.folds)
+)[0]
 *FINAL_CHECKS, ONNX_CHECK = PROMOTION[1]
 TINY = {"epochs": 1, "img_size": 32, "batch_size": 8}
 
@@ -47,7 +48,7 @@ def cross_validate(instance, home, landing) -> str:
     """Ingest ``landing`` as a version, train and evaluate both folds, report."""
     key = home.store.register(landing)
     instance.add_dynamic_partitions(dataset_versions.name, [key])
-    data = [datasets.raw_dataset, datasets.annotations, datasets.folds]
+    data = DATA
     done = dg.materialize(data, partition_key=key, resources={"home": home}, instance=instance)
     assert done.success
     model, evaluation, report = PIPELINE.assets

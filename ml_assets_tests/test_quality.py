@@ -405,7 +405,7 @@ def test_to_label_next_asset_with_a_trained_champion(tmp_path):
 def test_a_new_version_gets_its_diff_and_image_issues_and_label_issues_wait_for_the_folds(landed):
     """Automation: once ingested, a version's version_diff and image_issues are due; its label
     issues only once every fold's evaluation is there."""
-    from ml_assets.definitions import defs
+    from pipelines import LOCATION as defs
 
     landing, home = landed
     # The evaluations are in the selection, as the automation sensor evaluates the whole graph.
@@ -419,13 +419,10 @@ def test_a_new_version_gets_its_diff_and_image_issues_and_label_issues_wait_for_
             defs=defs, instance=instance, asset_selection=selection
         )
         assert idle.total_requested == 0  # nothing ingested yet
-        from pipelines import DATA
+        from pipelines import INGEST
 
-        from ml_assets.defs import datasets
-
-        ingest = [*DATA, datasets.annotations_checks, datasets.folds_are_disjoint]  # gates too
-        assert dg.materialize(
-            ingest, partition_key=key, resources={"home": home}, instance=instance
+        assert dg.materialize(  # with the data checks: the gates
+            INGEST, partition_key=key, resources={"home": home}, instance=instance
         ).success
         due = dg.evaluate_automation_conditions(
             defs=defs, instance=instance, asset_selection=selection, cursor=idle.cursor

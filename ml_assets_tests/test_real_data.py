@@ -13,6 +13,7 @@ import dagster as dg
 import orjson
 import pytest
 from click.testing import CliRunner
+from pipelines import INGEST, LOCATION_SETTINGS
 from real_sets import write_digits
 
 from ml_assets.cli import main
@@ -26,19 +27,15 @@ from ml_assets.train.kinds.yolo_detector import YOLO_DETECTOR
 from ml_assets.train.registry import KINDS
 
 ROOT = Path(__file__).resolve().parents[1]
-INGEST = [
-    datasets.raw_dataset,
-    datasets.annotations,
-    datasets.folds,
-    datasets.annotations_checks,
-    datasets.folds_are_disjoint,
-]
+
 REAL = ("coco8", "coco8-seg", "imagenet10")
 
 
 def sensor_tick(instance, home: MLAssetsHome, cursor=None):
-    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"home": home})
-    return automation.landing_sensor(context)
+    # Entered: the context closes what it opened (an instance it enters on first use) on exit.
+    resources = {"home": home}
+    with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources) as context:
+        return automation.landing_sensor(context)
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +116,7 @@ def test_a_refused_model_asset_trains_nothing_and_says_why(landed_real):
     """The detector on the digits: the partition stays unmaterialized, its evaluation is
     skipped, the run succeeds, and an observation on the partition says why."""
     instance, home, versions = landed_real
-    pipeline = build_pipeline(YOLO_DETECTOR)
+    pipeline = build_pipeline(YOLO_DETECTOR, LOCATION_SETTINGS)
     key = dg.MultiPartitionKey({"version": versions["digits"], "fold": "0"})
     result = dg.materialize(
         [pipeline.model, pipeline.model_checks, pipeline.evaluation],

@@ -7,6 +7,7 @@ import numpy as np
 import orjson
 import pandas as pd
 import pytest
+from pipelines import LOCATION_SETTINGS
 
 from ml_assets.data.atomic import write_bytes
 from ml_assets.defs.models import build_pipeline
@@ -16,7 +17,7 @@ from ml_assets.evaluate.classification import classification_metrics, majority_b
 from ml_assets.train.kinds.image_classifier import IMAGE_CLASSIFIER
 
 VERSION = "abcdef123456"
-CLASSIFIER = build_pipeline(IMAGE_CLASSIFIER)
+CLASSIFIER = build_pipeline(IMAGE_CLASSIFIER, LOCATION_SETTINGS)
 
 
 def write_evaluations(

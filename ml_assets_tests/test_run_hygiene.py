@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_training_runs_carry_a_runtime_limit_and_a_priority():
-    from ml_assets.definitions import defs
+    from pipelines import LOCATION as defs
 
     for job in ("training_job", "image_classifier_job"):
         tags = defs.resolve_job_def(job).tags
@@ -30,7 +30,8 @@ def test_training_runs_carry_a_runtime_limit_and_a_priority():
 
 def test_the_retraining_schedule_reads_its_cron_and_time_zone_from_the_environment():
     code = (
-        "from ml_assets.defs.automation import weekly_retraining as s; "
+        "from ml_assets.definitions import defs; "
+        "s = defs().resolve_schedule_def('weekly_retraining'); "
         "print(s.cron_schedule, s.execution_timezone)"
     )
     env = {
@@ -45,11 +46,17 @@ def test_the_retraining_schedule_reads_its_cron_and_time_zone_from_the_environme
 
 
 def test_the_schedule_skips_a_fold_already_training_with_the_same_config(tmp_path):
-    from ml_assets.definitions import defs
-    from ml_assets.defs.automation import weekly_retraining
+    from pipelines import LOCATION as defs
+
     from ml_assets.defs.partitions import dataset_versions
 
-    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+    weekly_retraining = defs.resolve_schedule_def("weekly_retraining")
+
+    when = datetime(2026, 1, 5, 3, tzinfo=UTC)
+    with (
+        dg.instance_for_test(temp_dir=str(tmp_path)) as instance,
+        dg.build_schedule_context(instance=instance, scheduled_execution_time=when) as context,
+    ):
         instance.add_dynamic_partitions(dataset_versions.name, ["v1"])
         instance.report_runless_asset_event(
             dg.AssetMaterialization(asset_key="folds", partition="v1")
@@ -58,9 +65,6 @@ def test_the_schedule_skips_a_fold_already_training_with_the_same_config(tmp_pat
         job = defs.resolve_job_def("training_job")
         run = instance.create_run_for_job(
             job, tags={"dagster/partition": str(busy)}, status=dg.DagsterRunStatus.STARTED
-        )
-        context = dg.build_schedule_context(
-            instance=instance, scheduled_execution_time=datetime(2026, 1, 5, 3, tzinfo=UTC)
         )
         requests = weekly_retraining(context)
         assert [r.partition_key for r in requests] == ["1|v1"]

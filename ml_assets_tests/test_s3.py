@@ -56,8 +56,10 @@ def upload(client, url: str, folder, name: str, only=None) -> list[str]:
 
 
 def tick(instance, home, cursor=None):
-    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"home": home})
-    return automation.landing_sensor(context)
+    # Entered: the context closes what it opened (an instance it enters on first use) on exit.
+    resources = {"home": home}
+    with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources) as context:
+        return automation.landing_sensor(context)
 
 
 def test_a_new_drop_settles_then_becomes_the_version_its_content_names(

@@ -28,7 +28,7 @@ from ml_assets.train.classifier import ClassifierConfig
 from ml_assets.train.kinds.image_classifier import IMAGE_CLASSIFIER
 from ml_assets.train.kinds.yolo_detector import YOLO_DETECTOR
 from ml_assets.train.kinds.yolo_segmenter import YOLO_SEGMENTER, YoloSegmenterConfig
-from ml_assets.train.runs import promote, read_lineage, train_fold
+from ml_assets.train.runs import FoldRun, promote, read_lineage, train_fold
 from ml_assets.train.yolo import YoloConfig
 
 KINDS = ("image_classifier", "yolo_detector", "yolo_segmenter")
@@ -41,11 +41,11 @@ def champion(paths: MLAssetsHome, kind, ds, config, version: str, make_champion:
 
     assignment = assign_folds(ds, k=2)
     model_dir = paths.model_dir(kind.name, version, None)
-    train_fold(
-        kind, ds, assignment, version, None, config, torch.device("cpu"),
-        paths.run_dir(kind.name, version, None), model_dir, log=lambda _: None,
-        tags={"version": version},
+    run = FoldRun(
+        kind, version, None, config, torch.device("cpu"),
+        paths.run_dir(kind.name, version, None), model_dir, tags={"version": version},
     )  # fmt: skip
+    train_fold(run, ds, assignment, version, log=lambda _: None)
     kind.export(model_dir, paths.exports_dir(kind.name, version))
     if make_champion:
         promote(kind.name, model_dir, paths.champion_path(kind.name), version, 0.5, None)

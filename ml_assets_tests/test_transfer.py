@@ -13,7 +13,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
-from pipelines import ingested_version, metadata_of, train_fold_assets
+from pipelines import fit_and_save, ingested_version, metadata_of, train_fold_assets
 from servers import loopback_only, serving
 
 from ml_assets.cli import main
@@ -226,8 +226,11 @@ def test_a_yolo_detector_fine_tunes_from_pulled_weights(tmp_path, home):
     images = ds.images["image_id"].tolist()
     train_ids, val_ids = images[:12], images[12:]
     tiny = {"epochs": 1, "imgsz": 64, "batch": 8, "workers": 0}
-    YOLO_DETECTOR.fit(ds, train_ids, val_ids, YoloConfig(**tiny), CPU, tmp_path / "pretrain")
-    published = tmp_path / "pretrain" / "model" / WEIGHTS_FILE
+    config = YoloConfig(**tiny)
+    published = fit_and_save(
+        YOLO_DETECTOR, ds, train_ids, val_ids, config, CPU, tmp_path / "pretrain"
+    )[1]
+    published = published / WEIGHTS_FILE
     store = MLAssetsHome(path=str(home)).store
     pull(str(published), store, name="shapes-yolo.pt")
 
@@ -241,13 +244,15 @@ def test_a_yolo_detector_fine_tunes_from_pulled_weights(tmp_path, home):
     ultralytics_log.addHandler(handler)
     ultralytics_log.setLevel(logging.INFO)  # YOLO_VERBOSE=False hides what it transferred
     try:
-        YOLO_DETECTOR.fit(ds, train_ids, val_ids, config, CPU, tmp_path / "tune", None, inputs)
+        tuned = fit_and_save(
+            YOLO_DETECTOR, ds, train_ids, val_ids, config, CPU, tmp_path / "tune", None, inputs
+        )[1]
     finally:
         ultralytics_log.removeHandler(handler)
         ultralytics_log.setLevel(level)
     assert any(re.search(r"Transferred \d+/\d+ items from pretrained weights", m) for m in said)
     before = load_checkpoint(str(published))[0].state_dict()
-    after = load_checkpoint(str(tmp_path / "tune" / "model" / WEIGHTS_FILE))[0].state_dict()
+    after = load_checkpoint(str(tuned / WEIGHTS_FILE))[0].state_dict()
     frozen = [k for k in before if k.startswith("model.0.") and k.endswith("conv.weight")]
     assert frozen and all(torch.allclose(after[k], before[k], atol=1e-3) for k in frozen)
     head = [k for k in before if k.startswith("model.22.") and k.endswith("weight")]

@@ -5,20 +5,21 @@ import re
 
 import dagster as dg
 import pytest
+from pipelines import DATA, FOLDS_CHECK, LOCATION
 
 from ml_assets.defs import datasets
 from ml_assets.defs.partitions import dataset_versions
 
-DATA_ASSETS = [datasets.raw_dataset, datasets.annotations, datasets.folds]
+DATA_ASSETS = DATA
 DATA_CHECKS = [
     datasets.annotations_checks,
-    datasets.folds_are_disjoint,
+    FOLDS_CHECK,
 ]
 
 
 @pytest.fixture(scope="module")
 def defs():
-    from ml_assets.definitions import defs
+    defs = LOCATION
 
     return defs
 

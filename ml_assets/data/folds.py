@@ -111,21 +111,26 @@ def fold_problems(images: pd.DataFrame, folds: pd.DataFrame) -> dict[str, int]:
     }
 
 
-def read_folds(path: Path, k: int) -> tuple[pd.DataFrame, str]:
+def read_folds(path: Path, k: int | None = None) -> tuple[pd.DataFrame, str]:
     """The fold assignment stored at ``path`` and its digest (models, evaluations and reports
     record it, so a report never mixes folds of different assignments); refuses an assignment
-    made for another ``k``."""
+    made for another ``k`` (None: any k, for readers of what was made)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no fold assignment at {path}: materialize folds first")
     data = path.read_bytes()
     assignment = pd.read_parquet(io.BytesIO(data))
-    made = sorted(set(assignment["fold"].tolist()) - {TEST_FOLD})
-    if made != list(range(k)):
+    made = fold_numbers(assignment)
+    if k is not None and made != list(range(k)):
         raise ValueError(
             f"{path}: folds {made} do not match k={k} (ML_ASSETS_FOLDS); rematerialize folds"
         )
     return assignment, assignment_digest(data)
+
+
+def fold_numbers(assignment: pd.DataFrame) -> list[int]:
+    """The folds an assignment was split into (0 .. k-1; the test split is none of them)."""
+    return sorted(set(assignment["fold"].tolist()) - {TEST_FOLD})
 
 
 def assignment_digest(data: bytes) -> str:

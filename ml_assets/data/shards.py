@@ -29,6 +29,7 @@ from ml_assets.data.atomic import atomic_dir
 from ml_assets.data.store import hash_file, is_url
 from ml_assets.data.tables import Dataset
 
+FOLDER = "webdataset"  # a version's shards: the folder under the version
 INDEX = "index.json"
 PATTERN = "shard-%06d.tar"
 ANNOTATION_FIELDS = ("annotation_id", "category_id", "x", "y", "w", "h", "area", "iscrowd")
@@ -90,15 +91,7 @@ def write_shards(
         writer = None
         try:
             for row in ds.images.sort_values("image_id").itertuples(index=False):
-                path = ds.image_path(row.file_name)
-                try:
-                    data = path.read_bytes()
-                except OSError as err:
-                    raise ValueError(f"{path}: cannot read image {row.image_id}: {err}") from err
-                ext = path.suffix.lower().lstrip(".") or "bin"
-                if ext in ("json", "__key__"):
-                    raise ValueError(f"{path}: image {row.image_id} has an unusable extension")
-                record = sample_record(row, by_image.get(row.image_id, empty), categories, ext)
+                sample = image_sample(ds, row, by_image.get(row.image_id, empty), categories)
                 if writer is None:
                     writer = wds.ShardWriter(
                         str(tmp / PATTERN),
@@ -108,37 +101,53 @@ def write_shards(
                         encoder=False,
                         mtime=0,  # same data, same shard bytes
                     )
-                writer.write(
-                    {
-                        "__key__": f"{int(row.image_id):012d}",
-                        ext: data,
-                        "json": orjson.dumps(record),
-                    }
-                )
+                writer.write(sample)
                 name = Path(writer.fname).name
                 counts[name] = counts.get(name, 0) + 1
         finally:
             if writer is not None:
                 writer.close()
-        shards = [
-            {
-                "name": name,
-                "samples": count,
-                "bytes": (tmp / name).stat().st_size,
-                "sha256": hash_file(tmp / name),
-            }
-            for name, count in counts.items()
-        ]
-        index = {
-            "format": "webdataset",
-            "samples": sum(counts.values()),
-            "annotations": len(ds.annotations),
-            "bytes": sum(s["bytes"] for s in shards),
-            "categories": [{"id": k, "name": v} for k, v in sorted(categories.items())],
-            "shards": shards,
-        }
+        index = shard_index(tmp, counts, len(ds.annotations), categories)
         (tmp / INDEX).write_bytes(orjson.dumps(index, option=orjson.OPT_INDENT_2))
     return index
+
+
+def image_sample(ds: Dataset, row, annotations, categories: dict[int, str]) -> dict:
+    """One image's sample: its key, its file's bytes under its extension and its JSON record."""
+    path = ds.image_path(row.file_name)
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise ValueError(f"{path}: cannot read image {row.image_id}: {err}") from err
+    ext = path.suffix.lower().lstrip(".") or "bin"
+    if ext in ("json", "__key__"):
+        raise ValueError(f"{path}: image {row.image_id} has an unusable extension")
+    record = sample_record(row, annotations, categories, ext)
+    return {"__key__": f"{int(row.image_id):012d}", ext: data, "json": orjson.dumps(record)}
+
+
+def shard_index(
+    folder: Path, counts: dict[str, int], annotations: int, categories: dict[int, str]
+) -> dict:
+    """The index of the shards in ``folder`` (``counts``: samples per shard name): each shard's
+    size and sha256, the totals and the categories."""
+    shards = [
+        {
+            "name": name,
+            "samples": count,
+            "bytes": (folder / name).stat().st_size,
+            "sha256": hash_file(folder / name),
+        }
+        for name, count in counts.items()
+    ]
+    return {
+        "format": "webdataset",
+        "samples": sum(counts.values()),
+        "annotations": annotations,
+        "bytes": sum(s["bytes"] for s in shards),
+        "categories": [{"id": k, "name": v} for k, v in sorted(categories.items())],
+        "shards": shards,
+    }
 
 
 def read_index(location: str | Path) -> dict:

@@ -10,34 +10,21 @@ diff and image issues once ingested and its label issues once evaluated. On sche
 every fold of the newest version whose ingest went through.
 """
 
-import os
 from functools import partial
 
 import dagster as dg
 
-from ml_assets.defs.datasets import folds
-from ml_assets.defs.partitions import dataset_versions, fold_partitions
+from ml_assets.defs.partitions import dataset_versions
 from ml_assets.defs.policies import INGEST_RUN_TAGS, in_flight_runs, training_run_tags
 from ml_assets.defs.resources import MLAssetsHome
+from ml_assets.defs.settings import Settings
 from ml_assets.train.registry import KINDS
-
-# The retraining schedule, read when the code location loads (restart make ui to change it):
-# ML_ASSETS_RETRAIN_CRON (default every Monday at 03:00) in ML_ASSETS_RETRAIN_TIMEZONE
-# (an IANA name, default UTC).
-RETRAIN_CRON = os.environ.get("ML_ASSETS_RETRAIN_CRON", "0 3 * * 1")
-RETRAIN_TIMEZONE = os.environ.get("ML_ASSETS_RETRAIN_TIMEZONE", "UTC")
 
 ingest_job = dg.define_asset_job(
     "ingest_job",
     selection=dg.AssetSelection.groups("data"),
     tags=INGEST_RUN_TAGS,
     description="Store, read, validate, split and export one dataset version.",
-)
-training_job = dg.define_asset_job(
-    "training_job",
-    selection=dg.AssetSelection.groups("training", "evaluation"),
-    tags=training_run_tags(),
-    description="Train and evaluate every model kind for one (version, fold).",
 )
 quality_job = dg.define_asset_job(
     "quality_job",
@@ -103,28 +90,69 @@ def read_cursor(text: str | None) -> dict[str, list]:
 def newest_ingested_version(instance: dg.DagsterInstance) -> str | None:
     """The most recently registered version whose folds exist (its ingest passed its gates)."""
     for version in reversed(instance.get_dynamic_partitions(dataset_versions.name)):
-        flt = dg.AssetRecordsFilter(asset_key=folds.key, asset_partitions=[version])
+        flt = dg.AssetRecordsFilter(asset_key=dg.AssetKey("folds"), asset_partitions=[version])
         if instance.fetch_materializations(flt, limit=1).records:
             return version
     return None
 
 
-@dg.schedule(
-    job=training_job,
-    cron_schedule=RETRAIN_CRON,
-    execution_timezone=RETRAIN_TIMEZONE,
-    default_status=dg.DefaultScheduleStatus.STOPPED,
-    description=f"At cron {RETRAIN_CRON!r} ({RETRAIN_TIMEZONE}; ML_ASSETS_RETRAIN_CRON and "
-    "ML_ASSETS_RETRAIN_TIMEZONE), retrain every fold of the newest ingested version; a fold "
-    "already queued or training with the same config is skipped.",
-)
-def weekly_retraining(context: dg.ScheduleEvaluationContext):
+def build_automation(settings: Settings) -> dg.Definitions:
+    """The jobs, sensors and the retraining schedule, with ``settings``' fold count, cron, time
+    zone and training runtime limit."""
+    run_tags = training_run_tags(settings.max_runtime_hours)
+    training_job = dg.define_asset_job(
+        "training_job",
+        selection=dg.AssetSelection.groups("training", "evaluation"),
+        tags=run_tags,
+        description="Train and evaluate every model kind for one (version, fold).",
+    )
+    automation_sensor = dg.AutomationConditionSensorDefinition(
+        "automation_sensor",
+        # to_label_next (quality) has no automation condition: it runs when asked.
+        target=dg.AssetSelection.groups(
+            "training", "evaluation", "reports", "promotion", "quality"
+        ),
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=30,
+        run_tags=run_tags,
+        description="Trains, evaluates and reports whatever a new dataset version made stale, "
+        "and checks its quality (diff, image issues, label issues).",
+    )
+    return dg.Definitions(
+        jobs=[ingest_job, training_job, report_job, quality_job],
+        sensors=[landing_sensor, automation_sensor],
+        schedules=[retraining_schedule(settings, training_job)],
+    )
+
+
+def retraining_schedule(settings: Settings, job) -> dg.ScheduleDefinition:
+    """``weekly_retraining``: every fold of the newest ingested version, at ``settings``'
+    cron in its time zone (ML_ASSETS_RETRAIN_CRON, ML_ASSETS_RETRAIN_TIMEZONE)."""
+    cron, zone = settings.retrain_cron, settings.retrain_timezone
+
+    @dg.schedule(
+        name="weekly_retraining",
+        job=job,
+        cron_schedule=cron,
+        execution_timezone=zone,
+        default_status=dg.DefaultScheduleStatus.STOPPED,
+        description=f"At cron {cron!r} ({zone}; ML_ASSETS_RETRAIN_CRON and "
+        "ML_ASSETS_RETRAIN_TIMEZONE), retrain every fold of the newest ingested version; a "
+        "fold already queued or training with the same config is skipped.",
+    )
+    def weekly_retraining(context: dg.ScheduleEvaluationContext):
+        return retraining_requests(context, settings.folds)
+
+    return weekly_retraining
+
+
+def retraining_requests(context: dg.ScheduleEvaluationContext, k: int):
     newest = newest_ingested_version(context.instance)
     if newest is None:
         return dg.SkipReason("no dataset version has been ingested yet")
     stamp = context.scheduled_execution_time.strftime("%Y%m%dT%H%M")
     requests, busy = [], []
-    for fold in fold_partitions.get_partition_keys():
+    for fold in map(str, range(k)):
         key = dg.MultiPartitionKey({"version": newest, "fold": fold})
         running = in_flight_runs(context.instance, TRAINING_JOBS, key, {})
         if running:
@@ -146,15 +174,3 @@ def weekly_retraining(context: dg.ScheduleEvaluationContext):
 # Jobs that train a (version, fold): the schedule's, each kind's own, and the implicit asset job
 # that the automation sensor launches its runs under.
 TRAINING_JOBS = {"training_job", "__ASSET_JOB", *(f"{name}_job" for name in KINDS)}
-
-
-automation_sensor = dg.AutomationConditionSensorDefinition(
-    "automation_sensor",
-    # to_label_next (quality) has no automation condition: it runs when asked.
-    target=dg.AssetSelection.groups("training", "evaluation", "reports", "promotion", "quality"),
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    minimum_interval_seconds=30,
-    run_tags=training_run_tags(),
-    description="Trains, evaluates and reports whatever a new dataset version made stale, and "
-    "checks its quality (diff, image issues, label issues).",
-)

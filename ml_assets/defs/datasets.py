@@ -20,7 +20,6 @@ from ml_assets.defs.partitions import (
     blocking_checks,
     checked_partition,
     dataset_versions,
-    fold_partitions,
     selected,
 )
 from ml_assets.defs.resources import MLAssetsHome
@@ -215,22 +214,52 @@ class FoldsConfig(dg.Config):
     )
 
 
-@dg.asset(
-    partitions_def=dataset_versions,
-    deps=[annotations],
-    group_name="data",
-    kinds={"pandas", "scikitlearn"},
-    description="The fold of every image: stratified by class (iteratively for multi-label "
-    "images), copies of the same content always together; -1 marks a held-out test split.",
-)
-def folds(
-    context: dg.AssetExecutionContext, config: FoldsConfig, home: MLAssetsHome
-) -> dg.MaterializeResult:
+# What every asset read from a version's tables is: per version, after them, in the data group.
+FROM_ANNOTATIONS = {"partitions_def": dataset_versions, "deps": [annotations], "group_name": "data"}
+
+
+def build_folds(k: int) -> tuple[dg.AssetsDefinition, dg.AssetChecksDefinition]:
+    """The ``folds`` asset for ``k`` folds (``Settings.folds``) and its blocking check."""
+
+    @dg.asset(
+        **FROM_ANNOTATIONS,
+        kinds={"pandas", "scikitlearn"},
+        description="The fold of every image: stratified by class (iteratively for multi-label "
+        "images), copies of the same content always together; -1 marks a held-out test split.",
+    )
+    def folds(
+        context: dg.AssetExecutionContext, config: FoldsConfig, home: MLAssetsHome
+    ) -> dg.MaterializeResult:
+        version = context.partition_key
+        return folds_result(home, version, k, config)
+
+    @dg.multi_asset_check(
+        **blocking_checks(
+            folds,
+            {
+                "folds_are_disjoint": "Every image has exactly one fold and no image content "
+                "sits in two folds."
+            },
+        )
+    )
+    def folds_are_disjoint(context: dg.AssetCheckExecutionContext, home: MLAssetsHome):
+        version = checked_partition(context)
+        if version is None:
+            return
+        images = load_version(home, version).images
+        problems = fold_problems(images, load_folds(home, version, k)[0])
+        yield dg.AssetCheckResult(
+            check_name="folds_are_disjoint", passed=not any(problems.values()), metadata=problems
+        )
+
+    return folds, folds_are_disjoint
+
+
+def folds_result(home: MLAssetsHome, version: str, k: int, config: FoldsConfig):
+    """Assign and write ``version``'s folds; the materialization that says so."""
     from ml_assets.data.atomic import write_bytes
 
-    version = context.partition_key
     ds = load_version(home, version)
-    k = len(fold_partitions.get_partition_keys())
     assignment = assign_folds(ds, k=k, seed=config.seed, test_fraction=config.test_fraction)
     path = home.folds_path(version)
     data = assignment.to_parquet(index=False)
@@ -252,25 +281,7 @@ def folds(
     )
 
 
-def load_folds(home: MLAssetsHome, version: str) -> tuple[pd.DataFrame, str]:
-    """The fold assignment of ``version`` and its digest, for this code location's k."""
-    return read_folds(home.folds_path(version), len(fold_partitions.get_partition_keys()))
-
-
-@dg.multi_asset_check(
-    **blocking_checks(
-        folds,
-        {
-            "folds_are_disjoint": "Every image has exactly one fold and no image content sits in "
-            "two folds."
-        },
-    )
-)
-def folds_are_disjoint(context: dg.AssetCheckExecutionContext, home: MLAssetsHome):
-    version = checked_partition(context)
-    if version is None:
-        return
-    problems = fold_problems(load_version(home, version).images, load_folds(home, version)[0])
-    yield dg.AssetCheckResult(
-        check_name="folds_are_disjoint", passed=not any(problems.values()), metadata=problems
-    )
+def load_folds(home: MLAssetsHome, version: str, k: int | None = None) -> tuple[pd.DataFrame, str]:
+    """The fold assignment of ``version`` and its digest, refused unless it has ``k`` folds
+    (None: the folds it was split into)."""
+    return read_folds(home.folds_path(version), k)

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from ml_assets.defs.datasets import annotations, load_version
-from ml_assets.defs.partitions import dataset_versions
+from ml_assets.defs.datasets import FROM_ANNOTATIONS, load_version
 from ml_assets.defs.resources import MLAssetsHome
 
 READ_BY = {
@@ -40,9 +39,7 @@ def count_links(folder: Path) -> tuple[int, int]:
 def export_asset(fmt: str) -> dg.AssetsDefinition:
     @dg.asset(
         name=f"{fmt}_dataset",
-        partitions_def=dataset_versions,
-        deps=[annotations],
-        group_name="data",
+        **FROM_ANNOTATIONS,
         kinds={"filesystem"},
         description=f"The dataset version in {fmt.upper()} layout, read unchanged by {READ_BY[fmt]}.",
     )

@@ -21,19 +21,18 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from ml_assets.defs.datasets import folds, load_folds, load_version
+from ml_assets.defs.datasets import load_folds, load_version
 from ml_assets.defs.partitions import (
     blocking_checks,
     checked_partition,
     dataset_versions,
-    fold_partitions,
     selected,
     version_fold,
     version_folds,
 )
 from ml_assets.defs.policies import training_run_tags
 from ml_assets.defs.resources import MLAssetsHome, MLflowTracking, TrainingDevice
-from ml_assets.defs.shards import SHARDS
+from ml_assets.defs.settings import Settings
 from ml_assets.train.ddp import processes
 from ml_assets.train.kinds import ModelKind
 
@@ -80,6 +79,15 @@ ON_CHANGE = on_change()
 # (base_model is unpartitioned); a training config names the base model it uses, and its
 # snapshot's hash is part of the model's fingerprint (as every pulled weights' hash is).
 TRAIN_ON_CHANGE = on_change(ignore=dg.AssetSelection.assets("base_model"))
+
+
+def train_on_change(kind: ModelKind) -> dg.AutomationCondition:
+    """``TRAIN_ON_CHANGE``, blind to the inputs only some configurations read (the classifier's
+    shards): a version trains from its images whether or not those exist or changed."""
+    optional = [spec.asset for spec in kind.inputs if spec.used is not None]
+    return (
+        TRAIN_ON_CHANGE.ignore(dg.AssetSelection.assets(*optional)) if optional else TRAIN_ON_CHANGE
+    )
 
 
 def code_version(kind: ModelKind) -> str:
@@ -136,17 +144,21 @@ def as_metadata(view: dict) -> dict:
 
 
 def inputs_of(kind: ModelKind, home: MLAssetsHome, version: str, config=None) -> dict:
-    """The folders of the dataset exports a kind trains from (``yolo_dataset`` -> its folder),
-    and the version's shards when the training ``config`` streams them. A ``base_model`` is
-    weights the config names: ``ml_assets.train.weights.resolve_weights`` finds its snapshot
-    (evaluation finds it through what the model recorded)."""
-    found = {}
-    for name in kind.inputs:
-        if name not in kind.config_class.pinned_fields:  # weights: resolve_weights finds them
-            found[name] = home.export_dir(name.removesuffix("_dataset"), version)
-    if getattr(config, "source", "") == "shards":  # training streams the version's shards
-        found["webdataset_shards"] = home.export_dir(SHARDS, version)
-    return found
+    """The folders of the exports ``kind`` reads for ``version`` (``yolo_dataset`` -> its
+    folder), those a training ``config`` reads only when it does (None: every one). Weights
+    (``reads="weights"``, a ``base_model``) are not folders of the version:
+    ``ml_assets.train.weights.resolve_weights`` finds the snapshot the config names (evaluation
+    finds it through what the model recorded)."""
+    return {
+        spec.asset: home.export_dir(spec.export_folder(), version)
+        for spec in kind.inputs
+        if spec.reads == "export" and (config is None or spec.read_by(config))
+    }
+
+
+def input_assets(kind: ModelKind) -> list[str]:
+    """The assets ``kind`` trains from besides the folds: lineage dependencies of its models."""
+    return [spec.asset for spec in kind.inputs]
 
 
 @dataclass(frozen=True)
@@ -261,96 +273,89 @@ def train_partition(
     version: str,
     fold: int | None,
     config,
+    k: int,
 ) -> Iterator[dg.MaterializeResult]:
     """What every model asset does, a fold's (``fold``) or a version's final model
     (``fold=None``): refuse a version that cannot teach the kind, else find the pulled weights
     the config names (offline: weights not pulled fail the step here, with the command that
     pulls them), the device resource's overrides, ``train_fold`` in this process or under
-    torchrun, and the trained model's metadata. A refused partition yields nothing: it stays
-    unmaterialized, so nothing downstream runs, and an observation on it says why (the assets
-    take ``output_required=False``)."""
+    torchrun (on the version's ``k`` folds), and the trained model's metadata. A refused
+    partition yields nothing: it stays unmaterialized, so nothing downstream runs, and an
+    observation on it says why (the assets take ``output_required=False``)."""
     from ml_assets.train.kinds import refusal
-    from ml_assets.train.runs import train_fold
+    from ml_assets.train.runs import FoldRun, train_fold
     from ml_assets.train.weights import resolve_weights
 
     ds = load_version(home, version)
     reason = refusal(kind, ds)
     if reason is not None:
-        context.log.warning(f"not trained: {reason}")
-        context.log_event(
-            dg.AssetObservation(
-                asset_key=context.asset_key,
-                partition=context.partition_key,
-                metadata={"not_trained": reason},
-            )
-        )
+        observe_refusal(context, reason)
         return
     settings = config.model_copy(update=training_device.overrides(config))
-    weights = resolve_weights(settings, home.store)
-    device = training_device.torch_device()
-    part = "final model" if fold is None else f"fold {fold}"
-    context.log.info(f"training {kind.name} for version {version} {part} on {device}")
-    where = {
-        "run_dir": home.run_dir(kind.name, version, fold),
-        "model_dir": home.model_dir(kind.name, version, fold),
-        "tracking": mlflow_tracking.tracking(home.mlflow_dir),
-        "inputs": inputs_of(kind, home, version, settings),
-        "tags": {
+    run = FoldRun(
+        kind,
+        version,
+        fold,
+        settings,
+        device=training_device.torch_device(),
+        run_dir=home.run_dir(kind.name, version, fold),
+        model_dir=home.model_dir(kind.name, version, fold),
+        inputs=inputs_of(kind, home, version, settings),
+        weights=resolve_weights(settings, home.store),
+        tags={
             "dagster_run_id": context.run_id,
             "asset_key": context.asset_key.to_user_string(),
             "version": version,
             "fold": "final" if fold is None else str(fold),
         },
-        "weights": weights,
-    }
+        tracking=mlflow_tracking.tracking(home.mlflow_dir),
+    )
+    part = "final model" if fold is None else f"fold {fold}"
+    context.log.info(f"training {kind.name} for version {version} {part} on {run.device}")
     if kind.distributed == "torchrun" and processes(settings) > 1:
-        trained = train_with_torchrun(context, kind, home, (version, fold), settings, where)
+        trained = train_with_torchrun(context, home, run, k)
     else:
-        assignment, folds_digest = load_folds(home, version)
-        trained = train_fold(
-            kind,
-            ds,
-            assignment,
-            folds_digest,
-            fold,
-            settings,
-            device,
-            log=context.log.info,
-            **where,
-        )
+        assignment, folds_digest = load_folds(home, version, k)
+        trained = train_fold(run, ds, assignment, folds_digest, context.log.info)
     from ml_assets.evaluate.report import trained_view
 
-    metadata = trained_metadata(trained, device) | {"processes": processes(settings)}
+    metadata = trained_metadata(trained, run.device) | {"processes": processes(settings)}
     metadata = trained_view(metadata, kind.primary_metric)
     yield dg.MaterializeResult(
         metadata=metadata, data_version=dg.DataVersion(trained.lineage["fingerprint"])
     )
 
 
-def train_with_torchrun(context, kind: ModelKind, home, partition, settings, where):
-    """``train_fold`` in ``nproc_per_node`` processes under torchrun, launched through Dagster
-    Pipes: rank 0's log lines and epochs arrive in this run's logs as they happen, and the
-    trained fold comes back as a Pipes message (see ``ml_assets.train.distributed``)."""
+def observe_refusal(context: dg.AssetExecutionContext, reason: str) -> None:
+    """Say why a partition was not trained: a warning and an observation on the partition."""
+    context.log.warning(f"not trained: {reason}")
+    context.log_event(
+        dg.AssetObservation(
+            asset_key=context.asset_key,
+            partition=context.partition_key,
+            metadata={"not_trained": reason},
+        )
+    )
+
+
+def train_with_torchrun(context, home: MLAssetsHome, run, k: int):
+    """``train_fold`` of ``run`` in ``nproc_per_node`` processes under torchrun, launched
+    through Dagster Pipes, each reading the version's assignment to ``k`` folds: rank 0's log
+    lines and epochs arrive in this run's logs as they happen, and the trained fold comes back
+    as a Pipes message (see ``ml_assets.train.distributed``)."""
     from ml_assets.train import distributed
 
-    version, fold = partition
-    tracking = where["tracking"]
+    version = run.version
     with distributed.request_folder() as folder:
         request = distributed.write_request(
             folder,
-            kind=kind.name,
+            run,
             tables=home.tables_dir(version),
             files=home.store.files_dir(version),
             folds=home.folds_path(version),
-            k=len(fold_partitions.get_partition_keys()),
-            fold=fold,
-            config=settings.model_dump(),
-            device=str(context.resources.training_device.torch_device()),
-            tracking=vars(tracking) if tracking is not None else None,
-            weights={field: pin.to_dict() for field, pin in where["weights"].items()},
-            **{k: where[k] for k in ("run_dir", "model_dir", "inputs", "tags")},
+            k=k,
         )
-        command = distributed.torchrun_command(settings, request, f"{version}-{fold}")
+        command = distributed.torchrun_command(run.config, request, f"{version}-{run.fold}")
         context.log.info(f"launching {' '.join(command)}")
         invocation = dg.PipesSubprocessClient().run(context=context, command=command)
     return distributed.trained_from_messages(invocation.get_custom_messages())
@@ -379,36 +384,37 @@ def promotion_config(kind: ModelKind, champion: bool = False) -> type[dg.Config]
     )
 
 
-def build_pipeline(kind: ModelKind) -> KindPipeline:
-    """The assets, checks and jobs of one model kind."""
-    model = model_asset(kind)
-    evaluation = evaluation_asset(kind, model)
-    report = report_asset(kind, evaluation)
+def build_pipeline(kind: ModelKind, settings: Settings) -> KindPipeline:
+    """The assets, checks and jobs of one model kind, with ``settings.folds`` fold partitions."""
+    k = settings.folds
+    model = model_asset(kind, k)
+    evaluation = evaluation_asset(kind, model, k)
+    report = report_asset(kind, evaluation, k)
     return KindPipeline(
         model,
         evaluation,
         report,
         model_checks(model, kind),
         gate_check(kind, report),
-        kind_jobs(kind),
+        kind_jobs(kind, training_run_tags(settings.max_runtime_hours)),
     )
 
 
-def model_asset(kind: ModelKind) -> dg.AssetsDefinition:
+def model_asset(kind: ModelKind, k: int) -> dg.AssetsDefinition:
     """``<kind>[version, fold]``: trained on every fold but this one."""
     config_class = type(kind.config_class.__name__, (dg.Config, kind.config_class), {})
     tags = {KIND_TAG: kind.name}
 
     @dg.asset(
         name=kind.name,
-        partitions_def=version_folds,
-        deps=[folds, *kind.inputs],
+        partitions_def=version_folds(k),
+        deps=["folds", *input_assets(kind)],
         group_name="training",
         kinds=set(kind.tags),
         tags=tags,
         pool="gpu",
         op_tags=GPU_OP_TAGS,
-        automation_condition=TRAIN_ON_CHANGE,
+        automation_condition=train_on_change(kind),
         code_version=code_version(kind),
         description=kind.description,
         output_required=False,  # a version that cannot teach the kind is not trained
@@ -422,19 +428,19 @@ def model_asset(kind: ModelKind) -> dg.AssetsDefinition:
     ):
         version, fold = version_fold(context)
         yield from train_partition(
-            context, kind, home, training_device, mlflow_tracking, version, fold, config
+            context, kind, home, training_device, mlflow_tracking, version, fold, config, k
         )
 
     return model
 
 
-def evaluation_asset(kind: ModelKind, model: dg.AssetsDefinition) -> dg.AssetsDefinition:
+def evaluation_asset(kind: ModelKind, model: dg.AssetsDefinition, k: int) -> dg.AssetsDefinition:
     """``<evaluation>[version, fold]``: the model of this very partition on its held-out fold."""
     tags = {KIND_TAG: kind.name}
 
     @dg.asset(
         name=kind.evaluation_name,
-        partitions_def=version_folds,
+        partitions_def=version_folds(k),
         deps=[model],
         group_name="evaluation",
         kinds={"pytorch"},
@@ -453,7 +459,7 @@ def evaluation_asset(kind: ModelKind, model: dg.AssetsDefinition) -> dg.AssetsDe
         from ml_assets.train.evaluation import evaluate_fold
 
         version, fold = version_fold(context)
-        assignment, folds_digest = load_folds(home, version)
+        assignment, folds_digest = load_folds(home, version, k)
         out = home.evaluation_dir(kind.name, version, fold)
         # The model of this very partition, as lineage says: never "the latest".
         record, scores = evaluate_fold(
@@ -475,7 +481,7 @@ def evaluation_asset(kind: ModelKind, model: dg.AssetsDefinition) -> dg.AssetsDe
     return evaluation
 
 
-def report_asset(kind: ModelKind, evaluation: dg.AssetsDefinition) -> dg.AssetsDefinition:
+def report_asset(kind: ModelKind, evaluation: dg.AssetsDefinition, k: int) -> dg.AssetsDefinition:
     """``<report>[version]``: every fold, mean and std, and the baseline."""
     tags = {KIND_TAG: kind.name}
 
@@ -505,9 +511,8 @@ def report_asset(kind: ModelKind, evaluation: dg.AssetsDefinition) -> dg.AssetsD
         from ml_assets.train.evaluation import summarize_folds
 
         version = context.partition_key
-        assignment, folds_digest = load_folds(home, version)
-        keys = [int(k) for k in fold_partitions.get_partition_keys()]
-        folders = {f: home.evaluation_dir(kind.name, version, f) for f in keys}
+        assignment, folds_digest = load_folds(home, version, k)
+        folders = {f: home.evaluation_dir(kind.name, version, f) for f in range(k)}
         records = read_fold_records(folders, folds_digest)
         versions = context.instance.get_dynamic_partitions(dataset_versions.name)
         earlier = versions[: versions.index(version)] if version in versions else []
@@ -560,14 +565,15 @@ def gate_check(kind: ModelKind, report: dg.AssetsDefinition) -> dg.AssetChecksDe
     return gate
 
 
-def kind_jobs(kind: ModelKind) -> list:
-    """``<kind>_job`` (model and evaluation of one partition) and ``<report>_job``."""
+def kind_jobs(kind: ModelKind, run_tags: dict[str, str]) -> list:
+    """``<kind>_job`` (model and evaluation of one partition, with the training ``run_tags``)
+    and ``<report>_job``."""
     selection = dg.AssetSelection.tag(KIND_TAG, kind.name)
     return [
         dg.define_asset_job(
             f"{kind.name}_job",
             selection=selection & dg.AssetSelection.groups("training", "evaluation"),
-            tags=training_run_tags(),
+            tags=run_tags,
             description=f"Train and evaluate {kind.name} for one (version, fold).",
         ),
         dg.define_asset_job(

@@ -1,23 +1,18 @@
 """Dataset versions (dynamic, keyed by content hash) and folds (static), and both together."""
 
-import os
-
 import dagster as dg
 
-FOLDS_ENV = "ML_ASSETS_FOLDS"
-
-
-def fold_count() -> int:
-    """k for k-fold training, read once when the code location loads (default 5)."""
-    value = os.environ.get(FOLDS_ENV, "5")
-    if not value.isdigit() or int(value) < 2:
-        raise ValueError(f"{FOLDS_ENV} must be an integer >= 2, got {value!r}")
-    return int(value)
-
-
 dataset_versions = dg.DynamicPartitionsDefinition(name="dataset_versions")
-fold_partitions = dg.StaticPartitionsDefinition([str(i) for i in range(fold_count())])
-version_folds = dg.MultiPartitionsDefinition({"version": dataset_versions, "fold": fold_partitions})
+
+
+def fold_partitions(k: int) -> dg.StaticPartitionsDefinition:
+    """The folds "0" .. "k-1" (``Settings.folds``)."""
+    return dg.StaticPartitionsDefinition([str(i) for i in range(k)])
+
+
+def version_folds(k: int) -> dg.MultiPartitionsDefinition:
+    """(version, fold): the partitions of fold models and their evaluations."""
+    return dg.MultiPartitionsDefinition({"version": dataset_versions, "fold": fold_partitions(k)})
 
 
 def version_fold(

@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 
 import dagster as dg
@@ -18,12 +17,11 @@ ACTIVE = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterR
 IN_FLIGHT = [dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.QUEUED, *ACTIVE]
 
 
-def training_run_tags() -> dict[str, str]:
+def training_run_tags(max_runtime_hours: float) -> dict[str, str]:
     """Tags of every training run: a runtime limit that run monitoring enforces (the daemon's
-    ``run_monitoring``; ``ML_ASSETS_MAX_RUNTIME_HOURS``, default 12) and a queue priority below
-    ingest's, so a new drop is validated before long training runs take the queue's slots."""
-    hours = float(os.environ.get("ML_ASSETS_MAX_RUNTIME_HOURS", "12"))
-    return {"dagster/max_runtime": str(int(hours * 3600)), "dagster/priority": "-1"}
+    ``run_monitoring``; ``Settings.max_runtime_hours``) and a queue priority below ingest's, so
+    a new drop is validated before long training runs take the queue's slots."""
+    return {"dagster/max_runtime": str(int(max_runtime_hours * 3600)), "dagster/priority": "-1"}
 
 
 INGEST_RUN_TAGS = {"dagster/priority": "1"}

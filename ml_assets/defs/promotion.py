@@ -21,19 +21,19 @@ from ml_assets.defs.models import (
     GPU_OP_TAGS,
     KIND_TAG,
     ON_CHANGE,
-    TRAIN_ON_CHANGE,
     check_metadata,
     code_version,
+    input_assets,
     model_checks,
     numbers,
     promotion_config,
+    train_on_change,
     train_partition,
 )
 from ml_assets.defs.partitions import (
     blocking_checks,
     checked_partition,
     dataset_versions,
-    fold_partitions,
 )
 from ml_assets.defs.resources import MLAssetsHome, MLflowTracking, TrainingDevice
 from ml_assets.train.kinds import ModelKind
@@ -70,11 +70,12 @@ def decide(home: MLAssetsHome, kind: ModelKind, version: str, config) -> tuple[b
     return passed, found | {"score": float(report["mean"][kind.primary_metric])}
 
 
-def build_promotion(kind: ModelKind, report: dg.AssetsDefinition):
-    """The final model, its checks and the promoted champion of one kind (and its export when
-    the kind declares an exporter): (assets, checks)."""
+def build_promotion(kind: ModelKind, report: dg.AssetsDefinition, k: int):
+    """The final model (with the configuration the ``k`` folds' models agree on), its checks
+    and the promoted champion of one kind (and its export when the kind declares an exporter):
+    (assets, checks)."""
     tags = {KIND_TAG: kind.name}
-    final = final_asset(kind, report, tags)
+    final = final_asset(kind, report, tags, k)
     promoted = promoted_asset(kind, final, tags)
     assets, checks = [final, promoted], [model_checks(final, kind), champion_gate(kind, final)]
     if kind.export_tolerance is not None:
@@ -84,19 +85,21 @@ def build_promotion(kind: ModelKind, report: dg.AssetsDefinition):
     return assets, checks
 
 
-def final_asset(kind: ModelKind, report: dg.AssetsDefinition, tags: dict) -> dg.AssetsDefinition:
+def final_asset(
+    kind: ModelKind, report: dg.AssetsDefinition, tags: dict, k: int
+) -> dg.AssetsDefinition:
     """``<kind>_final[version]``: trained on every fold with the cross-validated config."""
 
     @dg.asset(
         name=f"{kind.name}_final",
         partitions_def=dataset_versions,
-        deps=[report, *kind.inputs],
+        deps=[report, *input_assets(kind)],
         group_name="promotion",
         kinds=set(kind.tags),
         tags=tags,
         pool="gpu",
         op_tags=GPU_OP_TAGS,
-        automation_condition=TRAIN_ON_CHANGE,
+        automation_condition=train_on_change(kind),
         code_version=code_version(kind),
         description=f"{kind.name} trained on every fold of a version (validated on its test "
         "split when there is one) with the configuration its cross-validation used.",
@@ -111,12 +114,10 @@ def final_asset(kind: ModelKind, report: dg.AssetsDefinition, tags: dict) -> dg.
         from ml_assets.train.runs import cross_validated_config
 
         version = context.partition_key
-        folds = [int(k) for k in fold_partitions.get_partition_keys()]
-        config = cross_validated_config(
-            kind, [home.model_dir(kind.name, version, f) for f in folds]
-        )
+        folds = [home.model_dir(kind.name, version, f) for f in range(k)]
+        config = cross_validated_config(kind, folds)
         yield from train_partition(
-            context, kind, home, training_device, mlflow_tracking, version, None, config
+            context, kind, home, training_device, mlflow_tracking, version, None, config, k
         )
 
     return final
@@ -220,32 +221,12 @@ def build_export(kind: ModelKind, promoted: dg.AssetsDefinition, tags: dict):
         "input size and normalization: what a server needs.",
     )
     def exported(context: dg.AssetExecutionContext, home: MLAssetsHome) -> dg.MaterializeResult:
-        from ml_assets.train.export import read_export
-
         version = context.partition_key
         out = kind.export(
             home.model_dir(kind.name, version, None), home.exports_dir(kind.name, version)
         )
-        info = read_export(out)
-        sizes = {
-            f"{f.stem if f.suffix != '.bin' else 'openvino'}_mb": round(f.stat().st_size / 2**20, 2)
-            for f in sorted([*out.iterdir(), *out.glob("openvino/*.bin")])
-            if f.suffix in {".onnx", ".pt", ".bin"}
-        }
         return dg.MaterializeResult(
-            data_version=model_version(home, kind, version),
-            metadata={
-                **sizes,
-                "formats": ", ".join(info.get("formats", ())),
-                **{
-                    f"{f}_error": e
-                    for f in ("torchscript", "openvino")
-                    if (e := info.get(f"{f}_error"))
-                },
-                **{f"{f}_refused": reason for f, reason in info.get("refused", {}).items()},
-                "opset": int(info.get("opset", 0)),
-                "path": dg.MetadataValue.path(str(out)),
-            },
+            data_version=model_version(home, kind, version), metadata=export_metadata(out)
         )
 
     @dg.multi_asset_check(
@@ -278,6 +259,27 @@ def build_export(kind: ModelKind, promoted: dg.AssetsDefinition, tags: dict):
         )
 
     return exported, onnx_matches_pytorch
+
+
+def export_metadata(out: Path) -> dict:
+    """An export folder's file sizes, formats, conversion errors and refusals, ONNX opset."""
+    from ml_assets.train.export import read_export
+
+    info = read_export(out)
+    sizes = {
+        f"{f.stem if f.suffix != '.bin' else 'openvino'}_mb": round(f.stat().st_size / 2**20, 2)
+        for f in sorted([*out.iterdir(), *out.glob("openvino/*.bin")])
+        if f.suffix in {".onnx", ".pt", ".bin"}
+    }
+    errors = {f"{f}_error": e for f in ("torchscript", "openvino") if (e := info.get(f"{f}_error"))}
+    return {
+        **sizes,
+        "formats": ", ".join(info.get("formats", ())),
+        **errors,
+        **{f"{f}_refused": reason for f, reason in info.get("refused", {}).items()},
+        "opset": int(info.get("opset", 0)),
+        "path": dg.MetadataValue.path(str(out)),
+    }
 
 
 def sample_images(home: MLAssetsHome, version: str, count: int = 4):

@@ -22,9 +22,10 @@ import orjson
 import pandas as pd
 from pydantic import Field
 
+from ml_assets.data.folds import fold_numbers
 from ml_assets.defs.datasets import load_folds, load_version
 from ml_assets.defs.models import GPU_OP_TAGS, ON_CHANGE, md_frame
-from ml_assets.defs.partitions import checked_partition, dataset_versions, fold_partitions
+from ml_assets.defs.partitions import checked_partition, dataset_versions
 from ml_assets.defs.promotion import PredictionsConfig, read_champion
 from ml_assets.defs.resources import MLAssetsHome, TrainingDevice
 from ml_assets.train.kinds import ModelKind
@@ -53,11 +54,9 @@ class ShareConfig(dg.Config):
     )
 
 
-def evaluation_folders(home: MLAssetsHome, kind: str, version: str) -> dict[int, Path]:
-    return {
-        int(f): home.evaluation_dir(kind, version, int(f))
-        for f in fold_partitions.get_partition_keys()
-    }
+def evaluation_folders(home: MLAssetsHome, kind: str, version: str, assignment) -> dict:
+    """The evaluation folder of every fold ``version`` was split into."""
+    return {f: home.evaluation_dir(kind, version, f) for f in fold_numbers(assignment)}
 
 
 def find_label_issues(
@@ -75,7 +74,7 @@ def find_label_issues(
         )
     ds = load_version(home, version)
     assignment, _ = load_folds(home, version)
-    folders = evaluation_folders(home, kind.name, version)
+    folders = evaluation_folders(home, kind.name, version, assignment)
     predictions = read_fold_predictions(folders)
     if predictions is None:
         missing = [f for f, p in folders.items() if not (p / "predictions.parquet").exists()]
@@ -320,6 +319,18 @@ class LabelNextConfig(PredictionsConfig):
     gallery: int = Field(default=12, description="Top images drawn in the gallery")
 
 
+def ranked_by_uncertainty(kind, model: Path, paths: list, device, distance: int) -> pd.DataFrame:
+    """``paths`` ranked by how unsure ``model`` is of them, near duplicates (within
+    ``distance`` bits) after the image they copy."""
+    from ml_assets.evaluate.quality import diverse_order, image_hashes, uncertainty
+
+    if not paths:
+        return pd.DataFrame(columns=["file", "uncertainty", "duplicate_of"])
+    predicted = kind.predict(model, paths, device).assign(file=lambda f: f["file"].astype(str))
+    ranked = uncertainty(predicted, [str(p) for p in paths])
+    return diverse_order(ranked, image_hashes(ranked["file"]), distance)
+
+
 @dg.asset(
     deps=["annotations"],
     **(QUALITY | {"kinds": {"pandas", "pytorch"}}),
@@ -337,13 +348,7 @@ def to_label_next(
     training_device: TrainingDevice,
 ) -> dg.MaterializeResult:
     from ml_assets.evaluate.plots import markdown_image
-    from ml_assets.evaluate.quality import (
-        diverse_order,
-        image_hashes,
-        label_next_gallery,
-        uncertainty,
-        unlabelled_files,
-    )
+    from ml_assets.evaluate.quality import label_next_gallery, unlabelled_files
     from ml_assets.train.predictions import image_files
     from ml_assets.train.registry import kind as kind_named
 
@@ -359,15 +364,8 @@ def to_label_next(
     else:
         ds = load_version(home, version)
         paths = [ds.image_path(f) for f in unlabelled_files(ds)]
-    files = [str(p) for p in paths]
-    if files:
-        predicted = kind.predict(
-            Path(champion["model"]), paths, training_device.torch_device()
-        ).assign(file=lambda f: f["file"].astype(str))
-        ranked = uncertainty(predicted, files)
-        ranked = diverse_order(ranked, image_hashes(ranked["file"]), config.distance)
-    else:
-        ranked = pd.DataFrame(columns=["file", "uncertainty", "duplicate_of"])
+    device = training_device.torch_device()
+    ranked = ranked_by_uncertainty(kind, Path(champion["model"]), paths, device, config.distance)
     top = ranked.head(config.gallery)
     png = label_next_gallery(
         top["file"].tolist(),

@@ -4,12 +4,10 @@ for memory or disk (``source: shards`` in a kind's training config)."""
 import dagster as dg
 from pydantic import Field
 
-from ml_assets.defs.datasets import annotations, load_version
+from ml_assets.data.shards import FOLDER as SHARDS  # home.export_dir(SHARDS, version)
+from ml_assets.defs.datasets import FROM_ANNOTATIONS, load_version
 from ml_assets.defs.exports import tables_version
-from ml_assets.defs.partitions import dataset_versions
 from ml_assets.defs.resources import MLAssetsHome
-
-SHARDS = "webdataset"  # the folder under the version: home.export_dir(SHARDS, version)
 
 
 class ShardsConfig(dg.Config):
@@ -20,9 +18,7 @@ class ShardsConfig(dg.Config):
 
 
 @dg.asset(
-    partitions_def=dataset_versions,
-    deps=[annotations],
-    group_name="data",
+    **FROM_ANNOTATIONS,
     kinds={"webdataset"},
     description="The version's images and annotations as WebDataset tar shards (image bytes "
     "plus a JSON record per image) with index.json: shard names, sample counts, sha256.",

@@ -99,17 +99,13 @@ def run_pipeline(
     """Run the graph for the given model kinds on every dataset of the landing location (or the
     one called ``dataset``); ``settings`` are training settings per kind (else its defaults).
     Returns each dataset's reports by kind name."""
-    os.environ["ML_ASSETS_FOLDS"] = str(folds)  # read when the definitions load, just below
+    from ml_assets.definitions import build_defs, deployed_kinds
+    from ml_assets.defs.settings import Settings
 
-    from ml_assets.definitions import defs
-    from ml_assets.definitions import kinds as deployed
-    from ml_assets.defs.partitions import fold_partitions
-
-    if len(fold_partitions.get_partition_keys()) != folds:
-        raise RuntimeError(
-            f"the code location was loaded with {len(fold_partitions.get_partition_keys())} folds "
-            f"before the demo could ask for {folds}: set ML_ASSETS_FOLDS={folds}"
-        )
+    # The runs below load the code location as Dagster does, from the environment.
+    os.environ["ML_ASSETS_FOLDS"] = str(folds)
+    location = Settings.from_env()
+    defs, deployed = build_defs(location), deployed_kinds(location)
     kinds = [kind(name) for name in models]
     absent = [k.name for k in kinds if k.name not in {d.name for d in deployed}]
     if absent:
@@ -166,19 +162,43 @@ def run_jobs(defs, instance, home: Path, version: str, kinds, training, echo) ->
     from ml_assets.defs.partitions import dataset_versions
     from ml_assets.defs.quality import label_issues_name
     from ml_assets.defs.resources import MLAssetsHome
-    from ml_assets.evaluate.report import read_report
-    from ml_assets.train.kinds import refusal
+    from ml_assets.train.kinds import reads
 
     settings, epochs, folds, seed = training
     if not instance.has_dynamic_partition(dataset_versions.name, version):
         instance.add_dynamic_partitions(dataset_versions.name, [version])
+    run = job_runner(instance, {k.gate_name for k in kinds}, echo)
+    run("ingest_job", version)
+    run("quality_job", version, [dg.AssetKey("version_diff"), dg.AssetKey("image_issues")])
+    where = MLAssetsHome(root=str(home))
+    trainable, reports = split_by_refusal(
+        kinds, load_tables(where.tables_dir(version)), version, echo
+    )
+    if not trainable:
+        return reports
+    if any(reads(k, "base_model") for k in trainable):
+        prepare_base_models(defs, instance, home, trainable, echo)
+    trained = [dg.AssetKey(n) for k in trainable for n in (k.name, k.evaluation_name)]
+    ops = {"ops": training_configs(trainable, settings, epochs, seed)}
+    for fold in range(folds):
+        key = dg.MultiPartitionKey({"version": version, "fold": str(fold)})
+        run("training_job", key, trained, ops)
+    checks = run("report_job", version, [dg.AssetKey(k.report_name) for k in trainable])
+    checked = [k for k in trainable if k.held_out]
+    if checked:
+        run("quality_job", version, [dg.AssetKey(label_issues_name(k)) for k in checked])
+    return reports | kind_reports(where, version, trainable, checks)
+
+
+def job_runner(instance, gates: set[str], echo) -> Callable:
+    """``run(job, partition_key, assets=None, run_config=None)``: a run of the code location in
+    this process, as if launched from the UI (make ui files it under its job), one line on the
+    terminal for it (step logs and tracebacks are in make ui); its checks' results. A failed
+    promotion gate (one of ``gates``) is a result to report; any other failure raises."""
     tags = {"ml_assets/trigger": "demo"}
-    gates = {k.gate_name for k in kinds}
-    # Step logs and tracebacks are in make ui; the terminal gets one line per run (and per error).
     quiet = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
-    def run(job: str, partition_key, assets=None, run_config=None):
-        # A run of the code location, as if launched from the UI: make ui files it under its job.
+    def run(job: str, partition_key, assets=None, run_config=None) -> dict[str, bool]:
         result = execute_as_location(
             instance,
             job,
@@ -193,7 +213,6 @@ def run_jobs(defs, instance, home: Path, version: str, kinds, training, echo) ->
         echo(
             f"{job} [{partition_key}]: {'ok' if result.success else 'FAILED'} (run {result.run_id})"
         )
-        # A failed promotion gate is a result to report, not a crash of the demo.
         if not result.success and not (failed and failed <= gates):
             for step, error in step_errors(result).items():
                 echo(f"  {step}: {error}")
@@ -202,11 +221,14 @@ def run_jobs(defs, instance, home: Path, version: str, kinds, training, echo) ->
             )
         return checks
 
-    run("ingest_job", version)
-    run("quality_job", version, [dg.AssetKey("version_diff"), dg.AssetKey("image_issues")])
-    where = MLAssetsHome(root=str(home))
-    ds = load_tables(where.tables_dir(version))
-    reports, trainable = {}, []
+    return run
+
+
+def split_by_refusal(kinds, ds, version: str, echo) -> tuple[list, dict[str, dict]]:
+    """The kinds ``ds``'s labels can teach, and a "not trained" report of each other one."""
+    from ml_assets.train.kinds import refusal
+
+    trainable, reports = [], {}
     for k in kinds:
         reason = refusal(k, ds)
         if reason is None:
@@ -214,32 +236,34 @@ def run_jobs(defs, instance, home: Path, version: str, kinds, training, echo) ->
         else:
             echo(f"{k.name}: not trained on version {version}: {reason}")
             reports[k.name] = {"not_trained": reason, "version": version}
-    if not trainable:
-        return reports
-    if any("base_model" in k.inputs for k in trainable):
-        prepare_base_models(defs, instance, home, trainable, echo)
-    configs = {
-        k.name: settings.get(k.name, {})
-        | ({"epochs": epochs} if epochs else {})
-        | ({"seed": seed} if "seed" in k.config_class.model_fields else {})
-        for k in trainable
+    return trainable, reports
+
+
+def training_configs(kinds, settings: dict, epochs: int | None, seed: int) -> dict:
+    """Each kind's launchpad config: its ``settings``, ``epochs`` and ``seed`` where given."""
+    return {
+        k.name: {
+            "config": settings.get(k.name, {})
+            | ({"epochs": epochs} if epochs else {})
+            | ({"seed": seed} if "seed" in k.config_class.model_fields else {})
+        }
+        for k in kinds
     }
-    trained = [dg.AssetKey(n) for k in trainable for n in (k.name, k.evaluation_name)]
-    ops = {"ops": {name: {"config": config} for name, config in configs.items()}}
-    for fold in range(folds):
-        key = dg.MultiPartitionKey({"version": version, "fold": str(fold)})
-        run("training_job", key, trained, ops)
-    checks = run("report_job", version, [dg.AssetKey(k.report_name) for k in trainable])
-    checked = [k for k in trainable if k.held_out]
-    if checked:
-        run("quality_job", version, [dg.AssetKey(label_issues_name(k)) for k in checked])
-    for k in trainable:
+
+
+def kind_reports(where, version: str, kinds, checks: dict[str, bool]) -> dict[str, dict]:
+    """Each kind's report of ``version``, whether its gate passed and its label-issue count."""
+    from ml_assets.defs.quality import label_issues_name
+    from ml_assets.evaluate.report import read_report
+
+    reports = {}
+    for k in kinds:
         folder = where.report_dir(k.name, version)
         reports[k.name] = read_report(folder) | {
             "path": str(folder),
             "promotable": checks.get(k.gate_name, False),
         }
-        if k in checked:
+        if k.held_out:
             issues = where.quality_dir(label_issues_name(k), version) / "label_issues.parquet"
             reports[k.name]["label_issues"] = (len(pd.read_parquet(issues)), str(issues))
     return reports
@@ -253,10 +277,11 @@ def prepare_base_models(defs, instance, home: Path, kinds, echo) -> None:
 
     from ml_assets.defs.base_models import BASE_MODELS_FOLDER
     from ml_assets.train.base_models import ARCHS, init_base_model, named_snapshot
+    from ml_assets.train.kinds import reads
 
     store = Store(home / "store")
     for k in kinds:
-        if "base_model" not in k.inputs:
+        if not reads(k, "base_model"):
             continue
         name = k.config_class.model_fields["base_model"].default
         folder = home / BASE_MODELS_FOLDER / name

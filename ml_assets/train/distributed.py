@@ -7,8 +7,9 @@ With ``nproc_per_node * nnodes > 1`` in a kind's training config, the model asse
         REQUEST.json
 
 through Dagster Pipes (``dg.PipesSubprocessClient``). Every rank joins the process group (gloo
-on CPU, nccl on CUDA with ``cuda:LOCAL_RANK``) and reads the same request (dataset tables, fold
-assignment, configuration, folders). Rank 0 runs :func:`ml_assets.train.runs.train_fold` (run
+on CPU, nccl on CUDA with ``cuda:LOCAL_RANK``) and reads the same request: the fold's
+:class:`~ml_assets.train.runs.FoldRun` (configuration, folders, tracking) and where the dataset
+tables and fold assignment are. Rank 0 runs :func:`ml_assets.train.runs.train_fold` (run
 folder, MLflow, lineage, publishing) and sends its log lines and per-epoch progress through
 Pipes while it trains and the trained fold as a Pipes message at the end, from which the asset
 builds its metadata; the other ranks run only the kind's ``fit``, whose training loop wraps the
@@ -26,13 +27,18 @@ from __future__ import annotations
 import sys
 import tempfile
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 import pandas as pd
 
 from ml_assets.data.atomic import write_bytes
 from ml_assets.train.ddp import world
+
+if TYPE_CHECKING:
+    from ml_assets.train.runs import FoldRun
 
 
 def torchrun_command(config, request: Path, run_id: str = "ml_assets") -> list[str]:
@@ -51,8 +57,12 @@ def torchrun_command(config, request: Path, run_id: str = "ml_assets") -> list[s
     return [*command, "-m", "ml_assets.train.distributed", str(request)]
 
 
-def write_request(folder: Path, **request) -> Path:
-    """The request every rank reads (plain JSON: paths, configuration, settings)."""
+def write_request(
+    folder: Path, run: FoldRun, *, tables: Path, files: Path, folds: Path, k: int
+) -> Path:
+    """The request every rank reads (plain JSON): the fold ``run`` and where its data is (the
+    version's ``tables`` and ``files``, and its assignment to ``k`` ``folds``)."""
+    request = {"run": run.to_dict(), "tables": tables, "files": files, "folds": folds, "k": k}
     return write_bytes(Path(folder) / "request.json", orjson.dumps(request, default=str))
 
 
@@ -114,47 +124,19 @@ def _device(name: str):
 def run_rank(request: dict, log: Callable[[str], None]):
     """This rank's share of training the requested fold: rank 0 the whole of ``train_fold``
     (returning the TrainedFold), the others the kind's ``fit`` (returning None)."""
-    from ml_assets.data.folds import held_out_ids, read_folds, training_ids
+    from ml_assets.data.folds import read_folds
     from ml_assets.data.tables import load_tables
-    from ml_assets.data.weights import Pinned
-    from ml_assets.train.registry import kind as find_kind
-    from ml_assets.train.runs import train_fold
-    from ml_assets.train.tracking import Tracking
-    from ml_assets.train.weights import with_weights
+    from ml_assets.train.registry import kind
+    from ml_assets.train.runs import FoldRun, train_fold
 
-    kind = find_kind(request["kind"])
+    run = FoldRun.from_dict(request["run"], kind(request["run"]["kind"]))
+    run = replace(run, device=_device(run.device)[0])
     ds = load_tables(Path(request["tables"]), Path(request["files"]))
     assignment, digest = read_folds(Path(request["folds"]), request["k"])
-    fold, config = request["fold"], kind.config_class(**request["config"])
-    device = _device(request["device"])[0]
-    inputs = {k: Path(v) for k, v in request["inputs"].items()}
-    weights = {f: Pinned(**{**p, "path": Path(p["path"])}) for f, p in request["weights"].items()}
-    run_dir = Path(request["run_dir"])
     if world()[0] != 0:
-        train_ids, val_ids = training_ids(assignment, fold), held_out_ids(assignment, fold)
-        kind.fit(
-            ds, train_ids, val_ids, config, device, run_dir, None, with_weights(inputs, weights)
-        )
+        run.fit(ds, *run.split(assignment))
         return None
-    tracking = request["tracking"]
-    if tracking is not None:
-        tracking = Tracking(tracking["uri"], tracking["artifacts"] or None, tracking["ui"])
-    return train_fold(
-        kind,
-        ds,
-        assignment,
-        digest,
-        fold,
-        config,
-        device,
-        run_dir=run_dir,
-        model_dir=Path(request["model_dir"]),
-        tracking=tracking,
-        log=log,
-        inputs=inputs,
-        tags=request["tags"],
-        weights=weights,
-    )
+    return train_fold(run, ds, assignment, digest, log)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -163,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
 
     (path,) = argv if argv is not None else sys.argv[1:]
     request = orjson.loads(Path(path).read_bytes())
-    dist.init_process_group(backend=_device(request["device"])[1])
+    dist.init_process_group(backend=_device(request["run"]["device"])[1])
     try:
         if dist.get_rank() == 0:
             from dagster_pipes import PipesEnvVarParamsLoader, open_dagster_pipes

@@ -46,7 +46,7 @@ from ml_assets.data.atomic import atomic_dir, atomic_path
 from ml_assets.data.tables import Dataset, class_list
 from ml_assets.train.base_models import snapshot_hash
 from ml_assets.train.classifier import CHECKPOINT, trained_state
-from ml_assets.train.kinds import EpochCallback, KindConfig
+from ml_assets.train.kinds import EpochCallback, FitResult, Input, KindConfig
 from ml_assets.train.lora import META, adapter_megabytes, base_of, read_meta
 
 # transformers 5 module names. Grounding DINO: the attention of the Swin backbone (q/k/v_proj),
@@ -372,10 +372,7 @@ def train_adapter(
     checkpoint = Path(run_dir) / CHECKPOINT if run_dir is not None else None
     resumed_from = None
     if checkpoint is not None and checkpoint.exists():
-        saved = torch.load(checkpoint, map_location=device, weights_only=False)
-        model.load_state_dict(saved["model"], strict=False)
-        optimizer.load_state_dict(saved["optimizer"])
-        state = saved["state"]
+        state = _load_checkpoint(checkpoint, model, optimizer, device)
         resumed_from = state["epoch"] + 1
     generator = torch.Generator()
     loader = DataLoader(
@@ -391,22 +388,7 @@ def train_adapter(
         seed = config.seed * 100_003 + epoch
         generator.manual_seed(seed)
         torch.manual_seed(seed)
-        model.train()
-        started, losses = time.perf_counter(), []
-        for batch in loader:
-            loss = step_loss(teacher, batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-            optimizer.step()
-            losses.append(loss.item())
-        row = {
-            "train_loss": float(np.mean(losses)),
-            "first_step_loss": losses[0],
-            "last_step_loss": losses[-1],
-            "seconds": time.perf_counter() - started,
-        }
+        row = _train_one_epoch(teacher, loader, step_loss, optimizer, params, config.grad_clip)
         state["epoch"] = epoch + 1
         state["history"].append({"epoch": epoch + 1, **row})
         if checkpoint is not None:
@@ -415,6 +397,38 @@ def train_adapter(
             on_epoch(epoch + 1, config.epochs, row)
     model.eval()
     return pd.DataFrame(state["history"]), resumed_from
+
+
+def _train_one_epoch(teacher: Teacher, loader, step_loss, optimizer, params, grad_clip) -> dict:
+    """One pass over ``loader``: the mean, first and last step losses and the seconds it took."""
+    import torch
+
+    teacher.peft.train()
+    started, losses = time.perf_counter(), []
+    for batch in loader:
+        loss = step_loss(teacher, batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        optimizer.step()
+        losses.append(loss.item())
+    return {
+        "train_loss": float(np.mean(losses)),
+        "first_step_loss": losses[0],
+        "last_step_loss": losses[-1],
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def _load_checkpoint(path: Path, model, optimizer, device) -> dict:
+    """Load the trained parameters and the optimizer saved in ``path``; its training state."""
+    import torch
+
+    saved = torch.load(path, map_location=device, weights_only=False)
+    model.load_state_dict(saved["model"], strict=False)  # trainable parameters only
+    optimizer.load_state_dict(saved["optimizer"])
+    return saved["state"]
 
 
 def _save_checkpoint(path: Path, model, optimizer, state: dict) -> None:
@@ -455,7 +469,8 @@ def merged_model(folder: Path, device):
 
 
 def fit_teacher(kind, ds, config, device, run_dir, on_epoch, inputs, records, step_loss):
-    """What both kinds' ``fit`` do around their data and loss."""
+    """What both kinds' ``fit`` do around their data and loss; the kinds' ``save`` writes the
+    adapter with ``meta``."""
     if not inputs or "base_model" not in inputs:
         raise ValueError(f"{kind.name} needs the base model's snapshot folder in inputs")
     base = Path(inputs["base_model"])
@@ -475,15 +490,13 @@ def fit_teacher(kind, ds, config, device, run_dir, on_epoch, inputs, records, st
         "base_model": {"name": config.base_model, "hash": base_hash, "folder": str(base)},
         **counts,
     }
-    staged = save_teacher(teacher, Path(run_dir) / "model", meta)
     summary = {
         "train_images": len(records),
         "final_train_loss": float(history.iloc[-1]["train_loss"]),
         **counts,
-        "adapter_size_mb": adapter_megabytes(staged),
         "base_model_hash": base_hash,
     }
-    return teacher, history, resumed_from, summary
+    return FitResult(teacher, history, resumed_from, summary, meta)
 
 
 # --- the detector -----------------------------------------------------------------------------
@@ -769,10 +782,13 @@ class LoraTeacherKind:
     demo = {"epochs": 8, "batch_size": 8, "lr": 1e-3}
     smoke = {"epochs": 1, "batch_size": 8, "lr": 1e-3}
     export_tolerance = None  # no exporter
-    inputs: tuple[str, ...] = ("base_model",)
+    inputs = (Input("base_model", reads="weights"),)
     distributed = ""  # one process: this loop has no DDP (nproc_per_node > 1 is refused)
     predicts = False
     tags = frozenset({"pytorch", "mlflow"})
+
+    def save(self, fit: FitResult, folder: Path) -> dict:
+        return {"adapter_size_mb": adapter_megabytes(save_teacher(fit.model, folder, fit.meta))}
 
     def load(self, model_dir: Path, device) -> Teacher:
         return load_teacher(model_dir, device)

@@ -16,8 +16,8 @@ import io
 import logging
 import shutil
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -92,100 +92,184 @@ def reference_ids(ds: Dataset, image_ids) -> list[int]:
     return [i for i in image_ids if i in labelled][:REFERENCE_IMAGES]
 
 
+@dataclass(frozen=True)
+class FoldRun:
+    """One training run of one fold: ``kind`` with ``config`` on ``version``, holding out
+    ``fold`` (None: the final model, trained on every fold), on ``device``; checkpoints in
+    ``run_dir``, the trained model published at ``model_dir``. ``inputs``: the folders the
+    kind's inputs resolved to; ``weights``: the pulled weights the config names, as
+    ``ml_assets.train.weights.resolve_weights`` found them; ``tags``: on the model card and the
+    MLflow run; ``tracking``: where the run is tracked (None: not tracked). :meth:`to_dict` is
+    what torchrun's ranks read back with :meth:`from_dict`."""
+
+    kind: ModelKind
+    version: str
+    fold: int | None
+    config: KindConfig
+    device: Any  # a torch.device (its name in to_dict: each rank picks its own)
+    run_dir: Path
+    model_dir: Path
+    inputs: dict[str, Path] = field(default_factory=dict)
+    weights: dict[str, Pinned] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    tracking: Tracking | None = None
+
+    def split(self, assignment: pd.DataFrame) -> tuple[list[int], list[int]]:
+        """The images it trains on and the held-out ones it validates on."""
+        return training_ids(assignment, self.fold), held_out_ids(assignment, self.fold)
+
+    def training_inputs(self) -> dict[str, Path]:
+        """``inputs`` and the stored copy of each pulled weights, under its config field."""
+        return with_weights(self.inputs, self.weights)
+
+    def fit(self, ds: Dataset, train_ids, val_ids, progress=None) -> FitResult:
+        """The kind's ``fit`` (all that a rank other than 0 runs)."""
+        config, device, inputs = self.config, self.device, self.training_inputs()
+        return self.kind.fit(ds, train_ids, val_ids, config, device, self.run_dir, progress, inputs)
+
+    def to_dict(self) -> dict:
+        """Plain JSON: the kind by name, paths as strings."""
+        return {
+            "kind": self.kind.name,
+            "version": self.version,
+            "fold": self.fold,
+            "config": self.config.model_dump(),
+            "device": str(self.device),
+            "run_dir": str(self.run_dir),
+            "model_dir": str(self.model_dir),
+            "inputs": {name: str(path) for name, path in self.inputs.items()},
+            "weights": {name: pin.to_dict() for name, pin in self.weights.items()},
+            "tags": self.tags,
+            "tracking": asdict(self.tracking) if self.tracking is not None else None,
+        }
+
+    @classmethod
+    def from_dict(cls, doc: dict, kind: ModelKind) -> FoldRun:
+        """The run :meth:`to_dict` wrote, of ``kind`` (the one it names); its device stays a
+        name."""
+        tracking = doc["tracking"]
+        return cls(
+            kind=kind,
+            version=doc["version"],
+            fold=doc["fold"],
+            config=kind.config_class(**doc["config"]),
+            device=doc["device"],
+            run_dir=Path(doc["run_dir"]),
+            model_dir=Path(doc["model_dir"]),
+            inputs={name: Path(path) for name, path in doc["inputs"].items()},
+            weights={
+                name: Pinned(**{**pin, "path": Path(pin["path"])})
+                for name, pin in doc["weights"].items()
+            },
+            tags=doc["tags"],
+            tracking=Tracking(**tracking) if tracking is not None else None,
+        )
+
+
 def train_fold(
-    kind: ModelKind,
+    run: FoldRun,
     ds: Dataset,
     assignment: pd.DataFrame,
     folds_digest: str,
-    fold: int | None,
-    config: KindConfig,
-    device,
-    run_dir: Path,
-    model_dir: Path,
-    tracking: Tracking | None = None,
     log: Callable[[str], None] = print,
-    inputs: dict[str, Path] | None = None,
-    tags: dict[str, str] | None = None,
-    weights: dict[str, Pinned] | None = None,
 ) -> TrainedFold:
-    """Train ``kind`` on every fold but ``fold`` (validating on ``fold``) and publish it at
-    ``model_dir``; ``fold=None`` trains the final model on every fold (validating on the test
-    split when the folds hold one). ``weights``: the pulled weights the config names, as
-    ``ml_assets.train.weights.resolve_weights`` found them."""
-    config = kind.config_class(**config.model_dump())
-    if processes(config) > 1 and not kind.distributed:
+    """Train ``run.kind`` on every fold but ``run.fold`` (validating on it) and publish it at
+    ``run.model_dir``; ``fold=None`` trains the final model on every fold (validating on the
+    test split when the folds hold one)."""
+    kind = run.kind
+    run = replace(run, config=kind.config_class(**run.config.model_dump()))
+    if processes(run.config) > 1 and not kind.distributed:
         raise ValueError(f"{kind.name} trains in one process: set nproc_per_node and nnodes to 1")
-    train_ids, val_ids = training_ids(assignment, fold), held_out_ids(assignment, fold)
-    version = (tags or {}).get("version", "")
-    weights = weights or {}
-    inputs = with_weights(inputs, weights)
+    train_ids, val_ids = run.split(assignment)
     # The inputs' folders and the pinned weights' hashes name what training reads beyond the
     # config: a run resumes only onto the same ones (weights pinned anew start it afresh).
     key = fingerprint(
         kind=kind.name,
-        config=config.model_dump(),
+        config=run.config.model_dump(),
         folds=folds_digest,
-        fold=fold,
-        inputs={k: str(v) for k, v in inputs.items()},
-        weights={field: pin.hash for field, pin in weights.items()},
+        fold=run.fold,
+        inputs={name: str(path) for name, path in run.training_inputs().items()},
+        weights={name: pin.hash for name, pin in run.weights.items()},
     )
-    if prepare_run_dir(run_dir, key):
-        log(f"{kind.name}: found an interrupted run of the same configuration in {run_dir}")
+    if prepare_run_dir(run.run_dir, key):
+        log(f"{kind.name}: found an interrupted run of the same configuration in {run.run_dir}")
     started = time.perf_counter()
     lineage = {
-        **(tags or {}),
+        **run.tags,
         "fingerprint": key,  # what decided this model: the model asset's data version
         "kind": kind.name,
-        "version": version,
-        "fold": fold,
+        "version": run.version,
+        "fold": run.fold,
         "folds_digest": folds_digest,
         "classes": class_list(ds),
-        "config": config.model_dump(),
-        "pretrained": recorded(weights),
-        "device": str(device),
+        "config": run.config.model_dump(),
+        "pretrained": recorded(run.weights),
+        "device": str(run.device),
     }
-    run_tags = {k: str(v) for k, v in (tags or {}).items()} | {"kind": kind.name}
-    run_tags |= weights_tags(lineage["pretrained"])
-    name = f"{version}-fold{fold}" if fold is not None else f"{version}-final"
-    tracked = tracking.run(kind.name, name, run_tags) if tracking else contextlib.nullcontext()
-    with tracked as run:
-        if run is not None:
-            import mlflow
-
-            mlflow.log_params(
-                {**config.model_dump(), "device": str(device), "train_images": len(train_ids)}
-            )
-        part = "final" if fold is None else f"fold {fold}"
-        progress = Progress(log, f"{kind.name} {version} {part}", track=run is not None)
-        fit = kind.fit(ds, train_ids, val_ids, config, device, run_dir, progress, inputs)
+    with _tracked(run, len(train_ids)) as tracked:
+        part = "final" if run.fold is None else f"fold {run.fold}"
+        progress = Progress(log, f"{kind.name} {run.version} {part}", track=tracked is not None)
+        fit = run.fit(ds, train_ids, val_ids, progress)
         if fit.resumed_from:
-            log(f"{kind.name}: resumed at epoch {fit.resumed_from} from {run_dir}")
+            log(f"{kind.name}: resumed at epoch {fit.resumed_from} from {run.run_dir}")
         seconds = time.perf_counter() - started
-        sample = reference_ids(ds, val_ids or train_ids)
-        outputs = kind.outputs(fit.model, ds, sample, device)
-        staged = Path(run_dir) / "model"
         lineage |= {
-            "mlflow_run_id": run.info.run_id if run is not None else None,
+            "mlflow_run_id": tracked.info.run_id if tracked is not None else None,
             "resumed_from": fit.resumed_from,
         }
-        write_bytes(staged / MODEL_CARD, orjson.dumps(lineage, option=orjson.OPT_INDENT_2))
-        reference = io.BytesIO()  # np.savez would add ".npz" to a temporary name
-        np.savez(reference, image_ids=np.asarray(sample, np.int64), outputs=outputs)
-        write_bytes(staged / REFERENCE, reference.getvalue())
-        publish(staged, model_dir)
-        trained = TrainedFold(model_dir, fit, lineage, len(train_ids), seconds)
-        if run is not None:
-            import mlflow
-
-            _log_history(fit)
-            numeric = {k: v for k, v in fit.summary.items() if not isinstance(v, str)}
-            mlflow.log_metrics({k: float(v) for k, v in numeric.items()})
-            mlflow.set_tags({k: v for k, v in fit.summary.items() if isinstance(v, str)})
-            mlflow.log_artifacts(str(model_dir), artifact_path="model")
-            trained.mlflow_url = tracking.url(run)
-            trained.registered_version = tracking.register(kind.name, run)
-    shutil.rmtree(run_dir, ignore_errors=True)  # done: a new materialization starts afresh
+        _stage_and_publish(run, ds, fit, lineage, reference_ids(ds, val_ids or train_ids))
+        trained = TrainedFold(run.model_dir, fit, lineage, len(train_ids), seconds)
+        if tracked is not None:
+            _log_outcome(run, tracked, trained)
+    shutil.rmtree(run.run_dir, ignore_errors=True)  # done: a new materialization starts afresh
     return trained
+
+
+@contextlib.contextmanager
+def _tracked(run: FoldRun, train_images: int) -> Iterator:
+    """The MLflow run of ``run``, tagged and with its parameters logged; None when untracked."""
+    if run.tracking is None:
+        yield None
+        return
+    import mlflow
+
+    tags = {k: str(v) for k, v in run.tags.items()} | {"kind": run.kind.name}
+    tags |= weights_tags(recorded(run.weights))
+    name = f"{run.version}-fold{run.fold}" if run.fold is not None else f"{run.version}-final"
+    with run.tracking.run(run.kind.name, name, tags) as tracked:
+        params = {"device": str(run.device), "train_images": train_images}
+        mlflow.log_params({**run.config.model_dump(), **params})
+        yield tracked
+
+
+def _stage_and_publish(
+    run: FoldRun, ds: Dataset, fit: FitResult, lineage: dict, sample: list[int]
+) -> None:
+    """Stage the model ``fit`` trained (the kind's ``save``, here only: rank 0), its card and
+    its outputs on the ``sample`` images (for the reload check), then publish the folder."""
+    staged = Path(run.run_dir) / "model"
+    fit.summary |= run.kind.save(fit, staged)
+    outputs = run.kind.outputs(fit.model, ds, sample, run.device)
+    write_bytes(staged / MODEL_CARD, orjson.dumps(lineage, option=orjson.OPT_INDENT_2))
+    reference = io.BytesIO()  # np.savez would add ".npz" to a temporary name
+    np.savez(reference, image_ids=np.asarray(sample, np.int64), outputs=outputs)
+    write_bytes(staged / REFERENCE, reference.getvalue())
+    publish(staged, run.model_dir)
+
+
+def _log_outcome(run: FoldRun, tracked, trained: TrainedFold) -> None:
+    """Log the fit's history and summary and the published model to the MLflow run, register
+    it as a model version, and note the run's address and the version on ``trained``."""
+    import mlflow
+
+    fit = trained.fit
+    _log_history(fit)
+    numeric = {k: v for k, v in fit.summary.items() if not isinstance(v, str)}
+    mlflow.log_metrics({k: float(v) for k, v in numeric.items()})
+    mlflow.set_tags({k: v for k, v in fit.summary.items() if isinstance(v, str)})
+    mlflow.log_artifacts(str(run.model_dir), artifact_path="model")
+    trained.mlflow_url = run.tracking.url(tracked)
+    trained.registered_version = run.tracking.register(run.kind.name, tracked)
 
 
 def _log_history(fit: FitResult) -> None:

@@ -56,7 +56,7 @@ from ml_assets.train.export import (
     quiet_torch_warnings,
     write_export_folder,
 )
-from ml_assets.train.kinds import LAUNCH_FIELDS, EpochCallback, FitResult, KindConfig, Learns
+from ml_assets.train.kinds import LAUNCH_FIELDS, EpochCallback, FitResult, Input, KindConfig, Learns
 from ml_assets.train.weights import stored_copy
 
 META_FILE = "detector.json"
@@ -67,7 +67,6 @@ RESULTS_FILE = "results.csv"
 DATA_DIR = "data"  # per-fold links inside run_dir
 TRAIN_DIR = "train"  # ultralytics' save_dir inside run_dir
 EXPORT_DIR = "yolo"  # a YOLO export made by fit when no inputs are given
-MODEL_DIR = "model"
 SECONDS_FILE = "epochs.json"
 INPUT = "yolo_dataset"
 
@@ -187,7 +186,7 @@ class YoloKind:
     validation predictions (boxes, and masks as COCO RLE for ``segment``), and save one folder
     (``best.pt`` and ``detector.json``, which names the task)."""
 
-    inputs = (INPUT,)
+    inputs = (Input(INPUT),)
     version = "1"
     distributed = "self"  # ultralytics runs its own DDP over a device list
     predicts = True
@@ -238,64 +237,60 @@ class YoloKind:
 
         run_dir = Path(run_dir)
         classes = class_list(ds)
-        export = _export(ds, inputs, run_dir / EXPORT_DIR)
         # Without held-out images (a final model trained on every fold), ultralytics validates
         # only after the last epoch, on the training images.
         parts = {"train": train_ids, **({"val": val_ids} if len(val_ids) else {})}
-        data = link_folds(ds, export, parts, run_dir / DATA_DIR, classes)
-        save_dir = run_dir / TRAIN_DIR
-        last = save_dir / "weights" / "last.pt"
-        state, saved_epoch = checkpoint_state(last, config.epochs, config.patience)
-        if state == "unreadable":  # a crash while ultralytics wrote it (it writes in place)
-            _log.warning("%s is unreadable: training %s from the first epoch", last, run_dir)
-            shutil.rmtree(save_dir)
-            (run_dir / SECONDS_FILE).unlink(missing_ok=True)
-            state = "fresh"
-        resumed_from = None
-        if state == "finished":
-            model, metrics = None, None
-        else:
-            start = starting_model(config, inputs, run_dir)
-            seconds = _EpochTimer(run_dir / SECONDS_FILE)
+        data = _fold_data(ds, inputs, run_dir, parts, classes)
+        state, saved_epoch = _checkpoint(run_dir, config)
+        model, resumed_from = None, None
+        if state != "finished":
+            model, arguments = self._model_to_train(state, config, inputs, run_dir, len(val_ids))
             if state == "resumable":
-                model = YOLO(str(last))
                 resumed_from = saved_epoch + 2  # the saved epoch is 0-based and complete
-                arguments = {"resume": True, "save_dir": str(save_dir)}
-            else:
-                model = YOLO(start)
-                if model.task != self.task:  # a detection .pt for the segmenter, or the reverse
-                    raise ValueError(
-                        f"{self.name} trains a {self.task} model; model {config.model!r} is a "
-                        f"{model.task} model"
-                    )
-                arguments = train_arguments(config) | {"val": bool(len(val_ids))}
-            model.add_callback("on_train_epoch_start", seconds.start)
-            model.add_callback("on_pretrain_routine_start", _atomic_checkpoints)
-            model.add_callback(
-                "on_model_save", lambda trainer: _epoch_end(trainer, seconds, on_epoch)
-            )
-            model.train(
-                data=str(data),
-                device=device_argument(device, config.nproc_per_node, config.nnodes),
-                project=str(run_dir),
-                name=TRAIN_DIR,
-                exist_ok=True,
-                **arguments,
-            )
+            _train(model, data, arguments, config, device, run_dir, on_epoch)
             metrics = _validation_numbers(model.metrics)
-        published = publish(run_dir, config, classes, len(train_ids), len(val_ids), self)
         history = read_history(run_dir)
-        if model is None:  # nothing left to train: the published weights are the model
-            model = YOLO(str(published / WEIGHTS_FILE))
+        if model is None:  # nothing left to train: the run's final weights are the model
+            model = YOLO(str(final_weights(run_dir, strip=True)))
             resumed_from = len(history) + 1  # past the last epoch run: none was left
-        if metrics is None:
             metrics = _validate(model, data, config.imgsz, device, run_dir / "val")
         summary = {
             **metrics,
             "epochs": float(len(history)),
             "train_seconds": float(history["seconds"].sum()),
         }
-        return FitResult(model=model, history=history, resumed_from=resumed_from, summary=summary)
+        meta = {"run_dir": run_dir, "config": config, "classes": classes}
+        meta |= {"train_images": len(train_ids), "val_images": len(val_ids)}
+        return FitResult(model, history, resumed_from, summary, meta)
+
+    def save(self, fit: FitResult, folder: Path) -> dict:
+        save_yolo(self, folder, **fit.meta)
+        return {}
+
+    def _model_to_train(
+        self,
+        state: str,
+        config: YoloConfig,
+        inputs: dict[str, Path] | None,
+        run_dir: Path,
+        val_images: int,
+    ) -> tuple[Any, dict[str, Any]]:
+        """The YOLO model ``fit`` trains and the arguments of its ``train``: the checkpoint of a
+        ``"resumable"`` run, else the starting model (refused when it is another task's)."""
+        from ultralytics import YOLO
+
+        start = starting_model(config, inputs, run_dir)
+        save_dir = run_dir / TRAIN_DIR
+        if state == "resumable":
+            last = save_dir / "weights" / "last.pt"
+            return YOLO(str(last)), {"resume": True, "save_dir": str(save_dir)}
+        model = YOLO(start)
+        if model.task != self.task:  # a detection .pt for the segmenter, or the reverse
+            raise ValueError(
+                f"{self.name} trains a {self.task} model; model {config.model!r} is a "
+                f"{model.task} model"
+            )
+        return model, train_arguments(config) | {"val": bool(val_images)}
 
     def score(
         self,
@@ -309,8 +304,6 @@ class YoloKind:
         from ml_assets.runtime import ultralytics_ready
 
         ultralytics_ready()
-        from ultralytics import YOLO
-
         meta = read_meta(model_dir)
         classes = meta["classes"]
         if class_list(ds) != classes:
@@ -319,55 +312,20 @@ class YoloKind:
                 f"dataset's {class_list(ds)}"
             )
         with tempfile.TemporaryDirectory(prefix="yolo_score_") as tmp:
-            export = _export(ds, inputs, Path(tmp) / EXPORT_DIR)
-            data = link_folds(ds, export, {"val": image_ids}, Path(tmp) / DATA_DIR, classes)
-            model = YOLO(str(Path(model_dir) / WEIGHTS_FILE))
-            captured: dict[str, list] = {}
-            model.add_callback("on_val_end", lambda v: captured.update(jdict=list(v.jdict)))
-            results = model.val(
-                data=str(data),
-                split="val",
-                imgsz=meta["imgsz"],
-                batch=meta["config"]["batch"],
-                device=device_argument(device),
-                project=tmp,
-                name="val",
-                exist_ok=True,
-                plots=True,
-                save_json=True,
-                half=False,
-                workers=0,
-                verbose=False,
-            )
-            curves = {"pr_curve": "BoxPR_curve.png", "mask_pr_curve": "MaskPR_curve.png"}
-            plots = {
-                name: (Path(tmp) / "val" / file).read_bytes()
-                for name, file in curves.items()
-                if (Path(tmp) / "val" / file).exists()
-            }
+            data = _fold_data(ds, inputs, Path(tmp), {"val": image_ids}, classes)
+            results, jdict, plots = _validation_run(model_dir, meta, data, device, Path(tmp))
         from ml_assets.evaluate.detection import detection_scores
         from ml_assets.evaluate.segmentation import segmentation_scores
 
         # Our exact COCO metrics on ultralytics' validation detections (its low-confidence
         # threshold, as COCO evaluation wants), with ultralytics' own numbers beside them.
-        detections = _predictions(captured.get("jdict", []), classes, self.task)
+        detections = _predictions(jdict, classes, self.task)
         if self.task == "segment":
             scores = segmentation_scores(ds, image_ids, detections)
             scores.metrics["ultralytics_mask_map50_95"] = float(results.seg.map)
         else:
             scores = detection_scores(ds, image_ids, detections)
-        box = results.box
-        instances = np.asarray(results.nt_per_class, dtype=np.int64)
-        theirs = _per_class(box, instances, [c["name"] for c in classes])
-        scores.metrics |= {
-            "ultralytics_map50": float(box.map50),
-            "ultralytics_map50_95": float(box.map),
-            "precision": float(box.mp),
-            "recall": float(box.mr),
-        }
-        scores.per_class = scores.per_class.join(theirs[["precision", "recall"]])
-        scores.plots |= {f"ultralytics_{name}": png for name, png in plots.items()}
-        return scores
+        return _with_ultralytics_numbers(scores, results, classes, plots)
 
     def baseline(self, folds: list[dict]) -> float:
         """mAP50-95 of a detector that predicts nothing: 0.0 on any held-out fold (no detection
@@ -503,6 +461,19 @@ def _export(ds: Dataset, inputs: dict[str, Path] | None, fallback: Path) -> Path
     return fallback
 
 
+def _fold_data(
+    ds: Dataset,
+    inputs: dict[str, Path] | None,
+    folder: Path,
+    parts: dict[str, Sequence[int]],
+    classes: list[dict],
+) -> Path:
+    """The ``data.yaml`` of ``folder/data``: links to the version's YOLO export (``inputs``,
+    else one written in ``folder/yolo``) for each of ``parts`` (see :func:`link_folds`)."""
+    export = _export(ds, inputs, folder / EXPORT_DIR)
+    return link_folds(ds, export, parts, folder / DATA_DIR, classes)
+
+
 def export_files(ds: Dataset) -> pd.DataFrame:
     """Each image's files in the export: ``image_id``, ``image`` and ``label`` (relative paths),
     named the way :func:`ml_assets.data.yolo.write_yolo` names them."""
@@ -579,6 +550,20 @@ def _link(src: Path, dst: Path) -> None:
         os.symlink(os.path.abspath(src), dst)
 
 
+def _checkpoint(run_dir: Path, config: YoloConfig) -> tuple[str, int]:
+    """:func:`checkpoint_state` of the run's ``last.pt``; an unreadable one (a crash while
+    ultralytics wrote it: it writes in place) goes, with the epochs' times: ``"fresh"``."""
+    save_dir = run_dir / TRAIN_DIR
+    last = save_dir / "weights" / "last.pt"
+    state, saved_epoch = checkpoint_state(last, config.epochs, config.patience)
+    if state == "unreadable":
+        _log.warning("%s is unreadable: training %s from the first epoch", last, run_dir)
+        shutil.rmtree(save_dir)
+        (run_dir / SECONDS_FILE).unlink(missing_ok=True)
+        return "fresh", saved_epoch
+    return state, saved_epoch
+
+
 def checkpoint_state(last: Path, epochs: int, patience: int) -> tuple[str, int]:
     """(state, saved 0-based epoch) of ultralytics' ``last.pt``: ``"fresh"`` without one,
     ``"resumable"`` when training stopped after that epoch, ``"finished"`` when training is
@@ -599,6 +584,31 @@ def checkpoint_state(last: Path, epochs: int, patience: int) -> tuple[str, int]:
     if patience and epoch + 1 - best_epoch >= patience:
         return "finished", epoch
     return "resumable", epoch
+
+
+def _train(
+    model: Any,
+    data: Path,
+    arguments: dict[str, Any],
+    config: YoloConfig,
+    device: Any,
+    run_dir: Path,
+    on_epoch: EpochCallback | None,
+) -> None:
+    """``model.train`` into ``run_dir/train``, each epoch timed (``epochs.json``) and reported
+    to ``on_epoch`` once its checkpoint is written, checkpoints written atomically."""
+    seconds = _EpochTimer(run_dir / SECONDS_FILE)
+    model.add_callback("on_train_epoch_start", seconds.start)
+    model.add_callback("on_pretrain_routine_start", _atomic_checkpoints)
+    model.add_callback("on_model_save", lambda trainer: _epoch_end(trainer, seconds, on_epoch))
+    model.train(
+        data=str(data),
+        device=device_argument(device, config.nproc_per_node, config.nnodes),
+        project=str(run_dir),
+        name=TRAIN_DIR,
+        exist_ok=True,
+        **arguments,
+    )
 
 
 class _EpochTimer:
@@ -670,21 +680,34 @@ def read_history(run_dir: Path) -> pd.DataFrame:
     return history
 
 
-def publish(
+def final_weights(run_dir: Path, strip: bool = False) -> Path:
+    """The run's final weights: best.pt, else last.pt. Ultralytics' final validation strips
+    both (optimizer out, half precision) when training ends in this process; ``strip``: a run
+    found finished in the run folder may have crashed before that, so strip it here, in place
+    (the weights then load as the published copy will)."""
+    from ultralytics.utils.torch_utils import strip_optimizer
+
+    weights = Path(run_dir) / TRAIN_DIR / "weights"
+    source = weights / WEIGHTS_FILE if (weights / WEIGHTS_FILE).exists() else weights / "last.pt"
+    if strip:
+        strip_optimizer(source)
+    return source
+
+
+def save_yolo(
+    kind: YoloKind,
+    folder: Path,
     run_dir: Path,
     config: YoloConfig,
     classes: list[dict],
     train_images: int,
     val_images: int,
-    kind: YoloKind,
 ) -> Path:
-    """Write ``run_dir/model``: the final weights (best.pt, else last.pt, optimizer stripped),
+    """Write ``folder`` atomically: the run's final weights (stripped, copied as they are),
     ``detector.json`` and ``results.csv``."""
     from ultralytics import __version__
-    from ultralytics.utils.torch_utils import strip_optimizer
 
-    weights = Path(run_dir) / TRAIN_DIR / "weights"
-    source = weights / WEIGHTS_FILE if (weights / WEIGHTS_FILE).exists() else weights / "last.pt"
+    source = final_weights(run_dir)
     meta = {
         "kind": kind.name,
         "task": kind.task,
@@ -697,13 +720,11 @@ def publish(
         "val_images": val_images,
         "ultralytics": __version__,
     }
-    with atomic_dir(Path(run_dir) / MODEL_DIR, overwrite=True) as tmp:
-        strip_optimizer(source, s=str(tmp / WEIGHTS_FILE))
-        if not (tmp / WEIGHTS_FILE).exists():  # strip_optimizer only warns about a bad file
-            raise RuntimeError(f"{source}: not a readable ultralytics checkpoint")
+    with atomic_dir(Path(folder), overwrite=True) as tmp:
+        shutil.copyfile(source, tmp / WEIGHTS_FILE)
         shutil.copyfile(Path(run_dir) / TRAIN_DIR / RESULTS_FILE, tmp / RESULTS_FILE)
         (tmp / META_FILE).write_bytes(orjson.dumps(meta, option=orjson.OPT_INDENT_2))
-    return Path(run_dir) / MODEL_DIR
+    return Path(folder)
 
 
 def read_meta(model_dir: Path) -> dict:
@@ -733,6 +754,59 @@ def _validate(model: Any, data: Path, imgsz: int, device: Any, out: Path) -> dic
         verbose=False,
     )
     return _validation_numbers(results)
+
+
+def _validation_run(
+    model_dir: Path, meta: dict, data: Path, device: Any, tmp: Path
+) -> tuple[Any, list[dict], dict[str, bytes]]:
+    """ultralytics' validation of the saved model on ``data`` (its files in ``tmp/val``): its
+    results, its COCO-style detections (``jdict``) and its PR curves (PNG bytes, by our name)."""
+    from ultralytics import YOLO
+
+    model = YOLO(str(Path(model_dir) / WEIGHTS_FILE))
+    captured: dict[str, list] = {}
+    model.add_callback("on_val_end", lambda v: captured.update(jdict=list(v.jdict)))
+    results = model.val(
+        data=str(data),
+        split="val",
+        imgsz=meta["imgsz"],
+        batch=meta["config"]["batch"],
+        device=device_argument(device),
+        project=str(tmp),
+        name="val",
+        exist_ok=True,
+        plots=True,
+        save_json=True,
+        half=False,
+        workers=0,
+        verbose=False,
+    )
+    curves = {"pr_curve": "BoxPR_curve.png", "mask_pr_curve": "MaskPR_curve.png"}
+    plots = {
+        name: (tmp / "val" / file).read_bytes()
+        for name, file in curves.items()
+        if (tmp / "val" / file).exists()
+    }
+    return results, captured.get("jdict", []), plots
+
+
+def _with_ultralytics_numbers(
+    scores: Scores, results: Any, classes: list[dict], plots: dict[str, bytes]
+) -> Scores:
+    """``scores`` with ultralytics' box mAP, precision and recall (overall and per class) and
+    its PR curves beside our exact metrics."""
+    box = results.box
+    instances = np.asarray(results.nt_per_class, dtype=np.int64)
+    theirs = _per_class(box, instances, [c["name"] for c in classes])
+    scores.metrics |= {
+        "ultralytics_map50": float(box.map50),
+        "ultralytics_map50_95": float(box.map),
+        "precision": float(box.mp),
+        "recall": float(box.mr),
+    }
+    scores.per_class = scores.per_class.join(theirs[["precision", "recall"]])
+    scores.plots |= {f"ultralytics_{name}": png for name, png in plots.items()}
+    return scores
 
 
 def _per_class(box: Any, instances: np.ndarray, names: list[str]) -> pd.DataFrame:
@@ -790,7 +864,6 @@ def export_yolo(kind: YoloKind, model_dir: Path, out_dir: Path) -> Path:
     from ml_assets.runtime import ultralytics_ready
 
     ultralytics_ready()
-    from ultralytics import YOLO
     from ultralytics.utils.checks import check_requirements
 
     model_dir = Path(model_dir).resolve()
@@ -801,6 +874,32 @@ def export_yolo(kind: YoloKind, model_dir: Path, out_dir: Path) -> Path:
             f"installed at run time)"
         )
     imgsz = int(meta["imgsz"])
+    segment = meta.get("task") == "segment"
+    with atomic_dir(Path(out_dir), overwrite=True) as tmp:
+        work = tmp / "work"
+        work.mkdir()
+        weights = shutil.copyfile(model_dir / WEIGHTS_FILE, work / WEIGHTS_FILE)
+        arguments = {"imgsz": imgsz, "device": "cpu", "half": False, "int8": False}
+        onnx = _ultralytics_export(
+            weights, arguments, format="onnx", dynamic=True, simplify=True, opset=OPSET, nms=False
+        )
+        if not onnx or not Path(onnx).is_file():
+            raise RuntimeError(f"{model_dir}: ultralytics' ONNX export produced no file")
+        shutil.move(onnx, tmp / ONNX_FILE)
+        reason = _torchscript(weights, arguments, tmp)
+        openvino_error = _openvino(weights, arguments, tmp)
+        shutil.rmtree(work)
+        outputs = ["output0", "output1"] if segment else ["output0"]
+        names = {"inputs": ["images"], "outputs": outputs}
+        preprocessing = _preprocessing(imgsz, segment)
+        write_export_folder(
+            tmp, kind, model_dir, meta, preprocessing, names, reason, openvino_error
+        )
+    return Path(out_dir)
+
+
+def _preprocessing(imgsz: int, segment: bool) -> dict[str, Any]:
+    """What a server does to an image before the exported network, and what comes out."""
     preprocessing = {
         "resize": "letterbox",
         "size": [imgsz, imgsz],
@@ -818,7 +917,6 @@ def export_yolo(kind: YoloKind, model_dir: Path, out_dir: Path) -> Path:
         "output": "output0 (batch, 4 + classes, anchors): box centre x, y, width, height in "
         "input pixels, then class scores; no non-maximum suppression",
     }
-    segment = meta.get("task") == "segment"
     if segment:
         preprocessing["output"] = (
             "output0 (batch, 4 + classes + 32, anchors): box centre x, y, width, height in input "
@@ -826,44 +924,42 @@ def export_yolo(kind: YoloKind, model_dir: Path, out_dir: Path) -> Path:
             "size / 4): the mask prototypes (an instance's mask is the sigmoid of its "
             "coefficients times the prototypes, cropped to its box); no non-maximum suppression"
         )
-    with atomic_dir(Path(out_dir), overwrite=True) as tmp:
-        work = tmp / "work"
-        work.mkdir()
-        weights = shutil.copyfile(model_dir / WEIGHTS_FILE, work / WEIGHTS_FILE)
-        arguments = {"imgsz": imgsz, "device": "cpu", "half": False, "int8": False}
-        with quiet_torch_warnings():
-            onnx = YOLO(str(weights)).export(
-                format="onnx", dynamic=True, simplify=True, opset=OPSET, nms=False, **arguments
-            )
-        if not onnx or not Path(onnx).is_file():
-            raise RuntimeError(f"{model_dir}: ultralytics' ONNX export produced no file")
-        shutil.move(onnx, tmp / ONNX_FILE)
-        reason = None
-        try:
-            with quiet_torch_warnings():
-                traced = YOLO(str(weights)).export(format="torchscript", **arguments)
-            shutil.move(traced, tmp / TORCHSCRIPT_FILE)
-        except Exception as err:  # an architecture TorchScript cannot trace: ONNX still serves
-            reason = f"{type(err).__name__}: {err}"
-        openvino_error = None
-        try:  # ultralytics' OpenVINO exporter: a folder with best.xml, best.bin, metadata.yaml
-            if not check_requirements("openvino>=2024.0.0", install=False):  # as it checks
-                raise RuntimeError("openvino>=2024.0.0 is not installed")
-            with quiet_torch_warnings():
-                folder = Path(
-                    YOLO(str(weights)).export(format="openvino", dynamic=True, **arguments)
-                )
-            xml = tmp / OPENVINO_FILE
-            xml.parent.mkdir()
-            shutil.move(folder / weights.with_suffix(".xml").name, xml)
-            shutil.move(folder / weights.with_suffix(".bin").name, xml.with_suffix(".bin"))
-        except Exception as err:  # OpenVINO cannot convert it: ONNX still serves
-            shutil.rmtree(tmp / Path(OPENVINO_FILE).parent, ignore_errors=True)
-            openvino_error = f"{type(err).__name__}: {err}"
-        shutil.rmtree(work)
-        outputs = ["output0", "output1"] if segment else ["output0"]
-        names = {"inputs": ["images"], "outputs": outputs}
-        write_export_folder(
-            tmp, kind, model_dir, meta, preprocessing, names, reason, openvino_error
+    return preprocessing
+
+
+def _ultralytics_export(weights: Path, arguments: dict[str, Any], **options: Any) -> str:
+    """ultralytics' exporter on a fresh load of ``weights``; the path of what it wrote."""
+    from ultralytics import YOLO
+
+    with quiet_torch_warnings():
+        return YOLO(str(weights)).export(**options, **arguments)
+
+
+def _torchscript(weights: Path, arguments: dict[str, Any], tmp: Path) -> str | None:
+    """The TorchScript file in ``tmp``; why there is none when tracing fails."""
+    try:
+        shutil.move(
+            _ultralytics_export(weights, arguments, format="torchscript"), tmp / TORCHSCRIPT_FILE
         )
-    return Path(out_dir)
+    except Exception as err:  # an architecture TorchScript cannot trace: ONNX still serves
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def _openvino(weights: Path, arguments: dict[str, Any], tmp: Path) -> str | None:
+    """ultralytics' OpenVINO IR (a folder with best.xml, best.bin, metadata.yaml) as
+    ``tmp/OPENVINO_FILE`` and its ``.bin``; why there is none when it fails."""
+    from ultralytics.utils.checks import check_requirements
+
+    try:
+        if not check_requirements("openvino>=2024.0.0", install=False):  # as it checks
+            raise RuntimeError("openvino>=2024.0.0 is not installed")
+        folder = Path(_ultralytics_export(weights, arguments, format="openvino", dynamic=True))
+        xml = tmp / OPENVINO_FILE
+        xml.parent.mkdir()
+        shutil.move(folder / weights.with_suffix(".xml").name, xml)
+        shutil.move(folder / weights.with_suffix(".bin").name, xml.with_suffix(".bin"))
+    except Exception as err:  # OpenVINO cannot convert it: ONNX still serves
+        shutil.rmtree(tmp / Path(OPENVINO_FILE).parent, ignore_errors=True)
+        return f"{type(err).__name__}: {err}"
+    return None

@@ -11,6 +11,7 @@ import onnx
 import orjson
 import pytest
 from onnx import numpy_helper
+from pipelines import fit_and_save
 
 from ml_assets.data.formats import read_dataset
 from ml_assets.data.sample import write_sample
@@ -171,8 +172,9 @@ def detector(tmp_path_factory):
     run_dir = root / "run"
     prepare_run_dir(run_dir, "key")
     config = YoloConfig(epochs=1, imgsz=64, batch=8, workers=0)
-    YOLO_DETECTOR.fit(ds, ids[:9], ids[9:], config, torch.device("cpu"), run_dir)
-    model_dir = run_dir / "model"
+    _, model_dir = fit_and_save(
+        YOLO_DETECTOR, ds, ids[:9], ids[9:], config, torch.device("cpu"), run_dir
+    )
     before = {p.name: p.read_bytes() for p in model_dir.iterdir()}
     commands = []
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from PIL import Image
+from pipelines import fit_and_save
 from safetensors import safe_open
 
 from ml_assets.cli import main
@@ -46,10 +47,17 @@ def trained(vit, shapes, tmp_path_factory):
     ds, train_ids, val_ids = shapes
     run_dir = tmp_path_factory.mktemp("run")
     config = lora.LoraClassifierConfig(**TINY)
-    fit = LORA_CLASSIFIER.fit(
-        ds, train_ids, val_ids, config, CPU, run_dir, inputs={"base_model": vit.folder}
+    return fit_and_save(
+        LORA_CLASSIFIER,
+        ds,
+        train_ids,
+        val_ids,
+        config,
+        CPU,
+        run_dir,
+        None,
+        {"base_model": vit.folder},
     )
-    return fit, run_dir / "model"
 
 
 def test_only_the_adapter_and_head_are_saved(vit, trained):

@@ -7,6 +7,7 @@ import struct
 import numpy as np
 import pytest
 import torch
+from pipelines import fit_and_save
 
 from ml_assets.data.coco import read_coco
 from ml_assets.data.sample import write_sample
@@ -54,17 +55,20 @@ def trained(shapes, bases, tmp_path_factory):
     for name, kind in KINDS.items():
         run_dir = tmp_path_factory.mktemp(name)
         config = kind.config_class(**SETTINGS)
-        fit = kind.fit(
-            ds,
-            train_ids,
-            val_ids,
-            config,
-            torch.device("cpu"),
-            run_dir,
-            None,
-            {"base_model": bases[name].folder},
+        out[name] = (
+            kind,
+            *fit_and_save(
+                kind,
+                ds,
+                train_ids,
+                val_ids,
+                config,
+                torch.device("cpu"),
+                run_dir,
+                None,
+                {"base_model": bases[name].folder},
+            ),
         )
-        out[name] = (kind, fit, run_dir / "model")
     return out
 
 
@@ -137,7 +141,7 @@ def test_kind_provides_the_protocol(name):
     methods = ("fit", "score", "baseline", "load", "module", "outputs")
     for attribute in [*ModelKind.__annotations__, *methods]:
         assert hasattr(kind, attribute), attribute
-    assert kind.inputs == ("base_model",)
+    assert [(spec.asset, spec.reads) for spec in kind.inputs] == [("base_model", "weights")]
     for field in kind.config_class.model_fields.values():
         assert field.description
 
@@ -250,7 +254,8 @@ def test_base_hash_is_recorded_and_follows_the_base(trained, bases, shapes, tmp_
     assert other.hash != bases["lora_segmenter"].hash
     ds, train_ids, val_ids = shapes
     config = kind.config_class(**SETTINGS | {"epochs": 1})
-    refit = kind.fit(
+    refit, refit_dir = fit_and_save(
+        kind,
         ds,
         train_ids[:2],
         val_ids,
@@ -261,7 +266,7 @@ def test_base_hash_is_recorded_and_follows_the_base(trained, bases, shapes, tmp_
         {"base_model": other.folder},
     )
     assert refit.model.base_hash == other.hash
-    assert kind.load(tmp_path / "run" / "model", torch.device("cpu")).base_hash == other.hash
+    assert kind.load(refit_dir, torch.device("cpu")).base_hash == other.hash
 
 
 @pytest.mark.parametrize("name", sorted(KINDS))

@@ -4,6 +4,7 @@ import numpy as np
 import orjson
 import pandas as pd
 import pytest
+from pipelines import fit_and_save
 
 from ml_assets.data.formats import read_dataset
 from ml_assets.data.sample import write_sample
@@ -27,8 +28,7 @@ def sample(tmp_path_factory):
 
 def trained(kind, config, ds, folder):
     ids = ds.images["image_id"].tolist()
-    kind.fit(ds, ids[:12], ids[12:], config, CPU, folder)
-    model_dir = folder / "model"
+    _, model_dir = fit_and_save(kind, ds, ids[:12], ids[12:], config, CPU, folder)
     (model_dir / MODEL_CARD).write_bytes(
         orjson.dumps({"kind": kind.name, "classes": class_list(ds)})
     )

@@ -12,6 +12,7 @@ import os
 import numpy as np
 import orjson
 import pytest
+from pipelines import fit_and_save
 from pydantic import ValidationError
 
 from ml_assets.data.formats import read_dataset
@@ -43,7 +44,8 @@ def trained(sample, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("yolo_run") / "run"
     prepare_run_dir(run_dir, "key")
     rows = []
-    result = YOLO_DETECTOR.fit(
+    result, _ = fit_and_save(
+        YOLO_DETECTOR,
         ds,
         train_ids,
         val_ids,
@@ -197,8 +199,15 @@ def test_interrupted_training_resumes_and_a_new_configuration_restarts(sample, t
 
     epochs_seen = []
     assert prepare_run_dir(run_dir, "same")
-    result = YOLO_DETECTOR.fit(
-        ds, train_ids, val_ids, CONFIG, cpu, run_dir, lambda e, n, r: epochs_seen.append(e)
+    result, _ = fit_and_save(
+        YOLO_DETECTOR,
+        ds,
+        train_ids,
+        val_ids,
+        CONFIG,
+        cpu,
+        run_dir,
+        lambda e, n, r: epochs_seen.append(e),
     )
     assert result.resumed_from == 2
     assert epochs_seen == [2]
@@ -236,13 +245,28 @@ def test_a_crash_after_the_last_epoch_needs_no_more_training(sample, tmp_path):
     with pytest.raises(Crash):
         YOLO_DETECTOR.fit(ds, train_ids, val_ids, one_epoch, cpu, run_dir, crash)
     epochs_seen = []
-    result = YOLO_DETECTOR.fit(
-        ds, train_ids, val_ids, one_epoch, cpu, run_dir, lambda e, n, r: epochs_seen.append(e)
+    result, model_dir = fit_and_save(
+        YOLO_DETECTOR,
+        ds,
+        train_ids,
+        val_ids,
+        one_epoch,
+        cpu,
+        run_dir,
+        lambda e, n, r: epochs_seen.append(e),
     )
     assert epochs_seen == [] and result.resumed_from == 2
     assert result.history["epoch"].tolist() == [1]
     assert set(result.summary) >= set(METRICS)
-    assert (run_dir / "model" / "detector.json").exists()
+    assert (model_dir / "detector.json").exists()
+    # the weights found finished load as their published copy: the reload check holds
+    reloaded = YOLO_DETECTOR.load(model_dir, cpu)
+    ids = val_ids[:2]
+    np.testing.assert_allclose(
+        YOLO_DETECTOR.outputs(reloaded, ds, ids, cpu),
+        YOLO_DETECTOR.outputs(result.model, ds, ids, cpu),
+        atol=1e-5,
+    )
 
 
 def test_models_that_would_download_are_pulled_names_never_downloads(tmp_path, monkeypatch):
@@ -306,5 +330,5 @@ def test_the_detector_is_a_complete_model_kind():
 
     assert all(hasattr(YOLO_DETECTOR, name) for name in ModelKind.__annotations__)
     assert YOLO_DETECTOR.config_class is YoloConfig
-    assert YOLO_DETECTOR.inputs == ("yolo_dataset",)
+    assert [spec.asset for spec in YOLO_DETECTOR.inputs] == ["yolo_dataset"]
     assert YOLO_DETECTOR.primary_metric == "AP"

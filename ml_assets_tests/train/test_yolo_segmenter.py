@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 from PIL import Image
+from pipelines import fit_and_save
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
@@ -39,8 +40,15 @@ def test_the_segmenter_trains_reloads_scores_exports_and_predicts_masks(tmp_path
     ds = read_dataset(write_sample(tmp_path / "shapes", images=24, seed=3, size=64))
     ids = ds.images["image_id"].tolist()
     seen = []
-    fit = YOLO_SEGMENTER.fit(
-        ds, ids[:16], ids[16:], TINY, CPU, tmp_path / "run", lambda e, n, row: seen.append(row)
+    fit, _ = fit_and_save(
+        YOLO_SEGMENTER,
+        ds,
+        ids[:16],
+        ids[16:],
+        TINY,
+        CPU,
+        tmp_path / "run",
+        lambda e, n, r: seen.append(r),
     )
     assert len(seen) == 2 and {"seg_loss", "mask_map50_95"} <= set(seen[0])
     model_dir = tmp_path / "run" / "model"
@@ -90,8 +98,8 @@ def test_coco8_seg_trains_and_its_mask_ap_equals_pycocotools(tmp_path, real_data
     split = ds.images.set_index("image_id")["split"]
     train, val = list(split.index[split == "train"]), list(split.index[split == "val"])
     config = YoloSegmenterConfig(epochs=1, imgsz=64, batch=4)
-    YOLO_SEGMENTER.fit(ds, train, val, config, CPU, tmp_path / "run")
-    scores = YOLO_SEGMENTER.score(tmp_path / "run" / "model", ds, val, CPU)
+    _, model_dir = fit_and_save(YOLO_SEGMENTER, ds, train, val, config, CPU, tmp_path / "run")
+    scores = YOLO_SEGMENTER.score(model_dir, ds, val, CPU)
     in_val = ds.annotations["image_id"].isin(val).sum()
     assert scores.metrics["mask_instances"] == in_val and "mask_AP" in scores.metrics
 

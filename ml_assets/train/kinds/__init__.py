@@ -4,9 +4,11 @@ A kind is a plain object (in the spirit of timm's registry): a name, one configu
 (a pydantic model whose fields the Dagster launchpad shows), ``fit``, ``score``, its primary
 metric and its baseline. ``ml_assets.defs.models`` turns each registered kind into the model
 asset ``[version, fold]``, its evaluation ``[version, fold]``, its report ``[version]`` with the
-promotion gate, its model checks and its jobs. ``inputs`` maps the names in a kind's ``inputs``
-(dataset exports such as ``"yolo_dataset"``) to their folders for this version; a kind called
-without them (the CLI on any folder) makes what it needs itself.
+promotion gate, its model checks and its jobs. A kind declares what it trains from besides the
+folds as :class:`Input` specs; one resolver (``ml_assets.defs.models.inputs_of``) turns them
+into lineage dependencies of its model asset and into the ``inputs`` its ``fit`` and ``score``
+get (asset name -> folder for this version); a kind called without them (the CLI on any folder)
+makes what it needs itself.
 
 Adding a kind is one file in this package (``train/kinds/<kind>.py``: the kind's class and its
 instance, built from the shared machinery of ``train/``: the classification loop, the YOLO
@@ -16,9 +18,11 @@ registry. This package's ``__init__`` holds only what a kind is and never import
 
 Folders. ``fit`` works in ``run_dir``, a folder that survives a crash: it checkpoints there after
 every epoch and, when it finds a checkpoint, resumes from it (the caller clears ``run_dir``
-whenever the configuration or data changed, see :func:`prepare_run_dir`). It finishes by writing
-the model into ``run_dir / "model"``, which the caller publishes atomically as the partition's
-model folder. ``score`` and ``load`` read only that published folder.
+whenever the configuration or data changed, see :func:`prepare_run_dir`). It returns the model
+in memory; the runner (``ml_assets.train.runs.train_fold``, on rank 0 only under torchrun) has
+the kind ``save`` it into a staging folder beside the model card and publishes that folder
+atomically as the partition's model folder. ``score`` and ``load`` read only that published
+folder. No kind asks which rank it runs on.
 """
 
 from __future__ import annotations
@@ -88,6 +92,35 @@ class FitResult:
     # Final numbers for the metadata and MLflow metrics; text values (a base model's hash)
     # become metadata text and MLflow tags.
     summary: dict[str, float | str] = field(default_factory=dict)
+    # What ``save`` writes beside the weights (classes, config, base model...).
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Input:
+    """Something a kind trains from besides the version's folds: the asset ``asset`` (a
+    lineage dependency of its model). ``reads``: ``"export"``, the asset's folder for the same
+    version (``<version>/<folder or the asset's name less "_dataset">``), passed to ``fit`` and
+    ``score`` as ``inputs[asset]``; ``"weights"``, pulled weights that the config field named
+    ``asset`` names, found by ``ml_assets.train.weights.resolve_weights``. ``used``: whether a
+    configuration reads it (None: always), e.g. the classifier reads shards only when it
+    streams them."""
+
+    asset: str
+    reads: str = "export"
+    folder: str = ""
+    used: Callable[[Any], bool] | None = None
+
+    def export_folder(self) -> str:
+        return self.folder or self.asset.removesuffix("_dataset")
+
+    def read_by(self, config: Any) -> bool:
+        return self.used is None or self.used(config)
+
+
+def reads(kind: ModelKind, asset: str) -> bool:
+    """Whether ``kind`` declares ``asset`` as one of its inputs."""
+    return any(spec.asset == asset for spec in kind.inputs)
 
 
 @dataclass(frozen=True)
@@ -131,8 +164,7 @@ class ModelKind(Protocol):
     config_class: type[KindConfig]
     primary_metric: str  # a key of Scores.metrics, higher is better
     promotion_floor: float  # default least mean primary metric the promotion gate asks for
-    # Dataset exports the kind trains from (asset names such as "yolo_dataset"), besides folds.
-    inputs: tuple[str, ...]
+    inputs: tuple[Input, ...]  # what it trains from besides the folds (see :class:`Input`)
     learns: Learns  # what it needs in a version's labels (see :func:`refusal`)
     # Bumped when how it trains or scores changes: with its default configuration, the code
     # version of its assets, so automation retrains every version when it changes.
@@ -195,8 +227,14 @@ class ModelKind(Protocol):
         ``ml_assets.train.export``) written atomically at ``out_dir``."""
         ...
 
+    def save(self, fit: FitResult, folder: Path) -> dict[str, float | str]:
+        """Write the model ``fit`` trained (its ``model`` and ``meta``) into ``folder``, which
+        the runner then publishes; called once, on rank 0. Summary values that exist only once
+        written (an adapter's size on disk)."""
+        ...
+
     def load(self, model_dir: Path, device: Any) -> Any:
-        """The published model rebuilt from disk."""
+        """The published model rebuilt from disk (what ``save`` wrote)."""
         ...
 
     def module(self, model: Any) -> Any:

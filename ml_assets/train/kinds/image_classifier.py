@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ml_assets.data.shards import FOLDER as SHARDS_FOLDER
 from ml_assets.data.tables import Dataset, class_list
 from ml_assets.evaluate.scores import Scores
 from ml_assets.train.classifier import (
@@ -26,7 +27,12 @@ from ml_assets.train.classifier import (
     watched_ids,
 )
 from ml_assets.train.export import export_classifier
-from ml_assets.train.kinds import EpochCallback, FitResult, Learns
+from ml_assets.train.kinds import EpochCallback, FitResult, Input, Learns
+
+
+def streams_shards(config: ClassifierConfig) -> bool:
+    """Whether training streams the version's WebDataset shards (``source: shards``)."""
+    return config.source == "shards"
 
 
 class ImageClassifier(ClassificationKind):
@@ -39,7 +45,8 @@ class ImageClassifier(ClassificationKind):
     config_class = ClassifierConfig
     primary_metric = "macro_f1"
     promotion_floor = 0.5
-    inputs: tuple[str, ...] = ()
+    # The version's WebDataset shards, read when the config streams them (source: shards).
+    inputs = (Input("webdataset_shards", folder=SHARDS_FOLDER, used=streams_shards),)
     version = "1"
     demo = {"epochs": 12}
     smoke = {"epochs": 2, "img_size": 32, "batch_size": 8}
@@ -64,8 +71,6 @@ class ImageClassifier(ClassificationKind):
         on_epoch: EpochCallback | None = None,
         inputs: dict[str, Path] | None = None,
     ) -> FitResult:
-        from ml_assets.train.ddp import world
-
         classes = class_list(ds)
         ids = [c["id"] for c in classes]
         train_ids, val_ids = watched_ids(train_ids, val_ids, config)
@@ -73,9 +78,13 @@ class ImageClassifier(ClassificationKind):
         model, history, resumed_from = train_classifier(
             crops, len(classes), config, device, run_dir, on_epoch, validation, inputs
         )
-        if world()[0] == 0:  # under torchrun, rank 0 writes the model
-            save_classifier(model, Path(run_dir) / "model", config, classes)
-        return FitResult(model, history, resumed_from, fit_summary(history, len(crops.labels)))
+        summary = fit_summary(history, len(crops.labels))
+        meta = {"config": config, "classes": classes}
+        return FitResult(model, history, resumed_from, summary, meta)
+
+    def save(self, fit: FitResult, folder: Path) -> dict:
+        save_classifier(fit.model, folder, fit.meta["config"], fit.meta["classes"])
+        return {}
 
     def score(
         self,

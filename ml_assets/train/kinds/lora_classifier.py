@@ -24,7 +24,7 @@ from ml_assets.train.classifier import (
     watched_ids,
 )
 from ml_assets.train.export import export_lora_classifier
-from ml_assets.train.kinds import EpochCallback, FitResult, Learns
+from ml_assets.train.kinds import EpochCallback, FitResult, Input, Learns
 from ml_assets.train.lora import (
     LoraClassifierConfig,
     adapter_megabytes,
@@ -48,7 +48,7 @@ class LoraClassifier(ClassificationKind):
     config_class = LoraClassifierConfig
     primary_metric = "macro_f1"
     promotion_floor = 0.5
-    inputs: tuple[str, ...] = ("base_model",)
+    inputs = (Input("base_model", reads="weights"),)
     version = "1"
     demo = {"epochs": 8, "lr": 5e-3}
     smoke = {"epochs": 1, "batch_size": 8, "augment": "none"}
@@ -96,18 +96,15 @@ class LoraClassifier(ClassificationKind):
             "base_model": {"name": config.base_model, "hash": base_hash, "folder": str(base)},
             **counts,
         }
-        from ml_assets.train.ddp import world
-
-        if world()[0] != 0:  # under torchrun, rank 0 writes the adapter; the others only train
-            return FitResult(model, history, resumed_from, {})
-        staged = save_adapter(model, Path(run_dir) / "model", meta)
         summary = fit_summary(history, len(crops.labels)) | {
             **counts,
             "trainable_ratio": counts["trainable_parameters"] / counts["total_parameters"],
-            "adapter_size_mb": adapter_megabytes(staged),
             "base_model_hash": base_hash,
         }
-        return FitResult(model, history, resumed_from, summary)
+        return FitResult(model, history, resumed_from, summary, meta)
+
+    def save(self, fit: FitResult, folder: Path) -> dict:
+        return {"adapter_size_mb": adapter_megabytes(save_adapter(fit.model, folder, fit.meta))}
 
     def score(
         self,

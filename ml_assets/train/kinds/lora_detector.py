@@ -11,7 +11,7 @@ import numpy as np
 from ml_assets.data.tables import class_list
 from ml_assets.evaluate.scores import Scores
 from ml_assets.train.classifier import check_known
-from ml_assets.train.kinds import FitResult, Learns
+from ml_assets.train.kinds import Learns
 from ml_assets.train.lora import read_meta
 from ml_assets.train.lora_teachers import (
     LORA_DETECTOR_NAME,
@@ -50,11 +50,11 @@ class LoraDetector(LoraTeacherKind):
 
     def fit(self, ds, train_ids, val_ids, config, device, run_dir, on_epoch=None, inputs=None):
         records = detector_records(ds, train_ids, class_list(ds))
-        teacher, history, resumed_from, summary = fit_teacher(
+        fit = fit_teacher(
             self, ds, config, device, run_dir, on_epoch, inputs, records, detector_loss
         )
-        summary["train_objects"] = int(sum(len(r["labels"]) for r in records))
-        return FitResult(teacher, history, resumed_from, summary)
+        fit.summary["train_objects"] = int(sum(len(r["labels"]) for r in records))
+        return fit
 
     def score(self, model_dir, ds, image_ids, device, inputs=None) -> Scores:
         """COCO metrics (AP, AP50 ... AR_large) of the detections on ``image_ids``; the base

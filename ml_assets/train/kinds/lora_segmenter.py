@@ -13,7 +13,7 @@ import pandas as pd
 
 from ml_assets.evaluate.scores import Scores
 from ml_assets.train.classifier import check_known
-from ml_assets.train.kinds import FitResult, Learns
+from ml_assets.train.kinds import Learns
 from ml_assets.train.lora_teachers import (
     BOUNDARY_DILATION,
     LORA_SEGMENTER_NAME,
@@ -54,12 +54,10 @@ class LoraSegmenter(LoraTeacherKind):
     def fit(self, ds, train_ids, val_ids, config, device, run_dir, on_epoch=None, inputs=None):
         records, left_out = segmenter_records(ds, train_ids)
         step = functools.partial(segmenter_loss, limit=config.max_objects)
-        teacher, history, resumed_from, summary = fit_teacher(
-            self, ds, config, device, run_dir, on_epoch, inputs, records, step
-        )
-        summary["train_objects"] = int(sum(len(r["boxes"]) for r in records))
-        summary |= left_out
-        return FitResult(teacher, history, resumed_from, summary)
+        fit = fit_teacher(self, ds, config, device, run_dir, on_epoch, inputs, records, step)
+        fit.summary["train_objects"] = int(sum(len(r["boxes"]) for r in records))
+        fit.summary |= left_out
+        return fit
 
     def score(self, model_dir, ds, image_ids, device, inputs=None) -> Scores:
         """Mask IoU and boundary IoU per object on ``image_ids`` (objects with a mask), and the
