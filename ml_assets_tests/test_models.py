@@ -6,6 +6,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from pipelines import (
     FOLDS,
+    LOCATION,
     LOCATION_SETTINGS,
     declared_parts_work,
     ingested_version,
@@ -43,13 +44,18 @@ def train(instance, home, key, name, fold=0, settings=None, raise_on_error=True)
 
 
 def test_every_kind_declares_every_part_of_the_protocol():
-    from ml_assets.train.kinds import ModelKind
+    from ml_assets.train.kinds import Input, ModelKind
 
+    methods = ("fit", "save", "load", "score", "baseline", "module", "outputs")
+    assets = {k.to_user_string() for k in LOCATION.resolve_asset_graph().get_all_asset_keys()}
     for kind in KINDS.values():
         assert not [a for a in ModelKind.__annotations__ if not hasattr(kind, a)], kind.name
+        assert all(callable(getattr(kind, m, None)) for m in methods), kind.name
         assert kind.held_out in {"classes", "boxes", ""} and set(kind.smoke) <= set(
             kind.config_class.model_fields
         )
+        # Every input is a typed spec naming an asset of the location (its lineage).
+        assert all(isinstance(i, Input) and i.asset in assets for i in kind.inputs), kind.name
 
 
 # Kinds that train on a base model are materialized in their own tests, which make one.
