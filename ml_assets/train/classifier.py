@@ -38,7 +38,7 @@ from pydantic import Field, model_validator
 from ml_assets.data.atomic import atomic_dir, atomic_path
 from ml_assets.data.tables import Dataset
 from ml_assets.evaluate.scores import Scores
-from ml_assets.train.kinds import EpochCallback, KindConfig
+from ml_assets.train.kinds import EpochCallback, KindConfig, KindNames
 from ml_assets.train.weights import stored_copy
 
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
@@ -1032,11 +1032,11 @@ def fit_summary(history: pd.DataFrame, samples: int) -> dict[str, float]:
     return summary
 
 
-class ClassificationKind:
+class ClassificationKind(KindNames):
     """What the classification kinds share: the majority baseline, the model as its own module,
     and its logits on a few crops for the reload check."""
 
-    predicts = True
+    predicts = "classes"
     held_out = "classes"
 
     def baseline(self, folds: list[dict]) -> float:

@@ -46,7 +46,7 @@ from ml_assets.data.atomic import atomic_dir, atomic_path
 from ml_assets.data.tables import Dataset, class_list
 from ml_assets.train.base_models import snapshot_hash
 from ml_assets.train.classifier import CHECKPOINT, trained_state
-from ml_assets.train.kinds import EpochCallback, FitResult, Input, KindConfig
+from ml_assets.train.kinds import EpochCallback, FitResult, Input, KindConfig, KindNames
 from ml_assets.train.lora import META, adapter_megabytes, base_of, read_meta
 
 # transformers 5 module names. Grounding DINO: the attention of the Swin backbone (q/k/v_proj),
@@ -775,7 +775,7 @@ LORA_DETECTOR_NAME = "lora_detector"
 LORA_SEGMENTER_NAME = "lora_segmenter"
 
 
-class LoraTeacherKind:
+class LoraTeacherKind(KindNames):
     version = "1"
     # Not in the demo's default kinds (ask with --models): tiny base models named
     # "grounding-dino", "sam".
@@ -784,7 +784,7 @@ class LoraTeacherKind:
     export_tolerance = None  # no exporter
     inputs = (Input("base_model", reads="weights"),)
     distributed = ""  # one process: this loop has no DDP (nproc_per_node > 1 is refused)
-    predicts = False
+    predicts = ""
     tags = frozenset({"pytorch", "mlflow"})
 
     def save(self, fit: FitResult, folder: Path) -> dict:

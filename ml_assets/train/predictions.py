@@ -47,8 +47,10 @@ def write_predictions(
     classes = read_lineage(model_dir)["classes"]
     frame = kind.predict(model_dir, list(images), device)
     summary: dict = {"kind": kind.name, "model": str(model_dir), "images": len(images)}
+    if kind.predicts == "masks" and "segmentation" not in frame:
+        raise ValueError(f"{kind.name} predicts masks, but its predictions hold none")
     with atomic_dir(out_dir, overwrite=True) as tmp:
-        if "category_id" in frame:
+        if kind.predicts in ("boxes", "masks"):
             id_of = {str(p): i for p, i in zip(images, ids, strict=True)}
             names = {c["id"]: c["name"] for c in classes}
             masks = frame["segmentation"] if "segmentation" in frame else [None] * len(frame)

@@ -56,7 +56,15 @@ from ml_assets.train.export import (
     quiet_torch_warnings,
     write_export_folder,
 )
-from ml_assets.train.kinds import LAUNCH_FIELDS, EpochCallback, FitResult, Input, KindConfig, Learns
+from ml_assets.train.kinds import (
+    LAUNCH_FIELDS,
+    EpochCallback,
+    FitResult,
+    Input,
+    KindConfig,
+    KindNames,
+    Learns,
+)
 from ml_assets.train.weights import stored_copy
 
 META_FILE = "detector.json"
@@ -178,7 +186,7 @@ def starting_model(config: YoloConfig, inputs: dict[str, Path] | None, run_dir: 
     return str(link)
 
 
-class YoloKind:
+class YoloKind(KindNames):
     """An ultralytics YOLO model as a model kind, for one of its tasks: ``detect`` (boxes) or
     ``segment`` (instance masks, from the version's polygons and RLE masks). Both train on the
     version's ``yolo_dataset`` (a polygon label line is a mask for the segmenter, its extent a
@@ -189,7 +197,6 @@ class YoloKind:
     inputs = (Input(INPUT),)
     version = "1"
     distributed = "self"  # ultralytics runs its own DDP over a device list
-    predicts = True
     held_out = "boxes"
     tags = frozenset({"pytorch", "ultralytics", "mlflow"})
     demo = {"epochs": 12, "imgsz": 96, "batch": 32}
@@ -204,7 +211,7 @@ class YoloKind:
         *,
         name: str,
         task: str,
-        report: str,
+        stem: str,
         config_class: type[YoloConfig],
         primary_metric: str,
         learns: Learns,
@@ -213,8 +220,8 @@ class YoloKind:
     ) -> None:
         self.name, self.task, self.config_class = name, task, config_class
         self.headline = headline
-        self.evaluation_name, self.report_name = f"{report}_evaluation", f"{report}_report"
-        self.gate_name = f"{report}_promotable"
+        self.stem = stem  # the names the instance history holds: detector_report, ...
+        self.predicts = "masks" if task == "segment" else "boxes"
         self.primary_metric, self.learns, self.description = primary_metric, learns, description
         self.promotion_floor = 0.1  # mAP50-95; the demo's from-scratch yolov8n reaches about 0.17
 

@@ -40,7 +40,7 @@ class Detections:
     them is then known exactly (training a detector for one epoch finds nothing to check)."""
 
     name = "stub_detector"
-    predicts = True
+    predicts = "boxes"
 
     def predict(self, model_dir, images, device):
         return pd.DataFrame(
@@ -119,6 +119,12 @@ def test_no_images_and_an_unreadable_image_are_refused(sample, tmp_path):
         write_predictions(IMAGE_CLASSIFIER, model_dir, [broken], CPU, tmp_path / "out")
     with pytest.raises(ValueError, match="no images"):
         write_predictions(IMAGE_CLASSIFIER, model_dir, [], CPU, tmp_path / "out")
-    no_predict = type("Teacher", (), {"name": "lora_segmenter", "predicts": False})()
+    no_predict = type("Teacher", (), {"name": "lora_segmenter", "predicts": ""})()
     with pytest.raises(ValueError, match="lora_segmenter has no batch prediction"):
         write_predictions(no_predict, model_dir, [broken], CPU, tmp_path / "out")
+    # A kind that declares masks and answers boxes only is refused, never written as boxes.
+    masks = type("Masks", (Detections,), {"name": "stub_segmenter", "predicts": "masks"})()
+    images = image_files(root / "images")
+    with pytest.raises(ValueError, match="stub_segmenter predicts masks, but its predictions"):
+        write_predictions(masks, model_dir, images, CPU, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

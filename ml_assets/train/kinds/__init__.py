@@ -118,6 +118,27 @@ class Input:
         return self.used is None or self.used(config)
 
 
+class KindNames:
+    """A kind's asset names, derived from its ``name``: ``<name>_evaluation``, ``<name>_report``
+    and the gate ``<name>_promotable``. ``stem`` replaces the name there for a kind whose
+    assets an instance's history already holds under another one (``classifier_report``)."""
+
+    name: str
+    stem: str = ""
+
+    @property
+    def evaluation_name(self) -> str:
+        return f"{self.stem or self.name}_evaluation"
+
+    @property
+    def report_name(self) -> str:
+        return f"{self.stem or self.name}_report"
+
+    @property
+    def gate_name(self) -> str:
+        return f"{self.stem or self.name}_promotable"
+
+
 def reads(kind: ModelKind, asset: str) -> bool:
     """Whether ``kind`` declares ``asset`` as one of its inputs."""
     return any(spec.asset == asset for spec in kind.inputs)
@@ -183,7 +204,10 @@ class ModelKind(Protocol):
     # torchrun (the model asset launches it), "self" when the library runs its own DDP inside
     # fit (ultralytics), "": it trains in one process and refuses more.
     distributed: str
-    predicts: bool  # it has ``predict`` (batch inference on image files: the predictions asset)
+    # What its ``predict`` (batch inference on image files: the predictions asset) returns:
+    # "classes" (a row per image), "boxes" or "masks" (a row per detection, with a COCO RLE
+    # ``segmentation`` for masks); "": it has no ``predict``.
+    predicts: str
     # What its held-out predictions (the evaluation's predictions.parquet) hold, which decides
     # how its labels are checked (label issues): "classes" (a p_<class> column per class for each
     # annotation), "boxes" (detections with a class and a score), "" (neither: not checked).

@@ -39,9 +39,7 @@ class ImageClassifier(ClassificationKind):
     """The timm classifier as a model kind (see ``ml_assets.train.kinds``)."""
 
     name = "image_classifier"
-    evaluation_name = "classifier_evaluation"
-    report_name = "classifier_report"
-    gate_name = "classifier_promotable"
+    stem = "classifier"  # classifier_evaluation, classifier_report, classifier_promotable
     config_class = ClassifierConfig
     primary_metric = "macro_f1"
     promotion_floor = 0.5

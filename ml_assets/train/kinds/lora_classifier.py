@@ -42,9 +42,6 @@ class LoraClassifier(ClassificationKind):
 
     distributed = "torchrun"  # the classifier's fit_loop trains with DDP under torchrun
     name = "lora_classifier"
-    evaluation_name = "lora_classifier_evaluation"
-    report_name = "lora_classifier_report"
-    gate_name = "lora_classifier_promotable"
     config_class = LoraClassifierConfig
     primary_metric = "macro_f1"
     promotion_floor = 0.5

@@ -33,9 +33,6 @@ class LoraDetector(LoraTeacherKind):
     """Grounding DINO with a LoRA adapter, prompted with the class names."""
 
     name = LORA_DETECTOR_NAME
-    evaluation_name = "lora_detector_evaluation"
-    report_name = "lora_detector_report"
-    gate_name = "lora_detector_promotable"
     config_class = LoraDetectorConfig
     learns = Learns("boxes")
     held_out = "boxes"

@@ -36,9 +36,6 @@ class LoraSegmenter(LoraTeacherKind):
     """SAM with a LoRA adapter, predicting each object's mask from its box."""
 
     name = LORA_SEGMENTER_NAME
-    evaluation_name = "lora_segmenter_evaluation"
-    report_name = "lora_segmenter_report"
-    gate_name = "lora_segmenter_promotable"
     config_class = LoraSegmenterConfig
     learns = Learns("masks", min_classes=1)  # box prompts to masks: one class is enough
     held_out = ""  # a mask IoU per object: no class to doubt

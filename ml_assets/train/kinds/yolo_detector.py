@@ -10,7 +10,7 @@ from ml_assets.train.yolo import YoloConfig, YoloKind
 YOLO_DETECTOR = YoloKind(
     name="yolo_detector",
     task="detect",
-    report="detector",
+    stem="detector",
     config_class=YoloConfig,
     primary_metric="AP",  # COCO mAP@[.5:.95], exact (ml_assets.evaluate.coco)
     learns=Learns("boxes"),

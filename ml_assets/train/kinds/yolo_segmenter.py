@@ -27,7 +27,7 @@ class YoloSegmenterConfig(YoloConfig):
 YOLO_SEGMENTER = YoloKind(
     name="yolo_segmenter",
     task="segment",
-    report="segmenter",
+    stem="segmenter",
     config_class=YoloSegmenterConfig,
     primary_metric="mask_AP",  # COCO mask mAP@[.5:.95], exact (faster-coco-eval, segm)
     learns=Learns("masks"),
